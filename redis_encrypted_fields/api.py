@@ -1,0 +1,44 @@
+"""The origin project's module API, so that this library can be dropped in where it was used.
+
+These functions encrypt without record binding (they do not know the record); models declared
+with ``EncryptedStr`` and ``EncryptedModel`` bind every value to its record and field.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .envelope import is_envelope, looks_like_envelope, open_envelope, seal
+from .keys import get_keyring
+from .legacy import is_legacy_envelope, open_legacy, parse_legacy
+
+__all__ = ["decrypt_secret", "encrypt_secret", "get_secret_value", "is_encrypted"]
+
+log = logging.getLogger("redis_encrypted_fields")
+
+
+def encrypt_secret(plaintext: str) -> str:
+    """Encrypt ``plaintext`` under the current master key (current envelope format)."""
+    return seal(plaintext, get_keyring())
+
+
+def decrypt_secret(value: str) -> str:
+    """Decrypt a current envelope or an origin v1 value. Raises ``DecryptionError``."""
+    if looks_like_envelope(value):
+        return open_envelope(value, get_keyring())
+    return open_legacy(value, get_keyring())
+
+
+def is_encrypted(value: object) -> bool:
+    """Whether ``value`` is an envelope (current or origin v1), judged by prefix and structure."""
+    return is_envelope(value) or is_legacy_envelope(value)
+
+
+def get_secret_value(value: str) -> str:
+    """Decrypt an envelope; plaintext (not yet migrated) passes through with a warning."""
+    if looks_like_envelope(value):
+        return open_envelope(value, get_keyring())
+    if parse_legacy(value) is not None:
+        return open_legacy(value, get_keyring())
+    log.warning("a secret is stored as plaintext; run `redis-encrypted-fields migrate`")
+    return value

@@ -1,0 +1,35 @@
+"""The library's exceptions: one base, a few precise subclasses, no secret in any message."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecryptionError",
+    "EncryptionError",
+    "MaskedSecretError",
+    "MasterKeyError",
+    "PlaintextSecretError",
+]
+
+
+class EncryptionError(Exception):
+    """Base class of every error this library raises.
+
+    Deliberately not a ``ValueError``: pydantic turns ``ValueError``s raised in validators into
+    ``ValidationError``s, and callers must be able to catch these by their own type.
+    """
+
+
+class MasterKeyError(EncryptionError):
+    """The master key is missing or malformed."""
+
+
+class DecryptionError(EncryptionError):
+    """A stored value could not be decrypted: wrong key, tampered, truncated or misplaced."""
+
+
+class PlaintextSecretError(DecryptionError):
+    """A plaintext value was read from Redis while plaintext reads are disabled."""
+
+
+class MaskedSecretError(EncryptionError):
+    """A mask (such as ``***``) would have been stored in place of a secret."""

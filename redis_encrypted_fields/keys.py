@@ -1,0 +1,198 @@
+"""Master keys and key rings: where the keys come from and how an envelope's key id selects one."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Iterable, Mapping
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import DecryptionError, MasterKeyError
+
+__all__ = [
+    "ENV_MASTER_KEY",
+    "ENV_PREVIOUS_MASTER_KEYS",
+    "KEY_ID_SIZE",
+    "KeyRing",
+    "MasterKey",
+    "generate_master_key",
+    "get_keyring",
+    "set_keyring",
+]
+
+ENV_MASTER_KEY = "REDIS_SRE_MASTER_KEY"
+ENV_PREVIOUS_MASTER_KEYS = "REDIS_SRE_PREVIOUS_MASTER_KEYS"
+
+KEY_SIZE = 32
+KEY_ID_SIZE = 8
+_KEY_ID_LABEL = b"redis-encrypted-fields/key-id/v1"
+
+_MISSING_MESSAGE = (
+    f"{ENV_MASTER_KEY} environment variable not set. Generate a key with "
+    "`redis-encrypted-fields keygen` (or python -c 'import os, base64; "
+    "print(base64.b64encode(os.urandom(32)).decode())') and export it."
+)
+
+
+def _length_message(where: str) -> str:
+    return (
+        f"Master key must be 32 bytes (256 bits), given as standard base64, in {where}. "
+        "Generate a new one with `redis-encrypted-fields keygen`."
+    )
+
+
+class MasterKey:
+    """A 256-bit key-encryption key with a public id derived from it.
+
+    The id is the first 8 bytes of HMAC-SHA256(key, label): it names the key in every envelope
+    without revealing anything about it, and needs no configuration.
+    """
+
+    __slots__ = ("_aead", "_material", "key_id")
+
+    def __init__(self, material: bytes, *, where: str = "the given key") -> None:
+        if not isinstance(material, bytes) or len(material) != KEY_SIZE:
+            raise MasterKeyError(_length_message(where))
+        self._material = material
+        self._aead = AESGCM(material)
+        self.key_id = hmac.digest(material, _KEY_ID_LABEL, hashlib.sha256)[:KEY_ID_SIZE]
+
+    @classmethod
+    def from_base64(cls, text: str, *, where: str = "the given key") -> MasterKey:
+        """Parse standard base64 of exactly 32 bytes."""
+        try:
+            material = base64.b64decode(text.strip().encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise MasterKeyError(_length_message(where)) from None
+        return cls(material, where=where)
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        """A new random key."""
+        return cls(os.urandom(KEY_SIZE))
+
+    @property
+    def key_id_hex(self) -> str:
+        return self.key_id.hex()
+
+    @property
+    def aead(self) -> AESGCM:
+        """The AES-256-GCM instance for this key (built once: construction is not free)."""
+        return self._aead
+
+    def to_base64(self) -> str:
+        """The key in the form ``REDIS_SRE_MASTER_KEY`` takes. Handle with care."""
+        return base64.b64encode(self._material).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"MasterKey(id={self.key_id_hex})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MasterKey) and hmac.compare_digest(self._material, other._material)
+
+    def __hash__(self) -> int:
+        return hash(self.key_id)
+
+    def __reduce__(self) -> None:  # type: ignore[override]
+        # Pickling would write the raw key wherever the pickle goes.
+        raise TypeError("MasterKey cannot be pickled")
+
+
+class KeyRing:
+    """The current key (encrypts and decrypts) and previous keys (decrypt only), by key id."""
+
+    __slots__ = ("_by_id", "current", "previous")
+
+    def __init__(self, current: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
+        self.current = current
+        self.previous = tuple(k for k in previous if k.key_id != current.key_id)
+        self._by_id = {k.key_id: k for k in (*reversed(self.previous), current)}
+
+    @classmethod
+    def from_base64(cls, current: str, previous: Iterable[str] = ()) -> KeyRing:
+        """Build a ring from base64 keys, as ``REDIS_SRE_MASTER_KEY`` holds them."""
+        return cls(
+            MasterKey.from_base64(current, where=ENV_MASTER_KEY),
+            [MasterKey.from_base64(p, where=ENV_PREVIOUS_MASTER_KEYS) for p in previous],
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyRing:
+        """Read the current and previous master keys from the environment."""
+
+        env = os.environ if environ is None else environ
+        return _parse_env(env.get(ENV_MASTER_KEY), env.get(ENV_PREVIOUS_MASTER_KEYS))
+
+    @property
+    def keys(self) -> tuple[MasterKey, ...]:
+        """Every key, current first."""
+        return (self.current, *self.previous)
+
+    def get(self, key_id: bytes) -> MasterKey:
+        """The key with this id; no trial decryption with the others."""
+        key = self._by_id.get(key_id)
+        if key is None:
+            raise DecryptionError(
+                f"Decryption failed: no configured master key has id {key_id.hex()} "
+                f"(set it as {ENV_MASTER_KEY} or in {ENV_PREVIOUS_MASTER_KEYS})"
+            )
+        return key
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._by_id
+
+    def __repr__(self) -> str:
+        prev = ", ".join(k.key_id_hex for k in self.previous)
+        return f"KeyRing(current={self.current.key_id_hex}, previous=[{prev}])"
+
+
+def _parse_env(current: str | None, previous: str | None) -> KeyRing:
+    if not current or not current.strip():
+        raise MasterKeyError(_MISSING_MESSAGE)
+    parts = [p for p in (previous or "").split(",") if p.strip()]
+    return KeyRing.from_base64(current, parts)
+
+
+def generate_master_key() -> str:
+    """A new master key as standard base64 of 32 random bytes."""
+    return MasterKey.generate().to_base64()
+
+
+# The ring in force. Set in code with set_keyring(); otherwise read from the environment at use
+# time (the design note's rotation script changes os.environ in a running process) and parsed
+# again only when the variables' text changes.
+_lock = threading.Lock()
+_configured: KeyRing | None = None
+_env_cache: tuple[str | None, str | None, KeyRing] | None = None
+
+
+def set_keyring(keyring: KeyRing | None) -> None:
+    """Use this ring instead of the environment; ``None`` returns to the environment."""
+    global _configured
+    _configured = keyring
+
+
+def get_keyring() -> KeyRing:
+    """The ring in force: the one set in code, else the one the environment describes."""
+    configured = _configured
+    if configured is not None:
+        return configured
+    current = os.environ.get(ENV_MASTER_KEY)
+    previous = os.environ.get(ENV_PREVIOUS_MASTER_KEYS)
+    cached = _env_cache
+    if cached is not None and cached[0] == current and cached[1] == previous:
+        return cached[2]
+    return _reload(current, previous)
+
+
+def _reload(current: str | None, previous: str | None) -> KeyRing:
+    global _env_cache
+    ring = _parse_env(current, previous)
+    with _lock:
+        _env_cache = (current, previous, ring)
+    return ring

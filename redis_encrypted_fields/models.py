@@ -1,0 +1,517 @@
+"""``EncryptedModel``: the redis-om integration (record binding, keep-existing, clearing, reads).
+
+Listed first in a model's bases, the mixin hooks the points where redis-om moves data:
+
+- validation (``get``, ``find``, construction, ``check()`` inside ``save``): envelopes at the
+  encrypted paths of the input are opened with the record's key and field path as associated data;
+  a mask becomes ``KeepExisting``; plaintext read from Redis is accepted with a warning (migration)
+  or refused (``set_plaintext_reads(False)``);
+- ``model_dump()`` in python mode (what redis-om persists): values are sealed bound to the record;
+- ``save()``: masks are replaced by the stored secrets before anything is written; a ``None``
+  encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import aredis_om
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+
+from ._driver import Steps, run_async, run_sync
+from .envelope import binding, looks_like_envelope, open_envelope, seal
+from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
+from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, model_scope
+from .keys import get_keyring
+from .legacy import open_legacy, parse_legacy
+
+__all__ = [
+    "ENV_REJECT_PLAINTEXT",
+    "EncryptedModel",
+    "FieldPath",
+    "encrypted_paths",
+    "set_plaintext_reads",
+]
+
+log = logging.getLogger("redis_encrypted_fields")
+
+ENV_REJECT_PLAINTEXT = "REDIS_SRE_REJECT_PLAINTEXT"
+
+FieldPath = tuple[str | int, ...]
+
+
+# --- where the encrypted values are: a plan per model class, from its annotations -------------
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    mask: Mask
+
+
+@dataclass(frozen=True, slots=True)
+class Nested:
+    model: type[BaseModel]
+
+
+@dataclass(frozen=True, slots=True)
+class Many:
+    item: Node
+
+
+Node = Leaf | Nested | Many
+Plan = dict[str, Node]
+
+_plans: dict[type[BaseModel], Plan] = {}
+_building: set[type[BaseModel]] = set()
+
+
+def _mentions_encrypted(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
+        return True
+    return any(_mentions_encrypted(arg) for arg in typing.get_args(annotation))
+
+
+def _node(annotation: Any, metadata: Sequence[Any], where: str) -> Node | None:
+    mask = next((m for m in metadata if isinstance(m, Mask)), None)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        return _node(inner, [*metadata, *extra], where)
+    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
+        return Leaf(mask or DEFAULT_MASK)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _node(args[0], metadata, where)
+    elif origin in (list, Sequence, typing.Sequence, typing.List):  # noqa: UP006
+        (item,) = typing.get_args(annotation) or (Any,)
+        inner = _node(item, metadata, where)
+        return Many(inner) if inner is not None else None
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return Nested(annotation) if plan_for(annotation) else None
+    if _mentions_encrypted(annotation):
+        raise TypeError(
+            f"{where}: EncryptedStr is supported as a field, Optional, in a list, or inside a "
+            "nested model; not in this position"
+        )
+    return None
+
+
+def plan_for(model: type[BaseModel]) -> Plan:
+    """The encrypted fields of ``model``, by field name, including nested models and lists."""
+    plan = _plans.get(model)
+    if plan is not None:
+        return plan
+    if model in _building:  # a self-referencing model: its own entry is being made
+        return {}
+    _building.add(model)
+    try:
+        plan = {}
+        for name, field in model.model_fields.items():
+            node = _node(field.annotation, field.metadata, f"{model.__name__}.{name}")
+            if node is not None:
+                plan[name] = node
+    finally:
+        _building.discard(model)
+    _plans[model] = plan
+    return plan
+
+
+def encrypted_paths(model: type[BaseModel]) -> list[str]:
+    """Dotted paths of the encrypted fields (``[]`` marks a list), e.g. ``["creds[].password"]``."""
+
+    def walk(node: Node, prefix: str) -> Iterator[str]:
+        if isinstance(node, Leaf):
+            yield prefix
+        elif isinstance(node, Many):
+            yield from walk(node.item, prefix + "[]")
+        else:
+            for name, sub in plan_for(node.model).items():
+                yield from walk(sub, f"{prefix}.{name}")
+
+    return [p for name, node in plan_for(model).items() for p in walk(node, name)]
+
+
+def _index_flags(field: FieldInfo) -> list[str]:
+    infos: list[Any] = [field, *field.metadata]
+    flags = []
+    for flag in ("index", "full_text_search", "sortable", "vector_options"):
+        if any(getattr(info, flag, None) not in (None, False) for info in infos):
+            flags.append(flag)
+    return flags
+
+
+def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> None:
+    for name, node in plan.items():
+        while isinstance(node, Many):
+            node = node.item
+        where = f"{prefix}{name}"
+        if isinstance(node, Nested):
+            _check_not_indexed(node.model, plan_for(node.model), f"{where}.")
+            continue
+        flags = _index_flags(model.model_fields[name])
+        if flags:
+            raise TypeError(
+                f"{where}: an EncryptedStr field cannot be indexed ({', '.join(flags)}=...); "
+                "an index of ciphertexts finds nothing. Remove the option from its Field()."
+            )
+
+
+# --- policy: plaintext found in Redis ---------------------------------------------------------
+
+_plaintext_reads: bool | None = None
+
+
+def set_plaintext_reads(allowed: bool | None) -> None:
+    """Accept plaintext read from Redis (migration) or refuse it; ``None``: from the environment.
+
+    By default plaintext is accepted with a warning unless ``REDIS_SRE_REJECT_PLAINTEXT`` is
+    ``1``/``true``/``yes``.
+    """
+    global _plaintext_reads
+    _plaintext_reads = allowed
+
+
+def _plaintext_allowed() -> bool:
+    if _plaintext_reads is not None:
+        return _plaintext_reads
+    flag = os.environ.get(ENV_REJECT_PLAINTEXT, "").strip().lower()
+    return flag not in ("1", "true", "yes", "on")
+
+
+# --- the mixin --------------------------------------------------------------------------------
+
+# True while a model is being built from data read from Redis (get, find).
+_reading: contextvars.ContextVar[bool] = contextvars.ContextVar("ref_reading", default=False)
+# The instance whose save() is running: its model_dump() then writes what a save must write.
+_saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
+
+
+def _dotted(path: FieldPath) -> str:
+    return ".".join(str(p) for p in path)
+
+
+class _Opener:
+    """Turns raw input at encrypted paths into ``EncryptedStr`` values for one record."""
+
+    __slots__ = ("model", "reading", "record_key")
+
+    def __init__(self, model: type[BaseModel], record_key: str | None, reading: bool) -> None:
+        self.model = model
+        self.record_key = record_key
+        self.reading = reading
+
+    def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
+        if isinstance(node, Leaf):
+            return self.leaf(raw, node, path) if type(raw) is str else raw
+        if isinstance(node, Many):
+            if isinstance(raw, list):
+                return [self.value(item, node.item, (*path, i)) for i, item in enumerate(raw)]
+            return raw
+        if isinstance(raw, dict):
+            return self.fields(raw, plan_for(node.model), path)
+        return raw
+
+    def fields(self, raw: dict[str, Any], plan: Plan, path: FieldPath) -> dict[str, Any]:
+        out = dict(raw)
+        for name, node in plan.items():
+            if name in out:
+                out[name] = self.value(out[name], node, (*path, name))
+        return out
+
+    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr:
+        if looks_like_envelope(raw):
+            if self.record_key is None:
+                raise DecryptionError(
+                    f"Decryption failed: {self.where(path)} holds an envelope but the record "
+                    "has no primary key to check it against"
+                )
+            context = binding(self.record_key, _dotted(path))
+            return EncryptedStr(open_envelope(raw, get_keyring(), context))
+        if parse_legacy(raw) is not None:
+            return EncryptedStr(open_legacy(raw, get_keyring()))
+        if leaf.mask.could_be_mask(raw):
+            return KeepExisting(raw)
+        if self.reading:
+            if not _plaintext_allowed():
+                raise PlaintextSecretError(
+                    f"Decryption failed: {self.where(path)} of {self.record_key} is stored as "
+                    "plaintext and plaintext reads are disabled; run `redis-encrypted-fields "
+                    "migrate`"
+                )
+            log.warning(
+                "%s of %s is stored as plaintext; it will be encrypted on the next save",
+                self.where(path),
+                self.record_key,
+            )
+        return EncryptedStr(raw)
+
+    def where(self, path: FieldPath) -> str:
+        return f"{self.model.__name__}.{_dotted(path)}"
+
+
+def _seal_tree(obj: Any, record_key: str, path: FieldPath) -> None:
+    """Replace every ``Pending`` in a dumped tree by an envelope bound to its record and path."""
+    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for slot, value in list(items):
+        if isinstance(value, Pending):
+            obj[slot] = _seal_pending(value, record_key, (*path, slot))
+        elif isinstance(value, (dict, list)):
+            _seal_tree(value, record_key, (*path, slot))
+
+
+def _seal_pending(pending: Pending, record_key: str, path: FieldPath) -> str:
+    value = pending.value
+    if isinstance(value, KeepExisting) or (
+        not isinstance(value, EncryptedStr) and pending.mask.could_be_mask(value)
+    ):
+        raise MaskedSecretError(
+            f"{_dotted(path)} of {record_key} holds a mask, not a secret; save() keeps the stored "
+            "secret for a mask, model_dump() cannot"
+        )
+    return seal(value, get_keyring(), binding(record_key, _dotted(path)))
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Where one encrypted value lives in a model instance."""
+
+    holder: Any  # a model instance (attribute) or a list (index)
+    key: str | int
+    path: FieldPath
+    value: Any
+    leaf: Leaf
+
+    def set(self, value: EncryptedStr) -> None:
+        if isinstance(self.holder, list):
+            self.holder[self.key] = value  # type: ignore[index]
+        else:
+            # Straight into __dict__: no validate_assignment round, and not a user change.
+            self.holder.__dict__[self.key] = value
+
+
+def _slots(holder: Any, node: Node, key: str | int, value: Any, path: FieldPath) -> Iterator[_Slot]:
+    if isinstance(node, Leaf):
+        yield _Slot(holder, key, path, value, node)
+    elif isinstance(node, Many):
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _slots(value, node.item, i, item, (*path, i))
+    elif isinstance(value, BaseModel):
+        for name, sub in plan_for(type(value)).items():
+            yield from _slots(value, sub, name, value.__dict__.get(name), (*path, name))
+
+
+def _is_mask(slot: _Slot) -> bool:
+    value = slot.value
+    if isinstance(value, KeepExisting):
+        return True
+    return (
+        isinstance(value, str)
+        and not isinstance(value, EncryptedStr)
+        and slot.leaf.mask.could_be_mask(value)
+    )
+
+
+def _stored_at(doc: Any, path: FieldPath) -> Any:
+    for part in path:
+        if isinstance(doc, dict) and isinstance(part, str):
+            doc = doc.get(part)
+        elif isinstance(doc, list) and isinstance(part, int) and part < len(doc):
+            doc = doc[part]
+        else:
+            return None
+    return doc
+
+
+class EncryptedModel:
+    """Mixin for redis-om models with ``EncryptedStr`` fields; list it first in the bases.
+
+    ``class RedisInstance(EncryptedModel, HashModel, index=True): ...``
+    """
+
+    # Validation errors of a model that holds secrets must not echo its input.
+    model_config: ClassVar[ConfigDict] = ConfigDict(hide_input_in_errors=True)
+
+    __ref_async__: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        model = typing.cast(type[BaseModel], cls)
+        _plans.pop(model, None)
+        plan = plan_for(model)
+        _check_not_indexed(model, plan)
+        cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
+        typing.cast(Any, super()).__pydantic_init_subclass__(**kwargs)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _ref_open(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        token = model_scope.set(True)
+        try:
+            if isinstance(data, dict) and not cls._ref_embedded():
+                plan = plan_for(typing.cast(type[BaseModel], cls))
+                if plan:
+                    pk = data.get(cls._ref_pk_name())
+                    record_key = cls._ref_key(pk) if pk not in (None, "") else None
+                    opener = _Opener(typing.cast(type[BaseModel], cls), record_key, _reading.get())
+                    data = opener.fields(data, plan, ())
+            return handler(data)
+        finally:
+            model_scope.reset(token)
+
+    @classmethod
+    def get(cls, pk: Any) -> Any:
+        """redis-om's ``get``, marked as a read from Redis (for the migration warning)."""
+        parent = typing.cast(Any, super())
+        if cls.__ref_async__:
+            return cls._ref_get_async(parent, pk)
+        token = _reading.set(True)
+        try:
+            return parent.get(pk)
+        finally:
+            _reading.reset(token)
+
+    @classmethod
+    async def _ref_get_async(cls, parent: Any, pk: Any) -> Any:
+        token = _reading.set(True)
+        try:
+            return await parent.get(pk)
+        finally:
+            _reading.reset(token)
+
+    @classmethod
+    def from_redis(cls, res: Any, knn: Any = None) -> Any:
+        """redis-om's ``from_redis`` (``find()`` results), marked as a read from Redis."""
+        token = _reading.set(True)
+        try:
+            return typing.cast(Any, super()).from_redis(res, knn)
+        finally:
+            _reading.reset(token)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def model_dump(self, *, mode: str = "python", context: Any = None, **kwargs: Any) -> Any:
+        """In python mode (what redis-om stores), envelopes bound to this record and field."""
+        parent = typing.cast(Any, super())
+        cls = type(self)
+        if mode != "python" or cls._ref_embedded() or not plan_for(typing.cast(Any, cls)):
+            return parent.model_dump(mode=mode, context=context, **kwargs)
+        defer: dict[str, Any] = {DEFER: True}
+        merged = {**context, **defer} if isinstance(context, Mapping) else defer
+        data = parent.model_dump(mode=mode, context=merged, **kwargs)
+        record_key = cls._ref_key(self._ref_pk())
+        _seal_tree(data, record_key, ())
+        if _saving.get() is self and cls._ref_is_hash():
+            # HSET skips None; an empty string overwrites the old secret, and redis-om reads it
+            # back as None for an Optional field.
+            for name in plan_for(typing.cast(Any, cls)):
+                if name in data and data[name] is None:
+                    data[name] = ""
+        return data
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-om's ``save``, after masks are replaced by the secrets they stand for."""
+        parent = typing.cast(Any, super())
+        if type(self).__ref_async__:
+            return self._ref_save_async(parent, *args, **kwargs)
+        run_sync(self._ref_resolve_masks(), self._ref_db())
+        token = _saving.set(self)
+        try:
+            return parent.save(*args, **kwargs)
+        finally:
+            _saving.reset(token)
+
+    async def _ref_save_async(self, parent: Any, *args: Any, **kwargs: Any) -> Any:
+        await run_async(self._ref_resolve_masks(), self._ref_db())
+        token = _saving.set(self)
+        try:
+            return await parent.save(*args, **kwargs)
+        finally:
+            _saving.reset(token)
+
+    def _ref_resolve_masks(self) -> Steps[None]:
+        cls = type(self)
+        plan = plan_for(typing.cast(Any, cls))
+        slots = [
+            slot
+            for name, node in plan.items()
+            for slot in _slots(self, node, name, self.__dict__.get(name), (name,))
+            if _is_mask(slot)
+        ]
+        if not slots:
+            return
+        record_key = cls._ref_key(self._ref_pk())
+        if cls._ref_is_hash():
+            names = [str(slot.path[0]) for slot in slots]
+            values = yield lambda r: r.hmget(record_key, names)
+            stored: Any = dict(zip(names, values, strict=True))
+        else:
+            stored = yield lambda r: r.json().get(record_key)
+        keyring = get_keyring()
+        for slot in slots:
+            raw = _stored_at(stored, slot.path)
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8")
+            where = f"{cls.__name__}.{_dotted(slot.path)}"
+            existing: str | None = None
+            if isinstance(raw, str) and raw and not slot.leaf.mask.could_be_mask(raw):
+                if looks_like_envelope(raw):
+                    existing = open_envelope(raw, keyring, binding(record_key, _dotted(slot.path)))
+                elif parse_legacy(raw) is not None:
+                    existing = open_legacy(raw, keyring)
+                else:
+                    existing = raw
+            value = str.__str__(slot.value)
+            if not slot.leaf.mask.is_mask_of(value, existing):
+                slot.set(EncryptedStr(value))
+            elif existing is None:
+                raise MaskedSecretError(
+                    f"{where}: a mask ({value!r}) was given to keep the existing secret, but "
+                    f"{record_key} has no stored secret for it; send the real value"
+                )
+            else:
+                slot.set(EncryptedStr(existing))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @classmethod
+    def _ref_embedded(cls) -> bool:
+        meta = getattr(cls, "_meta", None)
+        return bool(getattr(meta, "embedded", False))
+
+    @classmethod
+    def _ref_is_hash(cls) -> bool:
+        return issubclass(cls, (aredis_om.HashModel, _sync_hash_model()))
+
+    @classmethod
+    def _ref_pk_name(cls) -> str:
+        return str(typing.cast(Any, cls)._meta.primary_key.name)
+
+    def _ref_pk(self) -> Any:
+        return getattr(self, type(self)._ref_pk_name())
+
+    @classmethod
+    def _ref_key(cls, pk: Any) -> str:
+        return str(typing.cast(Any, cls).make_primary_key(pk))
+
+    def _ref_db(self) -> Any:
+        return typing.cast(Any, self).db()
+
+
+def _sync_hash_model() -> type:
+    import redis_om
+
+    model: type = redis_om.HashModel
+    return model

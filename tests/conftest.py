@@ -1,0 +1,77 @@
+"""Shared pytest setup: a real Redis Stack server for the whole session.
+
+``pytest_configure`` runs before any test module is imported, which matters:
+redis-om binds a model's connection from ``REDIS_OM_URL`` when the model class
+is defined. If ``REDIS_OM_URL`` is already set (e.g. by
+``python devtools/redis_stack.py``, or pointing at your own server), it is used
+as-is; otherwise a private server is started here and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+if TYPE_CHECKING:
+    from devtools.redis_stack import RedisStackServer
+
+_server: RedisStackServer | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server
+    from devtools.redis_stack import RedisStackError, RedisStackServer
+
+    if os.environ.get("REDIS_OM_URL") or config.getoption("help", False):
+        return
+    # pytest-xdist controller: let each worker start (and FLUSHALL) its own server.
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    server = RedisStackServer()
+    try:
+        server.start()
+    except RedisStackError as exc:
+        pytest.exit(
+            f"could not start Redis Stack for the tests: {exc}",
+            returncode=pytest.ExitCode.INTERNAL_ERROR,
+        )
+    _server = server
+    os.environ["REDIS_OM_URL"] = server.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _server
+    if _server is not None:
+        os.environ.pop("REDIS_OM_URL", None)
+        _server.stop()
+        _server = None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the Redis Stack server the tests (and redis-om) use."""
+    return os.environ["REDIS_OM_URL"]
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis[str]]:
+    """A ``decode_responses=True`` client for inspecting what is stored.
+
+    The database is not flushed (that would drop redis-om's indexes): tests
+    work on records of their own.
+    """
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
