@@ -143,10 +143,13 @@ def encrypted_paths(model: type[BaseModel]) -> list[str]:
 
 def _index_flags(field: FieldInfo) -> list[str]:
     infos: list[Any] = [field, *field.metadata]
-    flags = []
-    for flag in ("index", "full_text_search", "sortable", "vector_options"):
-        if any(getattr(info, flag, None) not in (None, False) for info in infos):
-            flags.append(flag)
+    flags = [
+        flag
+        for flag in ("index", "full_text_search", "sortable")
+        if any(getattr(info, flag, None) is True for info in infos)
+    ]
+    if any(getattr(info, "vector_options", None) is not None for info in infos):
+        flags.append("vector_options")
     return flags
 
 
@@ -161,7 +164,7 @@ def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> 
         flags = _index_flags(model.model_fields[name])
         if flags:
             raise TypeError(
-                f"{where}: an EncryptedStr field cannot be indexed ({', '.join(flags)}=...); "
+                f"{where}: an EncryptedStr field cannot be indexed ({'=, '.join(flags)}=True); "
                 "an index of ciphertexts finds nothing. Remove the option from its Field()."
             )
 
@@ -345,13 +348,14 @@ class EncryptedModel:
     __ref_async__: ClassVar[bool] = False
 
     @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+    def __pydantic_on_complete__(cls) -> None:
+        # Called once the fields are resolved: at class definition, or at the rebuild that
+        # resolves a forward reference.
         model = typing.cast(type[BaseModel], cls)
         _plans.pop(model, None)
-        plan = plan_for(model)
-        _check_not_indexed(model, plan)
+        _check_not_indexed(model, plan_for(model))
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
-        typing.cast(Any, super()).__pydantic_init_subclass__(**kwargs)
+        typing.cast(Any, super()).__pydantic_on_complete__()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -367,6 +371,8 @@ class EncryptedModel:
                     record_key = cls._ref_key(pk) if pk not in (None, "") else None
                     opener = _Opener(typing.cast(type[BaseModel], cls), record_key, _reading.get())
                     data = opener.fields(data, plan, ())
+                    if cls._ref_is_hash():
+                        data = cls._ref_empty_to_none(data, plan)
             return handler(data)
         finally:
             model_scope.reset(token)
@@ -487,6 +493,16 @@ class EncryptedModel:
     # -- helpers -------------------------------------------------------------------------------
 
     @classmethod
+    def _ref_empty_to_none(cls, data: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
+        # typing.Optional, not for `X | None`.
+        fields = typing.cast(type[BaseModel], cls).model_fields
+        for name in plan:
+            if data.get(name) == "" and _allows_none(fields[name].annotation):
+                data[name] = None
+        return data
+
+    @classmethod
     def _ref_embedded(cls) -> bool:
         meta = getattr(cls, "_meta", None)
         return bool(getattr(meta, "embedded", False))
@@ -508,6 +524,12 @@ class EncryptedModel:
 
     def _ref_db(self) -> Any:
         return typing.cast(Any, self).db()
+
+
+def _allows_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in (
+        typing.get_args(annotation)
+    )
 
 
 def _sync_hash_model() -> type:

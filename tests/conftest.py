@@ -75,3 +75,31 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis[str]]:
         yield client
     finally:
         client.close()
+
+
+SESSION_KEY = "V2hlbiBpbiBkb3VidCwgdXNlIGJydXRlIGZvcmNlLiE="  # 32 bytes, tests only
+
+
+@pytest.fixture(autouse=True)
+def master_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test starts with one known master key in the environment and default settings."""
+    from redis_encrypted_fields import set_keyring, set_plaintext_reads
+
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", SESSION_KEY)
+    monkeypatch.delenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", raising=False)
+    monkeypatch.delenv("REDIS_SRE_REJECT_PLAINTEXT", raising=False)
+    set_keyring(None)
+    set_plaintext_reads(None)
+    yield SESSION_KEY
+    set_keyring(None)
+    set_plaintext_reads(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _indexes() -> None:
+    """RediSearch indexes for every model the test modules define (sync and async registries)."""
+    import aredis_om
+    import redis_om
+
+    redis_om.Migrator().run()
+    await aredis_om.Migrator().run()
