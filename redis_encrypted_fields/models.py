@@ -231,7 +231,10 @@ class _Opener:
                 out[name] = self.value(out[name], node, (*path, name))
         return out
 
-    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr:
+    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
+        if raw == "":
+            # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
+            return raw
         if looks_like_envelope(raw):
             if self.record_key is None:
                 raise DecryptionError(

@@ -207,12 +207,19 @@ async def test_mask_without_existing_secret_is_refused_and_nothing_written(model
 # 6. None removes the stored secret
 
 
-async def test_setting_none_removes_the_stored_secret(model: Any) -> None:
+async def test_setting_none_removes_the_stored_secret(
+    model: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     m = await saved(model)
     m.admin_password = None
     await aw(m.save())
     assert raw(model, m.pk).get("admin_password") in (None, "")
-    assert (await aw(model.get(m.pk))).admin_password is None
+    set_plaintext_reads(False)  # a cleared secret is not plaintext
+    with caplog.at_level(logging.WARNING, logger="redis_encrypted_fields"):
+        assert (await aw(model.get(m.pk))).admin_password is None
+        found = await aw(model.find(model.name == m.name).all())
+    assert [f.admin_password for f in found] == [None]
+    assert caplog.records == []
 
 
 # 7. Record binding: a value copied to another record or field does not decrypt

@@ -1,0 +1,554 @@
+"""Maintenance: migrate plaintext, rotate master keys and report status, streaming and safely.
+
+Records are found with ``SCAN`` (never ``KEYS``), read and written in pipelined batches, and every
+write is a compare-and-set in a Lua script: a value is replaced only if it is still what was read,
+so a record the application changes meanwhile is never overwritten with a stale value, and a run
+killed at any moment can simply be run again. Nothing is ever deleted, and a value that cannot be
+decrypted is left as it is and reported.
+
+The functions work on the model's stored layout (key prefix, encrypted paths) and never build
+model instances, so they run at the speed of Redis rather than of validation.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import typing
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._driver import Steps, run_async, run_sync
+from .envelope import binding, looks_like_envelope, open_envelope, parse, rewrap, seal
+from .errors import DecryptionError, EncryptionError
+from .fields import is_star_mask
+from .keys import KeyRing, get_keyring
+from .legacy import open_legacy, parse_legacy
+from .models import EncryptedModel, FieldPath, Leaf, Many, Nested, Node, plan_for
+
+__all__ = [
+    "Failure",
+    "Operation",
+    "Report",
+    "amigrate",
+    "arotate",
+    "astatus",
+    "migrate",
+    "rotate",
+    "status",
+]
+
+ProgressCallback = Callable[[int], None]
+
+# Compare-and-set of hash fields. ARGV: field, expected, new, ... Keeps per-field TTLs (HSET
+# drops them) where the server has hash field expiration.
+_HASH_CAS = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
+end
+for i = 1, #ARGV, 3 do
+  local ok, at = pcall(redis.call, 'HPEXPIRETIME', KEYS[1], 'FIELDS', 1, ARGV[i])
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  if ok and type(at) == 'table' and tonumber(at[1]) and tonumber(at[1]) > 0 then
+    redis.call('HPEXPIREAT', KEYS[1], at[1], 'FIELDS', 1, ARGV[i])
+  end
+end
+return 1
+"""
+
+# Compare-and-set of JSON paths. ARGV: path, expected string, new value as JSON text, ...
+_JSON_CAS = """
+for i = 1, #ARGV, 3 do
+  local current = redis.call('JSON.GET', KEYS[1], ARGV[i])
+  if not current then return 0 end
+  if cjson.decode(current)[1] ~= ARGV[i + 1] then return 0 end
+end
+for i = 1, #ARGV, 3 do
+  redis.call('JSON.SET', KEYS[1], ARGV[i], ARGV[i + 2])
+end
+return 1
+"""
+
+_RETRIES = 3
+
+
+class Operation(enum.StrEnum):
+    MIGRATE = "migrate"
+    ROTATE = "rotate"
+    STATUS = "status"
+
+
+# What a stored value is, as status counts it.
+PLAINTEXT = "plaintext"
+LEGACY = "origin-v1"
+MASKED = "masked"
+UNDECRYPTABLE = "undecryptable"
+EMPTY = "empty"
+
+
+def key_state(key_id: bytes) -> str:
+    return f"key:{key_id.hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A value left untouched because it cannot be brought to the wanted state."""
+
+    key: str
+    field: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Report:
+    """What an operation found and did. Never holds a secret."""
+
+    operation: Operation
+    dry_run: bool = False
+    records: int = 0
+    encrypted: int = 0  # plaintext values encrypted
+    upgraded: int = 0  # origin v1 values rewritten in the current format
+    rewrapped: int = 0  # data keys re-wrapped under the current master key
+    unchanged: int = 0
+    conflicts: int = 0  # records skipped because the application changed them meanwhile
+    failures: list[Failure] = field(default_factory=list)
+    # Per model and field path: how many values are in each state (``status``), or were found
+    # in each state before the operation (``migrate``/``rotate``).
+    states: dict[str, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return self.encrypted + self.upgraded + self.rewrapped
+
+    @property
+    def ok(self) -> bool:
+        """Every value is (or, in a dry run, would be) in the wanted state."""
+        if self.failures or self.conflicts:
+            return False
+        if self.operation is Operation.STATUS:
+            return not any(
+                c[PLAINTEXT] or c[LEGACY] or c[MASKED] or c[UNDECRYPTABLE]
+                for c in self.states.values()
+            )
+        return True
+
+    def merge(self, other: Report) -> None:
+        self.records += other.records
+        self.encrypted += other.encrypted
+        self.upgraded += other.upgraded
+        self.rewrapped += other.rewrapped
+        self.unchanged += other.unchanged
+        self.conflicts += other.conflicts
+        self.failures.extend(other.failures)
+        for name, counts in other.states.items():
+            self.states.setdefault(name, Counter()).update(counts)
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        verb = "would change" if self.dry_run else "changed"
+        head = f"{self.operation.value}: {self.records} records"
+        if self.operation is Operation.STATUS:
+            totals: Counter[str] = Counter()
+            for counts in self.states.values():
+                totals.update(counts)
+            parts = ", ".join(f"{n} {state}" for state, n in sorted(totals.items()))
+            return f"{head}; {parts or 'no values'}; {'OK' if self.ok else 'NOT OK'}"
+        return (
+            f"{head}; {verb} {self.changed} values ({self.encrypted} encrypted, "
+            f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped), "
+            f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
+            f"{len(self.failures)} failed; {'OK' if self.ok else 'NOT OK'}"
+        )
+
+
+# --- the model's stored layout ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    model: type[BaseModel]
+    name: str
+    prefix: str
+    is_json: bool
+    bound: bool
+    plan: dict[str, Node]
+
+    @classmethod
+    def of(cls, model: type[BaseModel]) -> _Layout:
+        import aredis_om
+        import redis_om
+
+        m: Any = model
+        if not issubclass(model, (redis_om.RedisModel, aredis_om.RedisModel)):
+            raise EncryptionError(f"{model.__name__} is not a redis-om model")
+        if getattr(m._meta, "embedded", False):
+            raise EncryptionError(f"{model.__name__} is embedded; run on the model that holds it")
+        plan = plan_for(model)
+        if not plan:
+            raise EncryptionError(f"{model.__name__} has no EncryptedStr fields")
+        return cls(
+            model=model,
+            name=model.__name__,
+            prefix=m.make_key(m._meta.primary_key_pattern.format(pk="")),
+            is_json=issubclass(model, (redis_om.JsonModel, aredis_om.JsonModel)),
+            bound=issubclass(model, EncryptedModel),
+            plan=plan,
+        )
+
+    def context(self, key: str, path: FieldPath) -> bytes:
+        return binding(key, ".".join(str(p) for p in path)) if self.bound else b""
+
+
+def _pattern(path: FieldPath) -> str:
+    """``replicas.1.password`` → ``replicas[].password``: the name status counts under."""
+    out = ""
+    for part in path:
+        out += "[]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _json_path(path: FieldPath) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f"[{json.dumps(p)}]" for p in path)
+
+
+def _values(doc: Any, plan: dict[str, Node], path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+    if not isinstance(doc, dict):
+        return
+    for name, node in plan.items():
+        yield from _node_values(doc.get(name), node, (*path, name))
+
+
+def _node_values(value: Any, node: Node, path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+    if isinstance(node, Leaf):
+        yield path, value
+    elif isinstance(node, Many):
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _node_values(item, node.item, (*path, i))
+    elif isinstance(node, Nested):
+        yield from _values(value, plan_for(node.model), path)
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+# --- deciding what to do with one value --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Decision:
+    state: str
+    new: str | None = None  # the value to write, if any
+    outcome: str = "unchanged"  # encrypted / upgraded / rewrapped / unchanged / failed
+    reason: str = ""
+
+
+def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decision:
+    if raw is None or raw == "":
+        return _Decision(EMPTY)
+    if not isinstance(raw, str):
+        return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
+    if looks_like_envelope(raw):
+        try:
+            key_id = parse(raw).key_id
+        except DecryptionError:
+            return _Decision(UNDECRYPTABLE, outcome="failed", reason="malformed envelope")
+        state = key_state(key_id)
+        if op is Operation.STATUS:
+            try:
+                open_envelope(raw, keyring, context)
+            except DecryptionError as exc:
+                return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
+            return _Decision(state)
+        if op is Operation.ROTATE and key_id != keyring.current.key_id:
+            try:
+                return _Decision(state, rewrap(raw, keyring, context), "rewrapped")
+            except DecryptionError as exc:
+                return _Decision(state, outcome="failed", reason=_reason(exc))
+        return _Decision(state)
+    if parse_legacy(raw) is not None:
+        try:
+            plaintext = open_legacy(raw, keyring)
+        except DecryptionError as exc:
+            return _Decision(LEGACY, outcome="failed", reason=_reason(exc))
+        if op is Operation.STATUS:
+            return _Decision(LEGACY)
+        return _Decision(LEGACY, seal(plaintext, keyring, context), "upgraded")
+    if is_star_mask(raw):
+        # The origin stored masks as secrets; encrypting one would hide that the secret is lost.
+        return _Decision(MASKED, outcome="failed", reason="holds a mask, not a secret")
+    if op is Operation.STATUS:
+        return _Decision(PLAINTEXT)
+    return _Decision(PLAINTEXT, seal(raw, keyring, context), "encrypted")
+
+
+def _reason(exc: EncryptionError) -> str:
+    return str(exc)
+
+
+# --- one batch of records ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Write:
+    key: str
+    args: list[str]
+    decisions: list[tuple[str, _Decision]]
+
+
+def _read_request(layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
+    fields = list(layout.plan)
+
+    def request(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            if layout.is_json:
+                pipe.execute_command("JSON.GET", key)
+            else:
+                pipe.hmget(key, fields)
+        return pipe.execute()
+
+    return request
+
+
+def _write_request(sha: str, writes: Sequence[_Write]) -> Callable[[Any], Any]:
+    def request(client: Any) -> Any:
+        pipe = client.pipeline(transaction=False)
+        for w in writes:
+            pipe.evalsha(sha, 1, w.key, *w.args)
+        return pipe.execute()
+
+    return request
+
+
+def _plan_record(
+    op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, report: Report
+) -> _Write | None:
+    if layout.is_json:
+        doc = json.loads(_text(stored)) if stored is not None else None
+        if doc is None:
+            return None  # deleted since the scan
+        values = list(_values(doc, layout.plan, ()))
+    else:
+        if stored is None or all(v is None for v in stored):
+            return None
+        values = [((name,), _text(v)) for name, v in zip(layout.plan, stored, strict=True)]
+    args: list[str] = []
+    decisions: list[tuple[str, _Decision]] = []
+    for path, raw in values:
+        d = _decide(op, raw, keyring, layout.context(key, path))
+        name = f"{layout.name}.{_pattern(path)}"
+        decisions.append((name, d))
+        if d.new is not None:
+            if layout.is_json:
+                args += [_json_path(path), raw, json.dumps(d.new)]
+            else:
+                args += [str(path[0]), raw, d.new]
+        elif d.outcome == "failed":
+            report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
+    return _Write(key, args, decisions)
+
+
+def _count(report: Report, decisions: Sequence[tuple[str, _Decision]], applied: bool) -> None:
+    """Count one record's values; changes count only if written (or, in a dry run, planned)."""
+    report.records += 1
+    for name, d in decisions:
+        report.states.setdefault(name, Counter())[d.state] += 1
+        if d.outcome == "failed" or d.state == EMPTY:
+            continue
+        if d.new is None:
+            report.unchanged += 1
+        elif applied:
+            setattr(report, d.outcome, getattr(report, d.outcome) + 1)
+
+
+def _batch(
+    op: Operation,
+    layout: _Layout,
+    keys: Sequence[str],
+    sha: str | None,
+    keyring: KeyRing,
+    dry_run: bool,
+) -> Steps[Report]:
+    report = Report(op, dry_run)
+    pending = list(keys)
+    for attempt in range(_RETRIES + 1):
+        if not pending:
+            break
+        if attempt == _RETRIES:
+            report.conflicts += len(pending)
+            break
+        stored = yield _read_request(layout, pending)
+        attempt_report = Report(op, dry_run)
+        writes = []
+        for key, value in zip(pending, stored, strict=True):
+            w = _plan_record(op, layout, key, value, keyring, attempt_report)
+            if w is not None:
+                writes.append(w)
+        to_send = [w for w in writes if w.args]
+        results: list[Any] = []
+        if to_send and sha is not None and not dry_run:
+            results = yield _write_request(sha, to_send)
+        conflicted = {w.key for w, ok in zip(to_send, results, strict=False) if ok != 1}
+        for w in writes:
+            if w.key not in conflicted:
+                _count(attempt_report, w.decisions, applied=True)
+        # Failures of conflicted records are re-found on the retry; keep the others.
+        attempt_report.failures = [f for f in attempt_report.failures if f.key not in conflicted]
+        report.merge(attempt_report)
+        pending = [k for k in pending if k in conflicted]
+    return report
+
+
+# --- the scan --------------------------------------------------------------------------------
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _steps(
+    op: Operation,
+    model: type[BaseModel],
+    dry_run: bool,
+    batch_size: int,
+    keyring: KeyRing | None,
+    progress: ProgressCallback | None,
+) -> Steps[Report]:
+    if batch_size < 1:
+        raise EncryptionError("batch_size must be at least 1")
+    layout = _Layout.of(model)
+    ring = keyring or get_keyring()
+    report = Report(op, dry_run)
+    for name in _field_names(layout):
+        report.states.setdefault(name, Counter())
+    sha: str | None = None
+    if op is not Operation.STATUS and not dry_run:
+        script = _JSON_CAS if layout.is_json else _HASH_CAS
+        sha = _text((yield lambda c: c.script_load(script)))
+    match = _glob_escape(layout.prefix) + "*"
+    kind = "ReJSON-RL" if layout.is_json else "hash"
+    cursor: Any = 0
+    while True:
+        cursor, found = yield _scan_request(cursor, match, batch_size, kind)
+        keys = [_text(k) for k in found]
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            report.merge((yield from _batch(op, layout, chunk, sha, ring, dry_run)))
+            if progress is not None:
+                progress(len(chunk))
+        if int(cursor) == 0:
+            return report
+
+
+def _scan_request(cursor: Any, match: str, count: int, kind: str) -> Callable[[Any], Any]:
+    return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
+
+
+def _field_names(layout: _Layout) -> Iterator[str]:
+    def walk(node: Node, prefix: str) -> Iterator[str]:
+        if isinstance(node, Leaf):
+            yield prefix
+        elif isinstance(node, Many):
+            yield from walk(node.item, prefix + "[]")
+        else:
+            for name, sub in plan_for(node.model).items():
+                yield from walk(sub, f"{prefix}.{name}")
+
+    for name, node in layout.plan.items():
+        for path in walk(node, name):
+            yield f"{layout.name}.{path}"
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def _client(model: type[BaseModel], client: Any) -> Any:
+    return client if client is not None else typing.cast(Any, model).db()
+
+
+def migrate(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Encrypt every plaintext value and upgrade origin v1 values; leave current envelopes."""
+    steps = _steps(Operation.MIGRATE, model, dry_run, batch_size, keyring, progress)
+    return run_sync(steps, _client(model, client))
+
+
+def rotate(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Bring every value under the current master key: re-wrap old envelopes, encrypt the rest."""
+    steps = _steps(Operation.ROTATE, model, dry_run, batch_size, keyring, progress)
+    return run_sync(steps, _client(model, client))
+
+
+def status(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """Count the values of each encrypted field by state, decrypting each one to check it."""
+    steps = _steps(Operation.STATUS, model, True, batch_size, keyring, progress)
+    return run_sync(steps, _client(model, client))
+
+
+async def amigrate(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """``migrate`` with an asyncio client (default: the model's own)."""
+    steps = _steps(Operation.MIGRATE, model, dry_run, batch_size, keyring, progress)
+    return await run_async(steps, _client(model, client))
+
+
+async def arotate(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """``rotate`` with an asyncio client (default: the model's own)."""
+    steps = _steps(Operation.ROTATE, model, dry_run, batch_size, keyring, progress)
+    return await run_async(steps, _client(model, client))
+
+
+async def astatus(
+    model: type[BaseModel],
+    *,
+    client: Any = None,
+    batch_size: int = 500,
+    keyring: KeyRing | None = None,
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """``status`` with an asyncio client (default: the model's own)."""
+    steps = _steps(Operation.STATUS, model, True, batch_size, keyring, progress)
+    return await run_async(steps, _client(model, client))
