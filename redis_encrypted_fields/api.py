@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
+from .audit import track
 from .envelope import is_envelope, looks_like_envelope, open_envelope, seal
+from .errors import DecryptionError
 from .keys import get_keyring
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy
 
@@ -19,14 +21,25 @@ log = logging.getLogger("redis_encrypted_fields")
 
 def encrypt_secret(plaintext: str) -> str:
     """Encrypt ``plaintext`` under the current master key (current envelope format)."""
-    return seal(plaintext, get_keyring())
+    keyring = get_keyring()
+    envelope = seal(plaintext, keyring)
+    track("encrypt", key_id=keyring.current.key_id)
+    return envelope
 
 
 def decrypt_secret(value: str) -> str:
     """Decrypt a current envelope or an origin v1 value. Raises ``DecryptionError``."""
-    if looks_like_envelope(value):
-        return open_envelope(value, get_keyring())
-    return open_legacy(value, get_keyring())
+    keyring = get_keyring()
+    try:
+        if looks_like_envelope(value):
+            plaintext = open_envelope(value, keyring)
+        else:
+            plaintext = open_legacy(value, keyring)
+    except DecryptionError as exc:
+        track("decrypt", envelope=value, error=exc)
+        raise
+    track("decrypt", envelope=value)
+    return plaintext
 
 
 def is_encrypted(value: object) -> bool:
@@ -36,9 +49,7 @@ def is_encrypted(value: object) -> bool:
 
 def get_secret_value(value: str) -> str:
     """Decrypt an envelope; plaintext (not yet migrated) passes through with a warning."""
-    if looks_like_envelope(value):
-        return open_envelope(value, get_keyring())
-    if parse_legacy(value) is not None:
-        return open_legacy(value, get_keyring())
+    if looks_like_envelope(value) or parse_legacy(value) is not None:
+        return decrypt_secret(value)
     log.warning("a secret is stored as plaintext; run `redis-encrypted-fields migrate`")
     return value

@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
+from .audit import track
 from .envelope import binding, looks_like_envelope, open_envelope, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, model_scope
@@ -235,16 +236,15 @@ class _Opener:
         if raw == "":
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
-        if looks_like_envelope(raw):
-            if self.record_key is None:
+        if looks_like_envelope(raw) or parse_legacy(raw) is not None:
+            if self.record_key is None and looks_like_envelope(raw):
                 raise DecryptionError(
                     f"Decryption failed: {self.where(path)} holds an envelope but the record "
                     "has no primary key to check it against"
                 )
-            context = binding(self.record_key, _dotted(path))
-            return EncryptedStr(open_envelope(raw, get_keyring(), context))
-        if parse_legacy(raw) is not None:
-            return EncryptedStr(open_legacy(raw, get_keyring()))
+            return EncryptedStr(
+                open_stored(raw, self.model.__name__, path, typing.cast(str, self.record_key))
+            )
         if leaf.mask.could_be_mask(raw):
             return KeepExisting(raw)
         if self.reading:
@@ -265,17 +265,33 @@ class _Opener:
         return f"{self.model.__name__}.{_dotted(path)}"
 
 
-def _seal_tree(obj: Any, record_key: str, path: FieldPath) -> None:
+def open_stored(raw: str, model: str, path: FieldPath, record_key: str) -> str:
+    """Decrypt a stored envelope (current or origin v1) of one record's field, audited."""
+    field = _dotted(path)
+    keyring = get_keyring()
+    try:
+        if looks_like_envelope(raw):
+            plaintext = open_envelope(raw, keyring, binding(record_key, field))
+        else:
+            plaintext = open_legacy(raw, keyring)
+    except DecryptionError as exc:
+        track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
+        raise
+    track("decrypt", model=model, field=field, record=record_key, envelope=raw)
+    return plaintext
+
+
+def _seal_tree(obj: Any, model: str, record_key: str, path: FieldPath) -> None:
     """Replace every ``Pending`` in a dumped tree by an envelope bound to its record and path."""
     items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
     for slot, value in list(items):
         if isinstance(value, Pending):
-            obj[slot] = _seal_pending(value, record_key, (*path, slot))
+            obj[slot] = _seal_pending(value, model, record_key, (*path, slot))
         elif isinstance(value, (dict, list)):
-            _seal_tree(value, record_key, (*path, slot))
+            _seal_tree(value, model, record_key, (*path, slot))
 
 
-def _seal_pending(pending: Pending, record_key: str, path: FieldPath) -> str:
+def _seal_pending(pending: Pending, model: str, record_key: str, path: FieldPath) -> str:
     value = pending.value
     if isinstance(value, KeepExisting) or (
         not isinstance(value, EncryptedStr) and pending.mask.could_be_mask(value)
@@ -284,7 +300,11 @@ def _seal_pending(pending: Pending, record_key: str, path: FieldPath) -> str:
             f"{_dotted(path)} of {record_key} holds a mask, not a secret; save() keeps the stored "
             "secret for a mask, model_dump() cannot"
         )
-    return seal(value, get_keyring(), binding(record_key, _dotted(path)))
+    keyring = get_keyring()
+    field = _dotted(path)
+    envelope = seal(value, keyring, binding(record_key, field))
+    track("encrypt", model=model, field=field, record=record_key, key_id=keyring.current.key_id)
+    return envelope
 
 
 @dataclass(slots=True)
@@ -421,7 +441,7 @@ class EncryptedModel:
         merged = {**context, **defer} if isinstance(context, Mapping) else defer
         data = parent.model_dump(mode=mode, context=merged, **kwargs)
         record_key = cls._ref_key(self._ref_pk())
-        _seal_tree(data, record_key, ())
+        _seal_tree(data, cls.__name__, record_key, ())
         if _saving.get() is self and cls._ref_is_hash():
             # HSET skips None; an empty string overwrites the old secret, and redis-om reads it
             # back as None for an Optional field.
@@ -468,7 +488,6 @@ class EncryptedModel:
             stored: Any = dict(zip(names, values, strict=True))
         else:
             stored = yield lambda r: r.json().get(record_key)
-        keyring = get_keyring()
         for slot in slots:
             raw = _stored_at(stored, slot.path)
             if isinstance(raw, bytes):
@@ -476,10 +495,8 @@ class EncryptedModel:
             where = f"{cls.__name__}.{_dotted(slot.path)}"
             existing: str | None = None
             if isinstance(raw, str) and raw and not slot.leaf.mask.could_be_mask(raw):
-                if looks_like_envelope(raw):
-                    existing = open_envelope(raw, keyring, binding(record_key, _dotted(slot.path)))
-                elif parse_legacy(raw) is not None:
-                    existing = open_legacy(raw, keyring)
+                if looks_like_envelope(raw) or parse_legacy(raw) is not None:
+                    existing = open_stored(raw, cls.__name__, slot.path, record_key)
                 else:
                     existing = raw
             value = str.__str__(slot.value)

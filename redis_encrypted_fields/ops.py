@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._driver import Steps, run_async, run_sync
+from .audit import track
 from .envelope import binding, looks_like_envelope, open_envelope, parse, rewrap, seal
 from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
@@ -330,7 +331,9 @@ def _plan_record(
     op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, report: Report
 ) -> _Write | None:
     if layout.is_json:
-        doc = json.loads(_text(stored)) if stored is not None else None
+        # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
+        # registered its response callbacks on the client.
+        doc = json.loads(_text(stored)) if isinstance(stored, (str, bytes)) else stored
         if doc is None:
             return None  # deleted since the scan
         values = list(_values(doc, layout.plan, ()))
@@ -342,6 +345,7 @@ def _plan_record(
     decisions: list[tuple[str, _Decision]] = []
     for path, raw in values:
         d = _decide(op, raw, keyring, layout.context(key, path))
+        _audit(d, layout, key, path, raw, keyring)
         name = f"{layout.name}.{_pattern(path)}"
         decisions.append((name, d))
         if d.new is not None:
@@ -352,6 +356,23 @@ def _plan_record(
         elif d.outcome == "failed":
             report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
     return _Write(key, args, decisions)
+
+
+_AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
+
+
+def _audit(
+    d: _Decision, layout: _Layout, key: str, path: FieldPath, raw: Any, ring: KeyRing
+) -> None:
+    # Events describe what the tool decided; a write that then loses a compare-and-set race is
+    # decided again, and audited again, on the retry.
+    field = ".".join(map(str, path))
+    common: dict[str, Any] = {"model": layout.name, "field": field, "record": key}
+    if d.outcome in _AUDITED:
+        track(_AUDITED[d.outcome], key_id=ring.current.key_id, **common)
+    elif d.outcome == "failed" and d.state not in (MASKED, PLAINTEXT):
+        error = DecryptionError(d.reason)
+        track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
 
 
 def _count(report: Report, decisions: Sequence[tuple[str, _Decision]], applied: bool) -> None:

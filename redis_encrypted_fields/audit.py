@@ -1,0 +1,134 @@
+"""Audit trail: one structured event per encrypt, decrypt, re-wrap and failed decrypt.
+
+Events go to the ``redis_encrypted_fields.audit`` logger at INFO, which is set to WARNING here so
+that it stays silent until the application turns it on::
+
+    logging.getLogger("redis_encrypted_fields.audit").setLevel(logging.INFO)
+
+and to every hook registered with ``add_audit_hook`` (a callable taking an ``AuditEvent``). An
+event names the operation, model, field, record and key id and the outcome: never a plaintext,
+never a key. When neither the logger nor a hook listens, the cost is one cached level check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .envelope import looks_like_envelope, parse
+from .errors import DecryptionError
+
+__all__ = [
+    "AuditEvent",
+    "AuditHook",
+    "add_audit_hook",
+    "audit_enabled",
+    "remove_audit_hook",
+]
+
+logger = logging.getLogger("redis_encrypted_fields.audit")
+# Off by default, even under an application that logs everything at INFO: audit volume is one
+# line per secret touched, so it is something to switch on deliberately.
+logger.setLevel(logging.WARNING)
+
+_log = logging.getLogger("redis_encrypted_fields")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """What happened to one secret. Holds no secret."""
+
+    operation: str  # "encrypt", "decrypt", "rewrap"
+    outcome: str  # "ok" or "failed"
+    model: str | None = None
+    field: str | None = None
+    record: str | None = None  # the record's Redis key
+    key_id: str | None = None  # hex id of the master key involved
+    reason: str | None = None  # why it failed: the library's own message
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+AuditHook = Callable[[AuditEvent], None]
+_hooks: tuple[AuditHook, ...] = ()
+
+
+def add_audit_hook(hook: AuditHook) -> AuditHook:
+    """Send every event to ``hook`` as well (returned, so it can be used as a decorator)."""
+    global _hooks
+    _hooks = (*_hooks, hook)
+    return hook
+
+
+def remove_audit_hook(hook: AuditHook) -> None:
+    """Stop sending events to ``hook``."""
+    global _hooks
+    _hooks = tuple(h for h in _hooks if h is not hook)
+
+
+def audit_enabled() -> bool:
+    """Whether anything listens; callers skip building events when nothing does."""
+    return bool(_hooks) or logger.isEnabledFor(logging.INFO)
+
+
+def key_id_of(envelope: str) -> str | None:
+    """The key id an envelope names, or ``None`` (origin v1 values name none)."""
+    if not looks_like_envelope(envelope):
+        return None
+    try:
+        return parse(envelope).key_id.hex()
+    except DecryptionError:
+        return None
+
+
+def emit(event: AuditEvent) -> None:
+    """Deliver ``event`` to the audit logger and the hooks. Call only if ``audit_enabled()``."""
+    if logger.isEnabledFor(logging.INFO):
+        where = ".".join(p for p in (event.model, event.field) if p) or "-"
+        logger.info(
+            "%s %s %s record=%s key=%s%s",
+            event.operation,
+            event.outcome,
+            where,
+            event.record or "-",
+            event.key_id or "-",
+            f" reason={event.reason}" if event.reason else "",
+            extra={"audit": event.as_dict()},
+        )
+    for hook in _hooks:
+        try:
+            hook(event)
+        except Exception:
+            # An audit sink must not break reads and writes; the failure itself is logged.
+            _log.exception("audit hook %r failed", hook)
+
+
+def track(
+    operation: str,
+    *,
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+    envelope: str | None = None,
+    key_id: bytes | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """Build and deliver one event, if anything listens. The key id comes from ``key_id`` or is
+    read from ``envelope`` (parsed only when someone listens)."""
+    if not audit_enabled():
+        return
+    kid = key_id.hex() if key_id is not None else (key_id_of(envelope) if envelope else None)
+    emit(
+        AuditEvent(
+            operation=operation,
+            outcome="failed" if error is not None else "ok",
+            model=model,
+            field=field,
+            record=record,
+            key_id=kid,
+            reason=str(error) if error is not None else None,
+        )
+    )
