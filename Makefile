@@ -19,7 +19,7 @@ $(VPY):
 # Re-install only when pyproject.toml changes (or the venv is new).
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e '.[dev]'
+	$(VPY) -m pip install -e '.[dev,examples]'
 	touch $@
 
 test: venv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .api import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
+from .audit import AuditEvent, add_audit_hook, remove_audit_hook
 from .errors import (
     DecryptionError,
     EncryptionError,
@@ -10,11 +11,12 @@ from .errors import (
     MasterKeyError,
     PlaintextSecretError,
 )
-from .fields import EncryptedStr, Mask
+from .fields import EncryptedStr, Mask, UrlMask
 from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
 from .models import EncryptedModel, set_plaintext_reads
 
 __all__ = [
+    "AuditEvent",
     "DecryptionError",
     "EncryptedModel",
     "EncryptedStr",
@@ -25,12 +27,15 @@ __all__ = [
     "MasterKey",
     "MasterKeyError",
     "PlaintextSecretError",
+    "UrlMask",
+    "add_audit_hook",
     "decrypt_secret",
     "encrypt_secret",
     "generate_master_key",
     "get_keyring",
     "get_secret_value",
     "is_encrypted",
+    "remove_audit_hook",
     "set_keyring",
     "set_plaintext_reads",
 ]

@@ -7,18 +7,22 @@ Inside an ``EncryptedModel`` the model binds each value to its record and field 
 from __future__ import annotations
 
 import contextvars
+import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from .audit import track
 from .envelope import looks_like_envelope, open_envelope, seal
-from .errors import MaskedSecretError
+from .errors import DecryptionError, MaskedSecretError
 from .keys import get_keyring
 from .legacy import open_legacy, parse_legacy
 
-__all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "is_star_mask"]
+__all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "is_star_mask"]
 
 
 def is_star_mask(value: str) -> bool:
@@ -48,7 +52,11 @@ class Mask:
         return is_star_mask(value)
 
     def is_mask_of(self, value: str, existing: str | None) -> bool:
-        """Whether ``value``, sent back, means "keep ``existing``"."""
+        """Whether ``value``, sent back, means "keep ``existing``".
+
+        ``False`` stores ``value`` as a new secret; a value that is neither (``UrlMask``: a masked
+        URL other than ``existing``'s rendering) raises ``MaskedSecretError``.
+        """
         return is_star_mask(value)
 
     def __repr__(self) -> str:
@@ -61,6 +69,108 @@ class Mask:
 
 
 DEFAULT_MASK = Mask()
+
+
+# --- UrlMask -------------------------------------------------------------------------------------
+
+# Separators of a URL's parts: a part made only of stars is a mask, as a whole value is for Mask.
+_URL_SEPARATORS = re.compile(r"[:/@?&=#;,\[\]]")
+# What render() shows; anything else makes the URL "malformed" and it shows as the plain mask.
+_URL_HOST = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[A-Za-z0-9._~-]*)(?::[0-9]*)?", re.ASCII
+)
+_URL_DB_PATH = re.compile(r"(?:/[0-9]*)?", re.ASCII)
+_URL_SOCKET_PATH = re.compile(r"(?:[A-Za-z0-9._~/+-]|%[0-9A-Fa-f]{2})*", re.ASCII)
+_URL_PARAM = re.compile(r"[A-Za-z0-9._-]+", re.ASCII)
+_URL_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+
+
+class UrlMask(Mask):
+    """A mask that hides a connection URL's credentials and shows where it points.
+
+    ``redis://user:pw@host:6379/0?password=pw`` shows as ``redis://***:***@host:6379/0?password=***``:
+    scheme, host, port, database (path or ``db=``) and socket path stay visible; the user info and
+    every other query value are masked. A URL that does not parse cleanly (or another scheme than
+    ``schemes``) shows as the plain mask ``text``.
+
+    Sent back, only that exact rendering (or a plain star mask) keeps the stored URL. A URL with a
+    part made only of stars (``***``) is never stored: unless it is that rendering, saving it raises
+    ``MaskedSecretError`` (changing the host behind masked credentials could send them elsewhere).
+    A credential that really is ``***`` is written percent-encoded, ``%2A%2A%2A``.
+
+    Use as ``Annotated[EncryptedStr, UrlMask()]``.
+    """
+
+    __slots__ = ("schemes",)
+
+    def __init__(self, text: str = "***", *, schemes: Iterable[str] = ("redis", "rediss", "unix")):
+        super().__init__(text)
+        self.schemes = tuple(scheme.lower() for scheme in schemes)
+
+    def render(self, plaintext: str) -> str:
+        shown = self._render_url(plaintext)
+        return self.text if shown is None else shown
+
+    def could_be_mask(self, value: str) -> bool:
+        return any(is_star_mask(part) for part in _URL_SEPARATORS.split(value))
+
+    def is_mask_of(self, value: str, existing: str | None) -> bool:
+        if is_star_mask(value) or (existing is not None and value == self.render(existing)):
+            return True
+        if not self.could_be_mask(value):
+            return False
+        # A masked URL that is not the stored one's rendering: neither "keep" nor a secret.
+        # Messages show renderings only: the value may hold a real credential next to a mask.
+        if existing is None:
+            raise MaskedSecretError(
+                f"a masked URL ({self.render(value)!r}) was given to keep the existing secret, "
+                "but there is no stored secret for it; send the full URL"
+            )
+        raise MaskedSecretError(
+            f"a masked URL ({self.render(value)!r}) keeps the stored secret only when sent back "
+            f"exactly as shown ({self.render(existing)!r}); to change the URL, send it in full "
+            "with its credentials (a literal '*' in a credential is written %2A)"
+        )
+
+    def __repr__(self) -> str:
+        return f"UrlMask({self.text!r}, schemes={self.schemes!r})"
+
+    def _render_url(self, url: str) -> str | None:
+        """The URL with its credentials masked, or ``None`` if it is not one this mask shows."""
+        # Whitespace and control characters are silently dropped by urlsplit: refuse them.
+        if not url.isascii() or not url.isprintable() or " " in url:
+            return None
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- validates the port
+        except ValueError:
+            return None
+        scheme = parts.scheme
+        # A '#', or an '@' after the host, is most likely an unescaped character of a password
+        # that urlsplit took for a separator: the "host" or "port" would be part of it.
+        if (
+            scheme not in self.schemes
+            or url[: len(scheme) + 3].lower() != f"{scheme}://"
+            or "#" in url
+            or "@" in parts.path
+            or "@" in parts.query
+        ):
+            return None
+        _userinfo, at, host = parts.netloc.rpartition("@")
+        path_ok = _URL_SOCKET_PATH if scheme == "unix" else _URL_DB_PATH
+        if not _URL_HOST.fullmatch(host) or not path_ok.fullmatch(parts.path):
+            return None
+        shown = f"{scheme}://{'***:***@' if at else ''}{host}{parts.path}"
+        if parts.query:
+            params = []
+            for param in parts.query.split("&"):
+                name, eq, value = param.partition("=")
+                if not eq or not _URL_PARAM.fullmatch(name):
+                    return None
+                visible = name == "db" and _URL_DIGITS.fullmatch(value) is not None
+                params.append(f"{name}={value if visible else '***'}")
+            shown += "?" + "&".join(params)
+        return shown
 
 
 class EncryptedStr(str):
@@ -88,7 +198,7 @@ class EncryptedStr(str):
     def __get_pydantic_json_schema__(
         cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return _json_schema()
+        return _json_schema(DEFAULT_MASK, handler.mode)
 
 
 class KeepExisting(EncryptedStr):
@@ -122,13 +232,40 @@ model_scope: contextvars.ContextVar[bool] = contextvars.ContextVar("ref_model_sc
 DEFER = "redis_encrypted_fields.defer"
 
 
-def _json_schema() -> JsonSchemaValue:
+# Rendered for the example of a masked value in output schemas.
+_SAMPLE_SECRET = "redis://user:secret@host:6379/0"  # noqa: S105 -- not a real one
+
+
+def _json_schema(mask: Mask = DEFAULT_MASK, mode: str = "validation") -> JsonSchemaValue:
+    if mode == "serialization":
+        # Output holds the mask, not the secret: what a response model shows.
+        return {
+            "type": "string",
+            "description": "Masked; sent back unchanged, keeps the stored secret.",
+            "examples": [mask.render(_SAMPLE_SECRET)],
+        }
     return {"type": "string", "format": "password", "writeOnly": True}
 
 
 def _where(info: core_schema.ValidationInfo) -> str:
     title = (info.config or {}).get("title") or "model"
     return f"{title}.{info.field_name}" if info.field_name else title
+
+
+def _open_unbound(value: str, info: core_schema.ValidationInfo) -> str:
+    """Decrypt a value stored without record binding (a model without EncryptedModel), audited."""
+    title = (info.config or {}).get("title")
+    keyring = get_keyring()
+    try:
+        if looks_like_envelope(value):
+            plaintext = open_envelope(value, keyring)
+        else:
+            plaintext = open_legacy(value, keyring)
+    except DecryptionError as exc:
+        track("decrypt", model=title, field=info.field_name, envelope=value, error=exc)
+        raise
+    track("decrypt", model=title, field=info.field_name, envelope=value)
+    return plaintext
 
 
 def _core_schema(mask: Mask) -> core_schema.CoreSchema:
@@ -141,13 +278,13 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
         if mask.could_be_mask(value):
             if model_scope.get():
                 return KeepExisting(value)
+            # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
+            shown = value if is_star_mask(value) else mask.render(value)
             raise MaskedSecretError(
-                f"{_where(info)}: a mask ({value!r}) is not a secret; refusing to store it"
+                f"{_where(info)}: a mask ({shown!r}) is not a secret; refusing to store it"
             )
-        if looks_like_envelope(value):
-            return EncryptedStr(open_envelope(value, get_keyring()))
-        if parse_legacy(value) is not None:
-            return EncryptedStr(open_legacy(value, get_keyring()))
+        if looks_like_envelope(value) or parse_legacy(value) is not None:
+            return EncryptedStr(_open_unbound(value, info))
         return EncryptedStr(value)
 
     def serialize(value: Any, info: core_schema.SerializationInfo) -> Any:
@@ -158,12 +295,17 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
             return Pending(value, mask)
         if isinstance(value, KeepExisting) or mask.could_be_mask(value):
             raise MaskedSecretError("a mask is not a secret; refusing to serialize it for storage")
-        return seal(value, get_keyring())
+        keyring = get_keyring()
+        envelope = seal(value, keyring)
+        track("encrypt", key_id=keyring.current.key_id)
+        return envelope
 
     return core_schema.with_info_plain_validator_function(
         validate,
         serialization=core_schema.plain_serializer_function_ser_schema(
             serialize, info_arg=True, when_used="always"
         ),
-        metadata={"pydantic_js_functions": [lambda _schema, _handler: _json_schema()]},
+        metadata={
+            "pydantic_js_functions": [lambda _schema, handler: _json_schema(mask, handler.mode)]
+        },
     )

@@ -500,7 +500,11 @@ class EncryptedModel:
                 else:
                     existing = raw
             value = str.__str__(slot.value)
-            if not slot.leaf.mask.is_mask_of(value, existing):
+            try:
+                keep = slot.leaf.mask.is_mask_of(value, existing)
+            except MaskedSecretError as exc:
+                raise MaskedSecretError(f"{where} of {record_key}: {exc}") from None
+            if not keep:
                 slot.set(EncryptedStr(value))
             elif existing is None:
                 raise MaskedSecretError(
