@@ -66,7 +66,8 @@ def add_audit_hook(hook: AuditHook) -> AuditHook:
 def remove_audit_hook(hook: AuditHook) -> None:
     """Stop sending events to ``hook``."""
     global _hooks
-    _hooks = tuple(h for h in _hooks if h is not hook)
+    # Equality, not identity: a bound method is a new object at every attribute access.
+    _hooks = tuple(h for h in _hooks if h != hook)
 
 
 def audit_enabled() -> bool:

@@ -252,6 +252,23 @@ def _where(info: core_schema.ValidationInfo) -> str:
     return f"{title}.{info.field_name}" if info.field_name else title
 
 
+class _Hidden(str):
+    """Stands for an input of the wrong type, which may be a secret: pydantic echoes the input it
+    validated into error messages, and this is the input it then sees."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> _Hidden:
+        return super().__new__(cls, "<hidden>")
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+def _hide_non_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _Hidden()
+
+
 def _open_unbound(value: str, info: core_schema.ValidationInfo) -> str:
     """Decrypt a value stored without record binding (a model without EncryptedModel), audited."""
     title = (info.config or {}).get("title")
@@ -272,8 +289,7 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
     def validate(value: Any, info: core_schema.ValidationInfo) -> EncryptedStr:
         if isinstance(value, EncryptedStr):
             return value
-        if not isinstance(value, str):
-            # No input_value in the message: it may be a secret of the wrong type.
+        if isinstance(value, _Hidden):
             raise PydanticCustomError("encrypted_str_type", "Input should be a valid string")
         if mask.could_be_mask(value):
             if model_scope.get():
@@ -300,8 +316,9 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
         track("encrypt", key_id=keyring.current.key_id)
         return envelope
 
-    return core_schema.with_info_plain_validator_function(
-        validate,
+    return core_schema.no_info_before_validator_function(
+        _hide_non_str,
+        core_schema.with_info_plain_validator_function(validate),
         serialization=core_schema.plain_serializer_function_ser_schema(
             serialize, info_arg=True, when_used="always"
         ),

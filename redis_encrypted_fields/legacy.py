@@ -39,7 +39,8 @@ def parse_legacy(value: str) -> LegacyEnvelope | None:
         return None
     try:
         doc = json.loads(base64.b64decode(value.encode("ascii"), validate=True))
-    except (binascii.Error, UnicodeError, ValueError):
+    except (binascii.Error, UnicodeError, ValueError, RecursionError):
+        # RecursionError: deeply nested JSON, which no v1 value is.
         return None
     if not isinstance(doc, dict) or doc.get("version") != "v1":
         return None

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import aredis_om
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
@@ -236,8 +237,17 @@ class _Opener:
         if raw == "":
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
-        if looks_like_envelope(raw) or parse_legacy(raw) is not None:
-            if self.record_key is None and looks_like_envelope(raw):
+        legacy = parse_legacy(raw) is not None
+        if legacy and self.reading and not _plaintext_allowed():
+            # Origin v1 values carry no record binding: once migration is declared finished,
+            # they are refused like plaintext (an old backup's values could be planted anywhere).
+            raise PlaintextSecretError(
+                f"Decryption failed: {self.where(path)} of {self.record_key} is stored in the "
+                "origin's v1 format (not bound to its record) and plaintext reads are disabled; "
+                "run `redis-encrypted-fields migrate`"
+            )
+        if legacy or looks_like_envelope(raw):
+            if self.record_key is None and not legacy:
                 raise DecryptionError(
                     f"Decryption failed: {self.where(path)} holds an envelope but the record "
                     "has no primary key to check it against"
@@ -279,6 +289,55 @@ def open_stored(raw: str, model: str, path: FieldPath, record_key: str) -> str:
         raise
     track("decrypt", model=model, field=field, record=record_key, envelope=raw)
     return plaintext
+
+
+class _Shown:
+    """Shows a given text as its repr."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_MASKED = _Shown(repr(EncryptedStr()))
+
+
+def _masked(value: Any, node: Node) -> Any:
+    """``value`` for repr(), with every secret at an encrypted path shown masked."""
+    if isinstance(node, Leaf):
+        masked = isinstance(value, str) and not isinstance(value, KeepExisting)
+        return _MASKED if masked else value
+    if isinstance(node, Many):
+        return [_masked(v, node.item) for v in value] if isinstance(value, list) else value
+    if isinstance(value, BaseModel):
+        plan = plan_for(type(value))
+        args = ", ".join(
+            repr(v) if k is None else f"{k}={_masked(v, plan[k]) if k in plan else v!r}"
+            for k, v in value.__repr_args__()
+        )
+        return _Shown(f"{type(value).__name__}({args})")
+    return value
+
+
+def _without_input(exc: ValidationError) -> ValidationError:
+    """The same errors without their inputs: ``errors()`` and ``json()`` would otherwise carry
+    them, and for a missing field the input is the whole record, secrets included."""
+    return ValidationError.from_exception_data(
+        exc.title,
+        [
+            {
+                "type": PydanticCustomError(e["type"], e["msg"]),
+                "loc": e["loc"],
+                "input": None,
+            }
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ],
+        hide_input=True,
+    )
 
 
 def _seal_tree(obj: Any, model: str, record_key: str, path: FieldPath) -> None:
@@ -396,9 +455,29 @@ class EncryptedModel:
                     data = opener.fields(data, plan, ())
                     if cls._ref_is_hash():
                         data = cls._ref_empty_to_none(data, plan)
-            return handler(data)
+            try:
+                return handler(data)
+            except ValidationError as exc:
+                raise _without_input(exc) from None
         finally:
             model_scope.reset(token)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A plain str assigned to an encrypted field becomes an EncryptedStr at once, so that
+        # repr() hides it before the next save; masks stay raw for save() to resolve.
+        if type(value) is str:
+            node = plan_for(typing.cast(Any, type(self))).get(name)
+            if isinstance(node, Leaf) and not node.mask.could_be_mask(value):
+                value = EncryptedStr(value)
+        typing.cast(Any, super()).__setattr__(name, value)
+
+    def __repr_args__(self) -> Any:
+        # Covers values that are not (yet) EncryptedStr: model_copy(update=...), nested models
+        # changed in place, list items.
+        plan = plan_for(typing.cast(Any, type(self)))
+        for name, value in typing.cast(Any, super()).__repr_args__():
+            node = plan.get(name) if name is not None else None
+            yield name, value if node is None else _masked(value, node)
 
     @classmethod
     def get(cls, pk: Any) -> Any:

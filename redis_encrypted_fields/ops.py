@@ -247,6 +247,7 @@ class _Decision:
     new: str | None = None  # the value to write, if any
     outcome: str = "unchanged"  # encrypted / upgraded / rewrapped / unchanged / failed
     reason: str = ""
+    verified: bool = False  # decrypted to check it (status)
 
 
 def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decision:
@@ -265,7 +266,7 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
                 open_envelope(raw, keyring, context)
             except DecryptionError as exc:
                 return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
-            return _Decision(state)
+            return _Decision(state, verified=True)
         if op is Operation.ROTATE and key_id != keyring.current.key_id:
             try:
                 return _Decision(state, rewrap(raw, keyring, context), "rewrapped")
@@ -373,6 +374,9 @@ def _audit(
     elif d.outcome == "failed" and d.state not in (MASKED, PLAINTEXT):
         error = DecryptionError(d.reason)
         track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
+    elif d.outcome == "unchanged" and (d.state == LEGACY or d.verified):
+        # status decrypts to check; migrate and rotate do not open envelopes they leave alone.
+        track("decrypt", envelope=raw, **common)
 
 
 def _count(report: Report, decisions: Sequence[tuple[str, _Decision]], applied: bool) -> None:
@@ -489,8 +493,17 @@ def _field_names(layout: _Layout) -> Iterator[str]:
 # --- public API --------------------------------------------------------------------------------
 
 
-def _client(model: type[BaseModel], client: Any) -> Any:
-    return client if client is not None else typing.cast(Any, model).db()
+def _client(model: type[BaseModel], client: Any, *, sync: bool = True) -> Any:
+    if client is not None:
+        return client
+    import aredis_om
+
+    if sync and issubclass(model, aredis_om.RedisModel):
+        raise EncryptionError(
+            f"{model.__name__} is an aredis_om (asyncio) model: use the a-prefixed function "
+            "(amigrate, arotate, astatus), or pass a synchronous client="
+        )
+    return typing.cast(Any, model).db()
 
 
 def migrate(
@@ -545,7 +558,7 @@ async def amigrate(
 ) -> Report:
     """``migrate`` with an asyncio client (default: the model's own)."""
     steps = _steps(Operation.MIGRATE, model, dry_run, batch_size, keyring, progress)
-    return await run_async(steps, _client(model, client))
+    return await run_async(steps, _client(model, client, sync=False))
 
 
 async def arotate(
@@ -559,7 +572,7 @@ async def arotate(
 ) -> Report:
     """``rotate`` with an asyncio client (default: the model's own)."""
     steps = _steps(Operation.ROTATE, model, dry_run, batch_size, keyring, progress)
-    return await run_async(steps, _client(model, client))
+    return await run_async(steps, _client(model, client, sync=False))
 
 
 async def astatus(
@@ -572,4 +585,4 @@ async def astatus(
 ) -> Report:
     """``status`` with an asyncio client (default: the model's own)."""
     steps = _steps(Operation.STATUS, model, True, batch_size, keyring, progress)
-    return await run_async(steps, _client(model, client))
+    return await run_async(steps, _client(model, client, sync=False))

@@ -409,3 +409,15 @@ async def test_nested_update_with_mask_keeps_the_secret(cluster_model: Any) -> N
     await aw(got.update(primary__password="***", primary__username="root"))
     again = await aw(cluster_model.get(c.pk))
     assert (again.primary.username, again.primary.password) == ("root", "primary-pw")
+
+
+async def test_refusing_plaintext_also_refuses_unbound_origin_v1_values(
+    model: Any, master_key: str
+) -> None:
+    from support import origin_encrypt_v1
+
+    m = await saved(model)
+    write_raw(model, m.pk, "admin_password", origin_encrypt_v1("from-origin", master_key))
+    set_plaintext_reads(False)
+    with pytest.raises(PlaintextSecretError, match="v1 format"):
+        await aw(model.get(m.pk))

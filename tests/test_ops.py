@@ -16,11 +16,18 @@ import pytest
 from ops_models import Account, AsyncAccount, Bulk, Tenant, Unbound
 from support import client, dump_redis, new_key, origin_encrypt_v1, raw
 
-from redis_encrypted_fields import ops
+from redis_encrypted_fields import EncryptionError, ops
 from redis_encrypted_fields.envelope import PREFIX, parse
 from redis_encrypted_fields.keys import MasterKey
 
 TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_bulk_records() -> Any:
+    """The large runs leave tens of thousands of records; later tests scan the whole database."""
+    yield
+    wipe(Bulk)
 
 
 def wipe(model: Any) -> None:
@@ -376,3 +383,25 @@ def test_cli_reports_bad_targets_and_missing_keys(monkeypatch: pytest.MonkeyPatc
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "REDIS_SRE_MASTER_KEY environment variable not set" in stderr
+
+
+def test_sync_functions_refuse_an_async_model_clearly() -> None:
+    with pytest.raises(EncryptionError, match="use the a-prefixed function"):
+        ops.status(AsyncAccount)
+
+
+def test_status_emits_a_decrypt_event_per_value_checked() -> None:
+    from redis_encrypted_fields import AuditEvent, add_audit_hook, remove_audit_hook
+
+    plant_accounts(3)
+    ops.migrate(Account)
+    events: list[AuditEvent] = []
+    hook = add_audit_hook(events.append)
+    try:
+        ops.status(Account)
+    finally:
+        remove_audit_hook(hook)
+    assert (
+        sorted((e.operation, e.outcome, e.field) for e in events)
+        == [("decrypt", "ok", "password")] * 3
+    )

@@ -1,0 +1,614 @@
+"""The threat model (docs/security.md) against the real server.
+
+An attacker who can read and write Redis but has no master key cannot read a secret, forge one,
+or move one to another record or field; a wrong key never destroys data. Each claim of the
+document that is not proved elsewhere is proved here, including its stated limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import logging
+import math
+import os
+from typing import Any
+
+import pytest
+from security_support import (
+    SecAccount,
+    SecAsyncAccount,
+    SecTenant,
+    SecUnbound,
+    assert_absent,
+    cli,
+    client,
+    key_material,
+    secret,
+    snapshot,
+    wipe,
+)
+from support import (
+    SyncCluster,
+    SyncHashInstance,
+    SyncJsonInstance,
+    new_key,
+    origin_encrypt_v1,
+    raw,
+    write_raw,
+)
+
+from redis_encrypted_fields import (
+    DecryptionError,
+    KeyRing,
+    MasterKey,
+    PlaintextSecretError,
+    encrypt_secret,
+    ops,
+    set_keyring,
+    set_plaintext_reads,
+)
+from redis_encrypted_fields.envelope import PREFIX, Envelope, binding, open_envelope, parse, seal
+
+URL = "redis://default:tamper-pw@db.internal:6379/0"
+
+
+def other_than(ch: str, *options: str) -> str:
+    return next(o for o in options if o != ch)
+
+
+def substitutions(i: int, ch: str) -> list[str]:
+    """Two base64 characters and one other (mostly outside the alphabet), all different from ch."""
+    odd = "-_ é*=\n."[i % 8]
+    return [other_than(ch, "A", "B"), other_than(ch, "/", "9"), *([odd] if odd != ch else [])]
+
+
+def read_outcome(model: Any, pk: str) -> str | None:
+    """``None`` if reading fails with ``DecryptionError``; otherwise what happened instead."""
+    try:
+        got = model.get(pk)
+    except DecryptionError:
+        return None
+    except Exception as exc:
+        return f"raised {type(exc).__name__}: {exc}"
+    return f"read {str(got.connection_url)[:40]!r}"
+
+
+# (1) Tamper: every single-character change and every truncation fails
+
+
+@pytest.mark.parametrize("model", [SyncHashInstance, SyncJsonInstance], ids=lambda m: m.__name__)
+def test_every_substitution_and_truncation_of_a_stored_envelope_fails(model: Any) -> None:
+    set_plaintext_reads(False)  # migration finished: nothing passes as plaintext
+    m = model(name=secret("tamper"), connection_url=URL)
+    m.save()
+    original = raw(model, m.pk)["connection_url"]
+    assert 150 <= len(original) <= 200
+    changed = [
+        original[:i] + sub + original[i + 1 :]
+        for i, ch in enumerate(original)
+        for sub in substitutions(i, ch)
+    ]
+    truncated = [original[:n] for n in range(1, len(original))]  # n = 0: see test_clearing_...
+    problems = []
+    for value in changed + truncated:
+        write_raw(model, m.pk, "connection_url", value)
+        outcome = read_outcome(model, m.pk)
+        if outcome is not None:
+            problems.append((value, outcome))
+    assert problems == []
+    assert len(changed) + len(truncated) > 600
+    write_raw(model, m.pk, "connection_url", original)
+    assert model.get(m.pk).connection_url == URL
+
+
+def test_with_plaintext_tolerance_a_damaged_prefix_reads_as_plaintext(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stated limit: while plaintext is tolerated (migration), a value whose ``REFv2:``
+    prefix was altered is plaintext, like any value an attacker writes. It is the altered text
+    itself, never the secret or another secret, and is logged as plaintext; the body of an
+    envelope can never be altered into anything readable."""
+    m = SyncHashInstance(name=secret("tamper"), connection_url=URL)
+    m.save()
+    original = raw(SyncHashInstance, m.pk)["connection_url"]
+    for i in range(len(PREFIX)):
+        value = original[:i] + other_than(original[i], "X", "Y") + original[i + 1 :]
+        write_raw(SyncHashInstance, m.pk, "connection_url", value)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="redis_encrypted_fields"):
+            assert SyncHashInstance.get(m.pk).connection_url == value
+        assert "stored as plaintext" in caplog.text
+    for i in range(len(PREFIX), len(original), 7):
+        value = original[:i] + other_than(original[i], "A", "B") + original[i + 1 :]
+        write_raw(SyncHashInstance, m.pk, "connection_url", value)
+        with pytest.raises(DecryptionError):
+            SyncHashInstance.get(m.pk)
+    set_plaintext_reads(False)
+    write_raw(SyncHashInstance, m.pk, "connection_url", "X" + original[1:])
+    with pytest.raises(PlaintextSecretError):
+        SyncHashInstance.get(m.pk)
+
+
+def test_clearing_or_deleting_a_secret_is_not_detected() -> None:
+    """The stated limit: integrity covers values, not their presence."""
+    m = SecAccount(name=secret("n"), password=secret("pw"), api_token=secret("tok"))
+    m.save()
+    client().hset(m.key(), "api_token", "")
+    assert SecAccount.get(m.pk).api_token is None
+    client().hdel(m.key(), "api_token")
+    assert SecAccount.get(m.pk).api_token is None
+
+
+def test_an_older_envelope_of_the_same_field_still_decrypts() -> None:
+    """The stated limit: a value saved earlier for the same record and field can be put back
+    (rollback); binding stops moves between records and fields, not replays within one."""
+    old, new = secret("old"), secret("new")
+    m = SecAccount(name=secret("n"), password=old)
+    m.save()
+    earlier = raw(SecAccount, m.pk)["password"]
+    m.update(password=new)
+    write_raw(SecAccount, m.pk, "password", earlier)
+    assert SecAccount.get(m.pk).password == old
+
+
+def test_an_envelope_made_without_the_master_key_is_refused(master_key: str) -> None:
+    """An attacker who knows the format, the record and the key id but not the key."""
+    m = SecAccount(name=secret("n"), password=secret("pw"))
+    m.save()
+    victim_id = MasterKey.from_base64(master_key).key_id
+    forged = seal("attacker's choice", KeyRing(MasterKey.generate()), binding(m.key(), "password"))
+    with_victim_id = dataclasses.replace(parse(forged), key_id=victim_id).to_text()
+    for value in (forged, with_victim_id):
+        write_raw(SecAccount, m.pk, "password", value)
+        with pytest.raises(DecryptionError, match="Decryption failed"):
+            SecAccount.get(m.pk)
+
+
+# (2) Misplacement: no envelope or part of one works anywhere else
+
+
+def test_a_value_moved_between_a_hash_and_a_json_model_fails() -> None:
+    h = SyncHashInstance(name=secret("n"), connection_url=URL, admin_password=secret("pw"))
+    j = SyncJsonInstance(name=secret("n"), connection_url=URL, admin_password=secret("pw"))
+    h.save()
+    j.save()
+    from_hash = raw(SyncHashInstance, h.pk)["admin_password"]
+    from_json = raw(SyncJsonInstance, j.pk)["admin_password"]
+    write_raw(SyncJsonInstance, j.pk, "admin_password", from_hash)
+    write_raw(SyncHashInstance, h.pk, "admin_password", from_json)
+    for model, pk in ((SyncHashInstance, h.pk), (SyncJsonInstance, j.pk)):
+        with pytest.raises(DecryptionError):
+            model.get(pk)
+
+
+def cluster() -> Any:
+    c = SyncCluster(
+        name=secret("cluster"),
+        primary={"username": "admin", "password": secret("primary")},
+        replicas=[
+            {"username": "r0", "password": secret("replica0")},
+            {"username": "r1", "password": secret("replica1")},
+        ],
+        tokens=[secret("token0"), secret("token1")],
+    )
+    c.save()
+    return c
+
+
+def _swap(doc: dict[str, Any], a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
+    def at(path: tuple[Any, ...]) -> tuple[Any, Any]:
+        holder: Any = doc
+        for part in path[:-1]:
+            holder = holder[part]
+        return holder, path[-1]
+
+    (ha, ka), (hb, kb) = at(a), at(b)
+    ha[ka], hb[kb] = hb[kb], ha[ka]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: _swap(d, ("primary", "password"), ("replicas", 0, "password")),
+        lambda d: _swap(d, ("replicas", 0, "password"), ("replicas", 1, "password")),
+        lambda d: _swap(d, ("tokens", 0), ("tokens", 1)),
+        lambda d: d["replicas"].reverse(),  # whole items swapped, user names and all
+        lambda d: d["tokens"].pop(0),  # a list item removed behind the model's back
+        lambda d: d["primary"].update(password=d["replicas"][1]["password"]),
+        lambda d: d["tokens"].__setitem__(0, d["primary"]["password"]),
+    ],
+    ids=[
+        "embedded-to-list-item",
+        "list-item-to-list-item",
+        "list-of-str-items",
+        "list-reordered",
+        "list-item-removed",
+        "list-item-to-embedded",
+        "embedded-to-list-of-str",
+    ],
+)
+def test_values_moved_inside_embedded_models_and_lists_fail(change: Any) -> None:
+    c = cluster()
+    doc = raw(SyncCluster, c.pk)
+    change(doc)
+    client().json().set(c.key(), "$", doc)
+    with pytest.raises(DecryptionError):
+        SyncCluster.get(c.pk)
+
+
+def test_list_changes_made_through_the_model_re_encrypt_at_the_new_positions() -> None:
+    c = cluster()
+    loaded = SyncCluster.get(c.pk)
+    kept_replica, kept_token = str(c.replicas[1].password), str(c.tokens[1])
+    loaded.replicas.pop(0)
+    loaded.tokens.reverse()
+    loaded.save()
+    again = SyncCluster.get(c.pk)
+    assert [r.password for r in again.replicas] == [kept_replica]
+    assert again.tokens[0] == kept_token
+
+
+def test_list_items_moved_to_the_same_position_of_another_record_fail() -> None:
+    a, b = cluster(), cluster()
+    doc = raw(SyncCluster, b.pk)
+    doc["tokens"][0] = raw(SyncCluster, a.pk)["tokens"][0]
+    client().json().set(b.key(), "$", doc)
+    with pytest.raises(DecryptionError):
+        SyncCluster.get(b.pk)
+
+
+def test_parts_of_envelopes_swapped_between_envelopes_fail() -> None:
+    """Wrapped data key (with its header) from one envelope, data from another."""
+    a = SecAccount(name=secret("n"), password=secret("a1"), api_token=secret("tok"))
+    a.save()
+    a1 = parse(raw(SecAccount, a.pk)["password"])
+    a.save()  # the same record and field, a new data key
+    a2 = parse(raw(SecAccount, a.pk)["password"])
+    token = parse(raw(SecAccount, a.pk)["api_token"])
+    b = SecAccount(name=secret("n"), password=secret("b"))
+    b.save()
+    other = parse(raw(SecAccount, b.pk)["password"])
+
+    def mixed(header: Envelope, data: Envelope) -> str:
+        return Envelope(
+            header.key_id, header.dek_nonce, header.wrapped_dek, data.nonce, data.ciphertext
+        ).to_text()
+
+    cases = {
+        "data key of an older save of the same field": mixed(a1, a2),
+        "data key of a newer save of the same field": mixed(a2, a1),
+        "data key of another field of the record": mixed(token, a2),
+        "data key of the same field of another record": mixed(other, a2),
+        "data of the same field of another record": mixed(a2, other),
+    }
+    messages = {}
+    for name, value in cases.items():
+        write_raw(SecAccount, a.pk, "password", value)
+        with pytest.raises(DecryptionError) as info:
+            SecAccount.get(a.pk)
+        messages[name] = str(info.value)
+    # An unwrapped data key that belongs to another envelope does not open this one's data.
+    assert messages["data key of an older save of the same field"].endswith("corrupted data")
+
+
+def test_a_renamed_record_key_no_longer_decrypts() -> None:
+    """The documented trade-off of binding to the Redis key."""
+    m = SecAccount(name=secret("n"), password=secret("pw"))
+    m.save()
+    moved = SecAccount.make_primary_key("renamed-" + m.pk)
+    client().rename(m.key(), moved)
+    with pytest.raises(DecryptionError):
+        SecAccount.get("renamed-" + m.pk)
+    client().rename(moved, m.key())
+    assert SecAccount.get(m.pk).password == m.password
+
+
+def test_unbound_and_bound_values_do_not_mix() -> None:
+    bound = SecAccount(name=secret("n"), password=secret("pw"))
+    bound.save()
+    write_raw(SecAccount, bound.pk, "api_token", encrypt_secret(secret("unbound")))
+    with pytest.raises(DecryptionError):
+        SecAccount.get(bound.pk)
+    u = SecUnbound(name=secret("n"), secret=secret("u"))
+    u.save()
+    write_raw(SecUnbound, u.pk, "secret", raw(SecAccount, bound.pk)["password"])
+    with pytest.raises(DecryptionError):
+        SecUnbound.get(u.pk)
+
+
+def test_unbound_values_move_freely_between_unbound_records() -> None:
+    """The stated limit: without EncryptedModel (or from encrypt_secret) there is no binding."""
+    a = SecUnbound(name=secret("n"), secret=secret("a"))
+    b = SecUnbound(name=secret("n"), secret=secret("b"))
+    a.save()
+    b.save()
+    write_raw(SecUnbound, b.pk, "secret", raw(SecUnbound, a.pk)["secret"])
+    assert SecUnbound.get(b.pk).secret == a.secret
+
+
+def test_origin_v1_values_are_not_bound(master_key: str) -> None:
+    """The stated limit: while plaintext reads are tolerated, an origin v1 value decrypts in any
+    record and field; once they are refused, v1 values are refused too; ``status`` counts the v1
+    values left (``origin-v1``)."""
+    m = SecAccount(name=secret("n"), password=secret("pw"))
+    m.save()
+    other_secret = secret("from-another-record")
+    write_raw(SecAccount, m.pk, "password", origin_encrypt_v1(other_secret, master_key))
+    assert SecAccount.get(m.pk).password == other_secret
+    assert ops.status(SecAccount).states["SecAccount.password"]["origin-v1"] >= 1
+    set_plaintext_reads(False)
+    with pytest.raises(DecryptionError, match="v1 format"):
+        SecAccount.get(m.pk)
+
+
+# (5) A wrong key never destroys data
+
+
+def saved_records(master_key: str) -> tuple[Any, Any]:
+    a = SecAccount(name=secret("n"), password=secret("pw"), api_token=secret("tok"))
+    a.save()
+    t = SecTenant(
+        name=secret("n"),
+        admin={"user": "root", "password": secret("admin")},
+        replicas=[{"user": "r", "password": secret("rep")}],
+        tokens=[secret("tok")],
+    )
+    t.save()
+    return a, t
+
+
+async def test_failed_reads_and_saves_under_a_wrong_key_change_nothing(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, t = saved_records(master_key)
+    token = str(a.api_token)
+    aa = SecAsyncAccount(name=secret("n"), password=secret("pw"), api_token=secret("tok"))
+    await aa.save()
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new_key())
+    before = snapshot()
+    with pytest.raises(DecryptionError):
+        SecAccount.get(a.pk)
+    with pytest.raises(DecryptionError):
+        SecAccount.find(SecAccount.name == a.name).all()
+    with pytest.raises(DecryptionError):
+        SecTenant.get(t.pk)
+    with pytest.raises(DecryptionError):
+        SecTenant.find(SecTenant.name == t.name).all()
+    with pytest.raises(DecryptionError):
+        await SecAsyncAccount.get(aa.pk)
+    with pytest.raises(DecryptionError):
+        await SecAsyncAccount.find(SecAsyncAccount.name == aa.name).all()
+    # A save that must keep a stored secret (a mask sent back) fails before writing anything.
+    with pytest.raises(DecryptionError):
+        a.update(api_token="***", name="changed")
+    with pytest.raises(DecryptionError):
+        t.update(admin__password="***")
+    with pytest.raises(DecryptionError):
+        await aa.update(password="***")
+    assert snapshot() == before
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", master_key)
+    assert SecAccount.get(a.pk).api_token == token
+
+
+def plant_old_data(master_key: str) -> None:
+    """SecAccount and SecTenant records under ``master_key`` only: v2 envelopes and v1 values."""
+    wipe(SecAccount)
+    wipe(SecTenant)
+    saved_records(master_key)
+    c = client()
+    for i in range(5):
+        key = SecAccount.make_primary_key(f"v1-{i}")
+        v1 = origin_encrypt_v1(secret("v1"), master_key)
+        c.hset(key, mapping={"pk": f"v1-{i}", "name": "n", "password": v1})
+
+
+def test_failed_migrate_and_rotate_change_nothing(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant_old_data(master_key)
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new_key())  # the old key is not configured
+    before = snapshot()
+    for run in (ops.migrate, ops.rotate, ops.status):
+        for model in (SecAccount, SecTenant):
+            report = run(model)
+            assert report.changed == 0
+        assert not run(SecAccount).ok
+    assert not ops.rotate(SecTenant).ok
+    assert snapshot() == before
+
+
+async def test_failed_async_rotate_changes_nothing(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wipe(SecAsyncAccount)
+    for _ in range(3):
+        await SecAsyncAccount(name="n", password=secret("pw"), api_token=secret("t")).save()
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new_key())
+    before = snapshot()
+    report = await ops.arotate(SecAsyncAccount)
+    assert (report.ok, report.changed, len(report.failures)) == (False, 0, 6)
+    assert not (await ops.amigrate(SecAsyncAccount)).changed
+    assert snapshot() == before
+
+
+def test_failed_cli_rotate_changes_nothing(master_key: str) -> None:
+    plant_old_data(master_key)
+    before = snapshot()
+    env = {**os.environ, "REDIS_SRE_MASTER_KEY": new_key()}
+    env.pop("REDIS_SRE_PREVIOUS_MASTER_KEYS", None)
+    proc = cli("rotate", "security_support", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert f"failed: {SecAccount.make_primary_key('v1-0')} password: Decryption failed" in (
+        proc.stderr
+    )
+    assert "NOT OK" in proc.stdout
+    no_key = {k: v for k, v in env.items() if k != "REDIS_SRE_MASTER_KEY"}
+    proc = cli("rotate", "security_support", env=no_key)
+    assert proc.returncode == 2
+    assert snapshot() == before
+
+
+# Keys and limits
+
+
+class CountingAEAD:
+    """Counts the AES-GCM operations made with one master key."""
+
+    def __init__(self, key: MasterKey) -> None:
+        self.inner = key.aead
+        self.encrypts = 0
+        self.decrypts = 0
+        key._aead = self  # type: ignore[assignment]
+
+    def encrypt(self, *args: Any) -> bytes:
+        self.encrypts += 1
+        return self.inner.encrypt(*args)
+
+    def decrypt(self, *args: Any) -> bytes:
+        self.decrypts += 1
+        return self.inner.decrypt(*args)
+
+
+def test_each_saved_secret_costs_one_master_key_wrap_and_a_new_data_key(master_key: str) -> None:
+    key = MasterKey.from_base64(master_key)
+    counter = CountingAEAD(key)
+    set_keyring(KeyRing(key))
+    t = SecTenant(
+        name=secret("n"),
+        admin={"user": "u", "password": secret("a")},
+        replicas=[{"user": "r", "password": secret("r")}],
+        tokens=[secret("t0"), secret("t1")],
+    )
+    t.save()
+    assert counter.encrypts == 4
+    first = parse(raw(SecTenant, t.pk)["tokens"][0])
+    t.save()
+    assert counter.encrypts == 8  # every save wraps afresh
+    again = parse(raw(SecTenant, t.pk)["tokens"][0])
+    assert (first.dek_nonce, first.wrapped_dek) != (again.dek_nonce, again.wrapped_dek)
+    SecTenant.get(t.pk)
+    assert (counter.encrypts, counter.decrypts) == (8, 4)  # reads never wrap
+
+
+def test_after_rotation_the_new_key_does_all_the_wrapping(master_key: str) -> None:
+    wipe(SecAccount)
+    for i in range(4):
+        SecAccount(pk=f"rot{i}", name="n", password=secret("pw")).save()
+    old, new = MasterKey.from_base64(master_key), MasterKey.generate()
+    old_count, new_count = CountingAEAD(old), CountingAEAD(new)
+    set_keyring(KeyRing(new, [old]))
+    assert ops.rotate(SecAccount).rewrapped == 4
+    assert (old_count.encrypts, old_count.decrypts) == (0, 4)
+    assert (new_count.encrypts, new_count.decrypts) == (4, 0)
+    SecAccount.get("rot0").save()
+    assert (old_count.encrypts, new_count.encrypts) == (0, 5)
+
+
+def test_an_unknown_key_id_fails_without_trying_any_key(master_key: str) -> None:
+    m = SecAccount(name=secret("n"), password=secret("pw"))
+    m.save()
+    keys = [MasterKey.generate(), MasterKey.generate()]
+    counters = [CountingAEAD(k) for k in keys]
+    set_keyring(KeyRing(keys[0], keys[1:]))
+    old_id = MasterKey.from_base64(master_key).key_id_hex
+    with pytest.raises(DecryptionError, match=f"no configured master key has id {old_id}"):
+        SecAccount.get(m.pk)
+    assert [(c.encrypts, c.decrypts) for c in counters] == [(0, 0), (0, 0)]
+
+
+def test_origin_v1_values_try_each_configured_key_in_order() -> None:
+    """The exception to "no trial decryption": v1 values name no key."""
+    keys = [MasterKey.generate() for _ in range(3)]
+    counters = [CountingAEAD(k) for k in keys]
+    set_keyring(KeyRing(keys[0], keys[1:]))
+    m = SecAccount(name=secret("n"), password=secret("pw"))
+    m.save()
+    counters[0].encrypts = 0
+    plaintext = secret("v1")
+    write_raw(SecAccount, m.pk, "password", origin_encrypt_v1(plaintext, keys[2].to_base64()))
+    assert SecAccount.get(m.pk).password == plaintext
+    assert [c.decrypts for c in counters] == [1, 1, 1]  # current first, then the previous keys
+    write_raw(SecAccount, m.pk, "password", origin_encrypt_v1(plaintext, new_key()))
+    with pytest.raises(DecryptionError):
+        SecAccount.get(m.pk)
+    assert [c.decrypts for c in counters] == [2, 2, 2]
+
+
+def test_the_key_id_is_an_hmac_of_the_key_and_shows_nothing_of_it() -> None:
+    key = MasterKey.generate()
+    material = base64.b64decode(key.to_base64())
+    expected = hmac.digest(material, b"redis-encrypted-fields/key-id/v1", hashlib.sha256)[:8]
+    assert key.key_id == expected
+    assert len(key.key_id) == 8
+    assert key.key_id not in material
+    assert parse(seal("x", KeyRing(key))).key_id == key.key_id
+
+
+def test_colliding_key_ids_fail_closed() -> None:
+    """Two distinct keys with one id (a configuration error, ~2^32 keys away) cannot make one
+    key's envelope decrypt to anything: the ring keeps one of them and the other's envelopes
+    fail to authenticate."""
+    current, other = MasterKey.generate(), MasterKey.generate()
+    other.key_id = current.key_id  # force the collision
+    ring = KeyRing(current, [other])
+    assert ring.keys == (current,)
+    made_by_other = seal("secret", KeyRing(other), b"ctx")
+    with pytest.raises(DecryptionError, match="Decryption failed"):
+        open_envelope(made_by_other, ring, b"ctx")
+
+
+@pytest.mark.parametrize("plaintext", ["", "a", "ab", "abc", "é", "✓✓", "x" * 100, "🔑" * 7])
+def test_the_envelope_length_reveals_the_plaintext_length(plaintext: str) -> None:
+    n = len(plaintext.encode("utf-8"))
+    text = encrypt_secret(plaintext)
+    assert len(text) == len(PREFIX) + 4 * math.ceil((97 + n) / 3)
+    same_length = encrypt_secret("z" * n)
+    assert len(same_length) == len(text)
+
+
+def test_the_master_key_never_reaches_redis(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plant_old_data(master_key)
+    new = new_key()
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new)
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", master_key)
+    ops.migrate(SecAccount)
+    ops.rotate(SecAccount)
+    ops.rotate(SecTenant)
+    stored = [repr(value) for value in snapshot().values()]
+    assert_absent(key_material(master_key) + key_material(new), stored, "in Redis")
+
+
+def test_inside_the_process_a_secret_is_an_ordinary_str() -> None:
+    """The stated limit: the application (and whoever controls its process) has the plaintext;
+    only repr() and JSON output hide it."""
+    pw = secret("pw")
+    m = SecAccount(name=secret("n"), password=pw)
+    assert str(m.password) == pw
+    assert f"{m.password}" == pw
+    assert m.__dict__["password"] == pw
+    assert pw not in repr(m)
+    assert pw not in m.model_dump_json()
+
+
+def test_a_plaintext_secret_that_looks_like_an_envelope_cannot_be_stored() -> None:
+    """A value with the envelope prefix is always an envelope: never taken for plaintext."""
+    with pytest.raises(DecryptionError):
+        SecAccount(name="n", password=PREFIX + "not really")
+
+
+def test_other_fields_are_neither_encrypted_nor_authenticated() -> None:
+    """The stated scope: only EncryptedStr values are protected; the record's other fields are
+    stored as they are and can be changed without the encrypted ones noticing."""
+    pw = secret("pw")
+    m = SyncHashInstance(name=secret("n"), environment="production", connection_url=URL)
+    m.admin_password = pw  # type: ignore[assignment]
+    m.save()
+    assert raw(SyncHashInstance, m.pk)["environment"] == "production"
+    write_raw(SyncHashInstance, m.pk, "environment", "attacker-chosen")
+    got = SyncHashInstance.get(m.pk)
+    assert (got.environment, got.admin_password) == ("attacker-chosen", pw)
