@@ -29,16 +29,28 @@ def encrypt_secret(plaintext: str) -> str:
 
 def decrypt_secret(value: str) -> str:
     """Decrypt a current envelope or an origin v1 value. Raises ``DecryptionError``."""
+    return decrypt_stored(value)
+
+
+def decrypt_stored(
+    value: str,
+    *,
+    context: bytes = b"",
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+) -> str:
+    """Decrypt a stored value in either format, bound to ``context`` if v2, and audit it."""
     keyring = get_keyring()
     try:
         if looks_like_envelope(value):
-            plaintext = open_envelope(value, keyring)
+            plaintext = open_envelope(value, keyring, context)
         else:
             plaintext = open_legacy(value, keyring)
     except DecryptionError as exc:
-        track("decrypt", envelope=value, error=exc)
+        track("decrypt", model=model, field=field, record=record, envelope=value, error=exc)
         raise
-    track("decrypt", envelope=value)
+    track("decrypt", model=model, field=field, record=record, envelope=value)
     return plaintext
 
 

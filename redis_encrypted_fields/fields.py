@@ -16,11 +16,12 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from .api import decrypt_stored
 from .audit import track
-from .envelope import looks_like_envelope, open_envelope, seal
-from .errors import DecryptionError, MaskedSecretError
+from .envelope import looks_like_envelope, seal
+from .errors import MaskedSecretError
 from .keys import get_keyring
-from .legacy import open_legacy, parse_legacy
+from .legacy import parse_legacy
 
 __all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "is_star_mask"]
 
@@ -269,22 +270,6 @@ def _hide_non_str(value: Any) -> Any:
     return value if isinstance(value, str) else _Hidden()
 
 
-def _open_unbound(value: str, info: core_schema.ValidationInfo) -> str:
-    """Decrypt a value stored without record binding (a model without EncryptedModel), audited."""
-    title = (info.config or {}).get("title")
-    keyring = get_keyring()
-    try:
-        if looks_like_envelope(value):
-            plaintext = open_envelope(value, keyring)
-        else:
-            plaintext = open_legacy(value, keyring)
-    except DecryptionError as exc:
-        track("decrypt", model=title, field=info.field_name, envelope=value, error=exc)
-        raise
-    track("decrypt", model=title, field=info.field_name, envelope=value)
-    return plaintext
-
-
 def _core_schema(mask: Mask) -> core_schema.CoreSchema:
     def validate(value: Any, info: core_schema.ValidationInfo) -> EncryptedStr:
         if isinstance(value, EncryptedStr):
@@ -300,7 +285,8 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
                 f"{_where(info)}: a mask ({shown!r}) is not a secret; refusing to store it"
             )
         if looks_like_envelope(value) or parse_legacy(value) is not None:
-            return EncryptedStr(_open_unbound(value, info))
+            title = (info.config or {}).get("title")
+            return EncryptedStr(decrypt_stored(value, model=title, field=info.field_name))
         return EncryptedStr(value)
 
     def serialize(value: Any, info: core_schema.SerializationInfo) -> Any:

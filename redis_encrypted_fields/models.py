@@ -29,12 +29,13 @@ from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
+from .api import decrypt_stored
 from .audit import track
-from .envelope import binding, looks_like_envelope, open_envelope, seal
+from .envelope import binding, looks_like_envelope, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, model_scope
 from .keys import get_keyring
-from .legacy import open_legacy, parse_legacy
+from .legacy import parse_legacy
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -252,9 +253,7 @@ class _Opener:
                     f"Decryption failed: {self.where(path)} holds an envelope but the record "
                     "has no primary key to check it against"
                 )
-            return EncryptedStr(
-                open_stored(raw, self.model.__name__, path, typing.cast(str, self.record_key))
-            )
+            return EncryptedStr(open_stored(raw, self.model.__name__, path, self.record_key))
         if leaf.mask.could_be_mask(raw):
             return KeepExisting(raw)
         if self.reading:
@@ -275,20 +274,14 @@ class _Opener:
         return f"{self.model.__name__}.{_dotted(path)}"
 
 
-def open_stored(raw: str, model: str, path: FieldPath, record_key: str) -> str:
-    """Decrypt a stored envelope (current or origin v1) of one record's field, audited."""
+def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
+    """Decrypt a stored value (current or origin v1) of one record's field, audited.
+
+    ``record_key`` is ``None`` only for an origin v1 value, which is not bound to a record.
+    """
     field = _dotted(path)
-    keyring = get_keyring()
-    try:
-        if looks_like_envelope(raw):
-            plaintext = open_envelope(raw, keyring, binding(record_key, field))
-        else:
-            plaintext = open_legacy(raw, keyring)
-    except DecryptionError as exc:
-        track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
-        raise
-    track("decrypt", model=model, field=field, record=record_key, envelope=raw)
-    return plaintext
+    context = binding(record_key, field) if record_key is not None else b""
+    return decrypt_stored(raw, context=context, model=model, field=field, record=record_key)
 
 
 class _Shown:

@@ -29,7 +29,7 @@ from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
 from .keys import KeyRing, get_keyring
 from .legacy import open_legacy, parse_legacy
-from .models import EncryptedModel, FieldPath, Leaf, Many, Nested, Node, plan_for
+from .models import EncryptedModel, FieldPath, Leaf, Many, Nested, Node, encrypted_paths, plan_for
 
 __all__ = [
     "Failure",
@@ -450,8 +450,8 @@ def _steps(
     layout = _Layout.of(model)
     ring = keyring or get_keyring()
     report = Report(op, dry_run)
-    for name in _field_names(layout):
-        report.states.setdefault(name, Counter())
+    for path in encrypted_paths(model):
+        report.states.setdefault(f"{layout.name}.{path}", Counter())
     sha: str | None = None
     if op is not Operation.STATUS and not dry_run:
         script = _JSON_CAS if layout.is_json else _HASH_CAS
@@ -473,21 +473,6 @@ def _steps(
 
 def _scan_request(cursor: Any, match: str, count: int, kind: str) -> Callable[[Any], Any]:
     return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
-
-
-def _field_names(layout: _Layout) -> Iterator[str]:
-    def walk(node: Node, prefix: str) -> Iterator[str]:
-        if isinstance(node, Leaf):
-            yield prefix
-        elif isinstance(node, Many):
-            yield from walk(node.item, prefix + "[]")
-        else:
-            for name, sub in plan_for(node.model).items():
-                yield from walk(sub, f"{prefix}.{name}")
-
-    for name, node in layout.plan.items():
-        for path in walk(node, name):
-            yield f"{layout.name}.{path}"
 
 
 # --- public API --------------------------------------------------------------------------------
