@@ -25,7 +25,7 @@ from __future__ import annotations
 import binascii
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,8 +41,10 @@ __all__ = [
     "is_envelope",
     "looks_like_envelope",
     "open_envelope",
+    "open_parsed",
     "parse",
     "rewrap",
+    "rewrap_parsed",
     "seal",
 ]
 
@@ -71,9 +73,12 @@ def binding(record_key: str, field_path: str) -> bytes:
     return struct.pack(">I", len(k)) + k + struct.pack(">I", len(f)) + f
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A parsed envelope. Holds no secret: every part is encrypted or public."""
+class Envelope(NamedTuple):
+    """A parsed envelope. Holds no secret: every part is encrypted or public.
+
+    A NamedTuple, not a frozen dataclass: parsing is on every read's path, and a frozen
+    dataclass's ``__init__`` costs more than the rest of the parse.
+    """
 
     key_id: bytes
     dek_nonce: bytes
@@ -117,24 +122,24 @@ def parse(text: str) -> Envelope:
     """Parse strictly: canonical base64, known version, full length. Raises ``DecryptionError``."""
     if not text.startswith(PREFIX):
         raise DecryptionError(f"{_FAILED}: not an envelope")
-    body = text[len(PREFIX) :]
     try:
-        blob = binascii.a2b_base64(body.encode("ascii"), strict_mode=True)
+        body = text[len(PREFIX) :].encode("ascii")
+        blob = binascii.a2b_base64(body, strict_mode=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise DecryptionError(f"{_FAILED}: malformed envelope") from None
     # strict_mode still accepts non-zero padding bits; re-encoding makes every character count.
-    if binascii.b2a_base64(blob, newline=False) != body.encode("ascii"):
+    if binascii.b2a_base64(blob, newline=False) != body:
         raise DecryptionError(f"{_FAILED}: malformed envelope")
     if len(blob) < _MIN_BLOB:
         raise DecryptionError(f"{_FAILED}: truncated envelope")
     if blob[0] != VERSION:
         raise DecryptionError(f"{_FAILED}: unsupported envelope version {blob[0]}")
     return Envelope(
-        key_id=blob[_O_KID:_O_DEK_NONCE],
-        dek_nonce=blob[_O_DEK_NONCE:_O_WRAPPED],
-        wrapped_dek=blob[_O_WRAPPED:_O_NONCE],
-        nonce=blob[_O_NONCE:_O_CT],
-        ciphertext=blob[_O_CT:],
+        blob[_O_KID:_O_DEK_NONCE],
+        blob[_O_DEK_NONCE:_O_WRAPPED],
+        blob[_O_WRAPPED:_O_NONCE],
+        blob[_O_NONCE:_O_CT],
+        blob[_O_CT:],
     )
 
 
@@ -165,7 +170,11 @@ def _unwrap(env: Envelope, key: MasterKey, context: bytes) -> bytes:
 
 def open_envelope(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     """Decrypt an envelope with the key its id names. Raises ``DecryptionError``."""
-    env = parse(text)
+    return open_parsed(parse(text), keyring, context)
+
+
+def open_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
+    """``open_envelope`` of an already parsed envelope."""
     dek = _unwrap(env, keyring.get(env.key_id), context)
     try:
         data = AESGCM(dek).decrypt(env.nonce, env.ciphertext, _DATA_LABEL + context)
@@ -181,9 +190,14 @@ def rewrap(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     decrypted once to prove the envelope is intact before it is vouched for under the new key.
     """
     env = parse(text)
-    current = keyring.current
-    if env.key_id == current.key_id:
+    if env.key_id == keyring.current.key_id:
         return text
+    return rewrap_parsed(env, keyring, context)
+
+
+def rewrap_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
+    """``rewrap`` of an already parsed envelope (re-wrapped even if under the current key)."""
+    current = keyring.current
     dek = _unwrap(env, keyring.get(env.key_id), context)
     try:
         AESGCM(dek).decrypt(env.nonce, env.ciphertext, _DATA_LABEL + context)

@@ -23,8 +23,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._driver import Steps, run_async, run_sync
-from .audit import track
-from .envelope import binding, looks_like_envelope, open_envelope, parse, rewrap, seal
+from .audit import audit_enabled, track
+from .envelope import binding, looks_like_envelope, open_parsed, parse, rewrap_parsed, seal
 from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
 from .keys import KeyRing, get_keyring
@@ -45,33 +45,60 @@ __all__ = [
 
 ProgressCallback = Callable[[int], None]
 
-# Compare-and-set of hash fields. ARGV: field, expected, new, ... Keeps per-field TTLs (HSET
-# drops them) where the server has hash field expiration.
+# Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
+# every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
+# n, then n triples. One call per batch: a call per record costs more than the work it does.
+# Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
+# has hash field expiration. JSON triples: path, expected string, new value as JSON text.
 _HASH_CAS = """
-for i = 1, #ARGV, 3 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
-end
-for i = 1, #ARGV, 3 do
-  local ok, at = pcall(redis.call, 'HPEXPIRETIME', KEYS[1], 'FIELDS', 1, ARGV[i])
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-  if ok and type(at) == 'table' and tonumber(at[1]) and tonumber(at[1]) > 0 then
-    redis.call('HPEXPIREAT', KEYS[1], at[1], 'FIELDS', 1, ARGV[i])
+local done, a = {}, 1
+for k = 1, #KEYS do
+  local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
+  for i = a + 1, a + 3 * n, 3 do
+    if redis.call('HGET', key, ARGV[i]) ~= ARGV[i + 1] then ok = 0 break end
   end
+  if ok == 1 then
+    for i = a + 1, a + 3 * n, 3 do
+      local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', 1, ARGV[i])
+      redis.call('HSET', key, ARGV[i], ARGV[i + 2])
+      if has and type(at) == 'table' and tonumber(at[1]) and tonumber(at[1]) > 0 then
+        redis.call('HPEXPIREAT', key, at[1], 'FIELDS', 1, ARGV[i])
+      end
+    end
+  end
+  done[k], a = ok, a + 1 + 3 * n
 end
-return 1
+return done
 """
 
-# Compare-and-set of JSON paths. ARGV: path, expected string, new value as JSON text, ...
 _JSON_CAS = """
-for i = 1, #ARGV, 3 do
-  local current = redis.call('JSON.GET', KEYS[1], ARGV[i])
-  if not current then return 0 end
-  if cjson.decode(current)[1] ~= ARGV[i + 1] then return 0 end
+local done, a = {}, 1
+for k = 1, #KEYS do
+  local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
+  for i = a + 1, a + 3 * n, 3 do
+    local current = redis.call('JSON.GET', key, ARGV[i])
+    if not current or cjson.decode(current)[1] ~= ARGV[i + 1] then ok = 0 break end
+  end
+  if ok == 1 then
+    for i = a + 1, a + 3 * n, 3 do redis.call('JSON.SET', key, ARGV[i], ARGV[i + 2]) end
+  end
+  done[k], a = ok, a + 1 + 3 * n
 end
-for i = 1, #ARGV, 3 do
-  redis.call('JSON.SET', KEYS[1], ARGV[i], ARGV[i + 2])
-end
-return 1
+return done
+"""
+
+# Reads of a batch of records in one call, for the same reason. KEYS: the records; ARGV (hash):
+# the fields. A missing record reads as nil (false keeps the reply array without holes).
+_HASH_READ = """
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
+return out
+"""
+
+_JSON_READ = """
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('JSON.GET', KEYS[k]) or false end
+return out
 """
 
 _RETRIES = 3
@@ -257,19 +284,20 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
         return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
     if looks_like_envelope(raw):
         try:
-            key_id = parse(raw).key_id
+            env = parse(raw)
         except DecryptionError:
             return _Decision(UNDECRYPTABLE, outcome="failed", reason="malformed envelope")
+        key_id = env.key_id
         state = key_state(key_id)
         if op is Operation.STATUS:
             try:
-                open_envelope(raw, keyring, context)
+                open_parsed(env, keyring, context)
             except DecryptionError as exc:
                 return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
             return _Decision(state, verified=True)
         if op is Operation.ROTATE and key_id != keyring.current.key_id:
             try:
-                return _Decision(state, rewrap(raw, keyring, context), "rewrapped")
+                return _Decision(state, rewrap_parsed(env, keyring, context), "rewrapped")
             except DecryptionError as exc:
                 return _Decision(state, outcome="failed", reason=_reason(exc))
         return _Decision(state)
@@ -303,27 +331,20 @@ class _Write:
     decisions: list[tuple[str, _Decision]]
 
 
-def _read_request(layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
-    fields = list(layout.plan)
-
-    def request(client: Any) -> Any:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            if layout.is_json:
-                pipe.execute_command("JSON.GET", key)
-            else:
-                pipe.hmget(key, fields)
-        return pipe.execute()
-
-    return request
+def _read_request(sha: str, layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
+    fields = [] if layout.is_json else list(layout.plan)
+    return lambda client: client.evalsha(sha, len(keys), *keys, *fields)
 
 
 def _write_request(sha: str, writes: Sequence[_Write]) -> Callable[[Any], Any]:
+    keys = [w.key for w in writes]
+    args: list[Any] = []
+    for w in writes:
+        args.append(len(w.args) // 3)
+        args += w.args
+
     def request(client: Any) -> Any:
-        pipe = client.pipeline(transaction=False)
-        for w in writes:
-            pipe.evalsha(sha, 1, w.key, *w.args)
-        return pipe.execute()
+        return client.evalsha(sha, len(keys), *keys, *args)
 
     return request
 
@@ -367,6 +388,8 @@ def _audit(
 ) -> None:
     # Events describe what the tool decided; a write that then loses a compare-and-set race is
     # decided again, and audited again, on the retry.
+    if not audit_enabled():
+        return
     field = ".".join(map(str, path))
     common: dict[str, Any] = {"model": layout.name, "field": field, "record": key}
     if d.outcome in _AUDITED:
@@ -396,10 +419,11 @@ def _batch(
     op: Operation,
     layout: _Layout,
     keys: Sequence[str],
-    sha: str | None,
+    shas: tuple[str, str | None],
     keyring: KeyRing,
     dry_run: bool,
 ) -> Steps[Report]:
+    read_sha, sha = shas
     report = Report(op, dry_run)
     pending = list(keys)
     for attempt in range(_RETRIES + 1):
@@ -408,7 +432,7 @@ def _batch(
         if attempt == _RETRIES:
             report.conflicts += len(pending)
             break
-        stored = yield _read_request(layout, pending)
+        stored = yield _read_request(read_sha, layout, pending)
         attempt_report = Report(op, dry_run)
         writes = []
         for key, value in zip(pending, stored, strict=True):
@@ -452,6 +476,8 @@ def _steps(
     report = Report(op, dry_run)
     for path in encrypted_paths(model):
         report.states.setdefault(f"{layout.name}.{path}", Counter())
+    read_script = _JSON_READ if layout.is_json else _HASH_READ
+    read_sha = _text((yield lambda c: c.script_load(read_script)))
     sha: str | None = None
     if op is not Operation.STATUS and not dry_run:
         script = _JSON_CAS if layout.is_json else _HASH_CAS
@@ -459,15 +485,19 @@ def _steps(
     match = _glob_escape(layout.prefix) + "*"
     kind = "ReJSON-RL" if layout.is_json else "hash"
     cursor: Any = 0
+    keys: list[str] = []
     while True:
         cursor, found = yield _scan_request(cursor, match, batch_size, kind)
-        keys = [_text(k) for k in found]
-        for start in range(0, len(keys), batch_size):
-            chunk = keys[start : start + batch_size]
-            report.merge((yield from _batch(op, layout, chunk, sha, ring, dry_run)))
+        keys += [_text(k) for k in found]
+        finished = int(cursor) == 0
+        # SCAN pages hold few of the model's keys when others share the database: fill whole
+        # batches before processing (at most two pages' worth of keys are held).
+        while len(keys) >= batch_size or (finished and keys):
+            chunk, keys = keys[:batch_size], keys[batch_size:]
+            report.merge((yield from _batch(op, layout, chunk, (read_sha, sha), ring, dry_run)))
             if progress is not None:
                 progress(len(chunk))
-        if int(cursor) == 0:
+        if finished:
             return report
 
 

@@ -124,9 +124,10 @@ def test_records_are_found_with_scan_never_keys() -> None:
         "calls", 0
     )
     assert after["cmdstat_scan"]["calls"] > before.get("cmdstat_scan", {}).get("calls", 0)
-    assert (
-        after["cmdstat_evalsha"]["calls"] - before.get("cmdstat_evalsha", {}).get("calls", 0) == 30
-    )
+    # One compare-and-set script call per batch (at most 10 records; SCAN pages vary), not one
+    # per record.
+    evalsha = after["cmdstat_evalsha"]["calls"] - before.get("cmdstat_evalsha", {}).get("calls", 0)
+    assert 3 <= evalsha <= 10
 
 
 # Rotation

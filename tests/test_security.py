@@ -8,7 +8,6 @@ document that is not proved elsewhere is proved here, including its stated limit
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -160,7 +159,7 @@ def test_an_envelope_made_without_the_master_key_is_refused(master_key: str) -> 
     m.save()
     victim_id = MasterKey.from_base64(master_key).key_id
     forged = seal("attacker's choice", KeyRing(MasterKey.generate()), binding(m.key(), "password"))
-    with_victim_id = dataclasses.replace(parse(forged), key_id=victim_id).to_text()
+    with_victim_id = parse(forged)._replace(key_id=victim_id).to_text()
     for value in (forged, with_victim_id):
         write_raw(SecAccount, m.pk, "password", value)
         with pytest.raises(DecryptionError, match="Decryption failed"):
