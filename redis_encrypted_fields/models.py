@@ -203,6 +203,8 @@ _saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", d
 
 
 def _dotted(path: FieldPath) -> str:
+    if len(path) == 1 and type(path[0]) is str:
+        return path[0]  # a top-level field, the common case
     return ".".join(str(p) for p in path)
 
 
@@ -411,6 +413,81 @@ def _stored_at(doc: Any, path: FieldPath) -> Any:
     return doc
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What the hooks ask of a model class on every call, worked out once per class."""
+
+    plan: Plan
+    flat: bool  # every encrypted field is a top-level EncryptedStr (no nesting, no lists)
+    embedded: bool
+    is_hash: bool
+    pk_name: str | None
+    nullable: frozenset[str]  # encrypted fields that accept None
+    # Encrypted fields that model_dump() may seal straight from the instance (see there), or
+    # None when the class has anything that could change how they dump.
+    direct: frozenset[str] | None
+    order: tuple[str, ...]  # the fields, in dump order
+
+
+_facts: dict[type, _Facts] = {}
+
+
+def _facts_for(cls: Any) -> _Facts:
+    facts = _facts.get(cls)
+    if facts is None:
+        # Worked out on first use, not at class creation: redis-om fills ``_meta`` after pydantic
+        # has completed the class.
+        plan = plan_for(cls)
+        meta = getattr(cls, "_meta", None)
+        embedded = bool(getattr(meta, "embedded", False))
+        fields = cls.model_fields
+        direct = frozenset(plan) if _dumps_plainly(cls, plan) else None
+        facts = _Facts(
+            plan=plan,
+            flat=all(isinstance(node, Leaf) for node in plan.values()),
+            embedded=embedded,
+            is_hash=issubclass(cls, (aredis_om.HashModel, _sync_hash_model())),
+            pk_name=None if embedded or meta is None else str(meta.primary_key.name),
+            nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
+            direct=direct,
+            order=tuple(fields),
+        )
+        _facts[cls] = facts
+    return facts
+
+
+def _dumps_plainly(cls: Any, plan: Plan) -> bool:
+    """Whether every encrypted field dumps as itself: top level, under its own name, with no
+    serializer or option of the user's in the way."""
+    if not plan or cls.model_config.get("serialize_by_alias"):
+        return False
+    if (
+        cls.__pydantic_decorators__.model_serializers
+        or cls.__pydantic_decorators__.field_serializers
+    ):
+        return False
+    for name, node in plan.items():
+        field = cls.model_fields[name]
+        if not isinstance(node, Leaf) or field.exclude or field.serialization_alias or field.alias:
+            return False
+        if any(not isinstance(m, Mask) for m in field.metadata):
+            return False
+    return True
+
+
+def _needs_opening(data: dict[str, Any], plan: Plan) -> bool:
+    """Whether validating ``data`` has anything to open: a ``str`` (not yet an ``EncryptedStr``)
+    at an encrypted field, or a container that may hold one. Not so when redis-om re-validates
+    an instance (``check()``, and its ``__init__`` inside every validation)."""
+    for name, node in plan.items():
+        value = data.get(name)
+        if type(value) is str:
+            return True
+        if not isinstance(node, Leaf) and isinstance(value, (dict, list)):
+            return True
+    return False
+
+
 class EncryptedModel:
     """Mixin for redis-om models with ``EncryptedStr`` fields; list it first in the bases.
 
@@ -428,6 +505,7 @@ class EncryptedModel:
         # resolves a forward reference.
         model = typing.cast(type[BaseModel], cls)
         _plans.pop(model, None)
+        _facts.pop(model, None)
         _check_not_indexed(model, plan_for(model))
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
         typing.cast(Any, super()).__pydantic_on_complete__()
@@ -439,15 +517,15 @@ class EncryptedModel:
     def _ref_open(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         token = model_scope.set(True)
         try:
-            if isinstance(data, dict) and not cls._ref_embedded():
-                plan = plan_for(typing.cast(type[BaseModel], cls))
-                if plan:
-                    pk = data.get(cls._ref_pk_name())
+            if isinstance(data, dict):
+                facts = _facts_for(cls)
+                if facts.plan and not facts.embedded and _needs_opening(data, facts.plan):
+                    pk = data.get(typing.cast(str, facts.pk_name))
                     record_key = cls._ref_key(pk) if pk not in (None, "") else None
                     opener = _Opener(typing.cast(type[BaseModel], cls), record_key, _reading.get())
-                    data = opener.fields(data, plan, ())
-                    if cls._ref_is_hash():
-                        data = cls._ref_empty_to_none(data, plan)
+                    data = opener.fields(data, facts.plan, ())
+                    if facts.is_hash:
+                        data = cls._ref_empty_to_none(data, facts.plan)
             try:
                 return handler(data)
             except ValidationError as exc:
@@ -507,19 +585,55 @@ class EncryptedModel:
         """In python mode (what redis-om stores), envelopes bound to this record and field."""
         parent = typing.cast(Any, super())
         cls = type(self)
-        if mode != "python" or cls._ref_embedded() or not plan_for(typing.cast(Any, cls)):
+        facts = _facts_for(cls)
+        if mode != "python" or facts.embedded or not facts.plan:
             return parent.model_dump(mode=mode, context=context, **kwargs)
-        defer: dict[str, Any] = {DEFER: True}
-        merged = {**context, **defer} if isinstance(context, Mapping) else defer
-        data = parent.model_dump(mode=mode, context=merged, **kwargs)
-        record_key = cls._ref_key(self._ref_pk())
-        _seal_tree(data, cls.__name__, record_key, ())
-        if _saving.get() is self and cls._ref_is_hash():
+        if facts.direct is not None and context is None and not kwargs:
+            data = self._ref_dump_direct(parent, facts)
+        else:
+            data = self._ref_dump_deferred(parent, mode, context, kwargs)
+        if facts.is_hash and _saving.get() is self:
             # HSET skips None; an empty string overwrites the old secret, and redis-om reads it
             # back as None for an Optional field.
-            for name in plan_for(typing.cast(Any, cls)):
+            for name in facts.plan:
                 if name in data and data[name] is None:
                     data[name] = ""
+        return data
+
+    def _ref_dump_direct(self, parent: Any, facts: _Facts) -> dict[str, Any]:
+        # redis-om's own call (save() dumps with no options): the encrypted fields are left out
+        # of pydantic's dump and sealed from the instance, which spares a serializer call per
+        # field; the fields keep their order.
+        cls = type(self)
+        rest = parent.model_dump(exclude=facts.direct)
+        record_key = cls._ref_key(self._ref_pk())
+        values = self.__dict__
+        data: dict[str, Any] = {}
+        for name in facts.order:
+            node = facts.plan.get(name)
+            if node is None:
+                if name in rest:
+                    data[name] = rest[name]
+                continue
+            value = values.get(name)
+            if value is None:
+                data[name] = None
+            else:
+                pending = Pending(value, typing.cast(Leaf, node).mask)
+                data[name] = _seal_pending(pending, cls.__name__, record_key, (name,))
+        if len(data) < len(rest) + len(facts.plan):
+            data.update((k, v) for k, v in rest.items() if k not in data)  # computed fields
+        return data
+
+    def _ref_dump_deferred(
+        self, parent: Any, mode: str, context: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        cls = type(self)
+        defer: dict[str, Any] = {DEFER: True}
+        merged = {**context, **defer} if isinstance(context, Mapping) else defer
+        data: dict[str, Any] = parent.model_dump(mode=mode, context=merged, **kwargs)
+        record_key = cls._ref_key(self._ref_pk())
+        _seal_tree(data, cls.__name__, record_key, ())
         return data
 
     def save(self, *args: Any, **kwargs: Any) -> Any:
@@ -527,7 +641,8 @@ class EncryptedModel:
         parent = typing.cast(Any, super())
         if type(self).__ref_async__:
             return self._ref_save_async(parent, *args, **kwargs)
-        run_sync(self._ref_resolve_masks(), self._ref_db())
+        if self._ref_may_hold_masks():
+            run_sync(self._ref_resolve_masks(), self._ref_db())
         token = _saving.set(self)
         try:
             return parent.save(*args, **kwargs)
@@ -535,12 +650,25 @@ class EncryptedModel:
             _saving.reset(token)
 
     async def _ref_save_async(self, parent: Any, *args: Any, **kwargs: Any) -> Any:
-        await run_async(self._ref_resolve_masks(), self._ref_db())
+        if self._ref_may_hold_masks():
+            await run_async(self._ref_resolve_masks(), self._ref_db())
         token = _saving.set(self)
         try:
             return await parent.save(*args, **kwargs)
         finally:
             _saving.reset(token)
+
+    def _ref_may_hold_masks(self) -> bool:
+        # The common case, told at once: top-level fields that hold secrets (EncryptedStr, which
+        # a mask never is: validation makes masks KeepExisting) or None.
+        facts = _facts_for(type(self))
+        if not facts.flat:
+            return True
+        values = self.__dict__
+        return not all(
+            value is None or type(value) is EncryptedStr
+            for value in (values.get(name) for name in facts.plan)
+        )
 
     def _ref_resolve_masks(self) -> Steps[None]:
         cls = type(self)
@@ -592,9 +720,8 @@ class EncryptedModel:
     def _ref_empty_to_none(cls, data: dict[str, Any], plan: Plan) -> dict[str, Any]:
         # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
         # typing.Optional, not for `X | None`.
-        fields = typing.cast(type[BaseModel], cls).model_fields
-        for name in plan:
-            if data.get(name) == "" and _allows_none(fields[name].annotation):
+        for name in _facts_for(cls).nullable:
+            if data.get(name) == "":
                 data[name] = None
         return data
 
