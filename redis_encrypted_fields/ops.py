@@ -13,6 +13,7 @@ model instances, so they run at the speed of Redis rather than of validation.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import typing
 from collections import Counter
@@ -54,15 +55,22 @@ _HASH_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
   local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
-  for i = a + 1, a + 3 * n, 3 do
-    if redis.call('HGET', key, ARGV[i]) ~= ARGV[i + 1] then ok = 0 break end
+  local fields, pairs = {}, {}
+  for j = 1, n do
+    fields[j] = ARGV[a + 3 * j - 2]
+    pairs[2 * j - 1], pairs[2 * j] = fields[j], ARGV[a + 3 * j]
+  end
+  local current = redis.call('HMGET', key, unpack(fields))
+  for j = 1, n do
+    if current[j] ~= ARGV[a + 3 * j - 1] then ok = 0 break end
   end
   if ok == 1 then
-    for i = a + 1, a + 3 * n, 3 do
-      local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', 1, ARGV[i])
-      redis.call('HSET', key, ARGV[i], ARGV[i + 2])
-      if has and type(at) == 'table' and tonumber(at[1]) and tonumber(at[1]) > 0 then
-        redis.call('HPEXPIREAT', key, at[1], 'FIELDS', 1, ARGV[i])
+    local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', n, unpack(fields))
+    redis.call('HSET', key, unpack(pairs))
+    if has and type(at) == 'table' then
+      for j = 1, n do
+        local t = tonumber(at[j])
+        if t and t > 0 then redis.call('HPEXPIREAT', key, t, 'FIELDS', 1, fields[j]) end
       end
     end
   end
@@ -228,7 +236,15 @@ class _Layout:
         )
 
     def context(self, key: str, path: FieldPath) -> bytes:
-        return binding(key, ".".join(str(p) for p in path)) if self.bound else b""
+        if not self.bound:
+            return b""
+        return binding(key, path[0] if len(path) == 1 else ".".join(map(str, path)))  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(model: str, path: FieldPath) -> str:
+    """What status counts a value under, e.g. ``Tenant.replicas[].password``."""
+    return f"{model}.{_pattern(path)}"
 
 
 def _pattern(path: FieldPath) -> str:
@@ -365,11 +381,12 @@ def _plan_record(
         values = [((name,), _text(v)) for name, v in zip(layout.plan, stored, strict=True)]
     args: list[str] = []
     decisions: list[tuple[str, _Decision]] = []
+    auditing = audit_enabled()
     for path, raw in values:
         d = _decide(op, raw, keyring, layout.context(key, path))
-        _audit(d, layout, key, path, raw, keyring)
-        name = f"{layout.name}.{_pattern(path)}"
-        decisions.append((name, d))
+        if auditing:
+            _audit(d, layout, key, path, raw, keyring)
+        decisions.append((_name(layout.name, path), d))
         if d.new is not None:
             if layout.is_json:
                 args += [_json_path(path), raw, json.dumps(d.new)]
@@ -388,8 +405,6 @@ def _audit(
 ) -> None:
     # Events describe what the tool decided; a write that then loses a compare-and-set race is
     # decided again, and audited again, on the retry.
-    if not audit_enabled():
-        return
     field = ".".join(map(str, path))
     common: dict[str, Any] = {"model": layout.name, "field": field, "record": key}
     if d.outcome in _AUDITED:
