@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import aredis_om
+import redis_om
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -33,7 +34,16 @@ from .api import decrypt_stored
 from .audit import track
 from .envelope import binding, looks_like_envelope, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
-from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, model_scope
+from .fields import (
+    DEFAULT_MASK,
+    DEFER,
+    EncryptedStr,
+    KeepExisting,
+    Mask,
+    Pending,
+    is_star_mask,
+    model_scope,
+)
 from .keys import get_keyring
 from .legacy import parse_legacy
 
@@ -446,7 +456,7 @@ def _facts_for(cls: Any) -> _Facts:
             plan=plan,
             flat=all(isinstance(node, Leaf) for node in plan.values()),
             embedded=embedded,
-            is_hash=issubclass(cls, (aredis_om.HashModel, _sync_hash_model())),
+            is_hash=issubclass(cls, (aredis_om.HashModel, redis_om.HashModel)),
             pk_name=None if embedded or meta is None else str(meta.primary_key.name),
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
             direct=direct,
@@ -682,7 +692,7 @@ class EncryptedModel:
         if not slots:
             return
         record_key = cls._ref_key(self._ref_pk())
-        if cls._ref_is_hash():
+        if _facts_for(cls).is_hash:
             names = [str(slot.path[0]) for slot in slots]
             values = yield lambda r: r.hmget(record_key, names)
             stored: Any = dict(zip(names, values, strict=True))
@@ -707,8 +717,10 @@ class EncryptedModel:
             if not keep:
                 slot.set(EncryptedStr(value))
             elif existing is None:
+                # Only a star mask gets here; anything else is shown as rendered, never as is.
+                shown = value if is_star_mask(value) else slot.leaf.mask.render(value)
                 raise MaskedSecretError(
-                    f"{where}: a mask ({value!r}) was given to keep the existing secret, but "
+                    f"{where}: a mask ({shown!r}) was given to keep the existing secret, but "
                     f"{record_key} has no stored secret for it; send the real value"
                 )
             else:
@@ -725,21 +737,8 @@ class EncryptedModel:
                 data[name] = None
         return data
 
-    @classmethod
-    def _ref_embedded(cls) -> bool:
-        meta = getattr(cls, "_meta", None)
-        return bool(getattr(meta, "embedded", False))
-
-    @classmethod
-    def _ref_is_hash(cls) -> bool:
-        return issubclass(cls, (aredis_om.HashModel, _sync_hash_model()))
-
-    @classmethod
-    def _ref_pk_name(cls) -> str:
-        return str(typing.cast(Any, cls)._meta.primary_key.name)
-
     def _ref_pk(self) -> Any:
-        return getattr(self, type(self)._ref_pk_name())
+        return getattr(self, typing.cast(str, _facts_for(type(self)).pk_name))
 
     @classmethod
     def _ref_key(cls, pk: Any) -> str:
@@ -753,10 +752,3 @@ def _allows_none(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in (
         typing.get_args(annotation)
     )
-
-
-def _sync_hash_model() -> type:
-    import redis_om
-
-    model: type = redis_om.HashModel
-    return model
