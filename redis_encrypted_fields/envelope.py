@@ -31,19 +31,24 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DecryptionError, EncryptionError
-from .keys import KEY_ID_SIZE, KeyRing, MasterKey
+from .keys import KEY_ID_SIZE, KeyRing
 
 __all__ = [
+    "KEY_ID_SLICE",
     "PREFIX",
     "VERSION",
     "Envelope",
     "binding",
+    "binding_part",
+    "decode",
     "is_envelope",
     "looks_like_envelope",
+    "open_blob",
     "open_envelope",
     "open_parsed",
     "parse",
     "rewrap",
+    "rewrap_blob",
     "rewrap_parsed",
     "seal",
 ]
@@ -61,16 +66,32 @@ _O_WRAPPED = _O_DEK_NONCE + _NONCE
 _O_NONCE = _O_WRAPPED + _WRAPPED
 _O_CT = _O_NONCE + _NONCE
 _MIN_BLOB = _O_CT + _TAG
+KEY_ID_SLICE = slice(_O_KID, _O_DEK_NONCE)  # where the key id is in ``decode``'s bytes
 _WRAP_LABEL = b"REFv2/dek" + _VERSION_BYTE
 _DATA_LABEL = b"REFv2/data" + _VERSION_BYTE
 _FAILED = "Decryption failed"
+_LENGTH = struct.Struct(">I").pack
+_PREFIX_LEN = len(PREFIX)
+# The header (version to wrapped data key) in base64 characters: whole groups of 3 bytes.
+_HEAD_CHARS = _O_NONCE // 3 * 4
+assert _O_NONCE % 3 == 0
+_B64_VALUE = {
+    c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+}
+# Bits of the last data character that are padding, by the number of "=" after it.
+_PAD_BITS = {1: 0b11, 2: 0b1111}
 
 
 def binding(record_key: str, field_path: str) -> bytes:
     """The associated data that ties a ciphertext to one record (its Redis key) and field path."""
-    k = record_key.encode("utf-8", "surrogatepass")
-    f = field_path.encode("utf-8", "surrogatepass")
-    return struct.pack(">I", len(k)) + k + struct.pack(">I", len(f)) + f
+    return binding_part(record_key) + binding_part(field_path)
+
+
+def binding_part(text: str) -> bytes:
+    """One half of a binding, length-prefixed: ``binding(k, f) == binding_part(k) +
+    binding_part(f)`` (for callers that bind many fields of one record)."""
+    data = text.encode("utf-8", "surrogatepass")
+    return _LENGTH(len(data)) + data
 
 
 class Envelope(NamedTuple):
@@ -118,22 +139,34 @@ def is_envelope(value: object) -> bool:
     return True
 
 
-def parse(text: str) -> Envelope:
-    """Parse strictly: canonical base64, known version, full length. Raises ``DecryptionError``."""
+def decode(text: str) -> bytes:
+    """The envelope's bytes, checked: canonical base64, known version, full length.
+
+    Raises ``DecryptionError``. (``parse`` splits them into an ``Envelope``.)
+    """
     if not text.startswith(PREFIX):
         raise DecryptionError(f"{_FAILED}: not an envelope")
     try:
-        body = text[len(PREFIX) :].encode("ascii")
+        body = text[_PREFIX_LEN:].encode("ascii")
         blob = binascii.a2b_base64(body, strict_mode=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise DecryptionError(f"{_FAILED}: malformed envelope") from None
-    # strict_mode still accepts non-zero padding bits; re-encoding makes every character count.
-    if binascii.b2a_base64(blob, newline=False) != body:
-        raise DecryptionError(f"{_FAILED}: malformed envelope")
+    # strict_mode still accepts non-zero padding bits: refused here, so that every character
+    # counts and what parses is exactly what would be written.
+    if body[-1:] == b"=":
+        pads = 2 if body[-2:-1] == b"=" else 1
+        if _B64_VALUE[body[-1 - pads]] & _PAD_BITS[pads]:
+            raise DecryptionError(f"{_FAILED}: malformed envelope")
     if len(blob) < _MIN_BLOB:
         raise DecryptionError(f"{_FAILED}: truncated envelope")
     if blob[0] != VERSION:
         raise DecryptionError(f"{_FAILED}: unsupported envelope version {blob[0]}")
+    return blob
+
+
+def parse(text: str) -> Envelope:
+    """Parse strictly: canonical base64, known version, full length. Raises ``DecryptionError``."""
+    blob = decode(text)
     return Envelope(
         blob[_O_KID:_O_DEK_NONCE],
         blob[_O_DEK_NONCE:_O_WRAPPED],
@@ -158,9 +191,12 @@ def seal(plaintext: str, keyring: KeyRing, context: bytes = b"") -> str:
     return PREFIX + binascii.b2a_base64(blob, newline=False).decode("ascii")
 
 
-def _unwrap(env: Envelope, key: MasterKey, context: bytes) -> bytes:
+def _unwrap(blob: bytes, keyring: KeyRing, context: bytes) -> bytes:
+    key_id = blob[_O_KID:_O_DEK_NONCE]
     try:
-        return key.aead.decrypt(env.dek_nonce, env.wrapped_dek, _WRAP_LABEL + env.key_id + context)
+        return keyring.get(key_id).aead.decrypt(
+            blob[_O_DEK_NONCE:_O_WRAPPED], blob[_O_WRAPPED:_O_NONCE], _WRAP_LABEL + key_id + context
+        )
     except InvalidTag:
         raise DecryptionError(
             f"{_FAILED}: wrong master key, corrupted data, or a value moved from another record "
@@ -168,18 +204,29 @@ def _unwrap(env: Envelope, key: MasterKey, context: bytes) -> bytes:
         ) from None
 
 
+def _decrypt(blob: bytes, dek: bytes, context: bytes) -> bytes:
+    try:
+        return AESGCM(dek).decrypt(blob[_O_NONCE:_O_CT], blob[_O_CT:], _DATA_LABEL + context)
+    except InvalidTag:
+        raise DecryptionError(f"{_FAILED}: corrupted data") from None
+
+
 def open_envelope(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     """Decrypt an envelope with the key its id names. Raises ``DecryptionError``."""
-    return open_parsed(parse(text), keyring, context)
+    return open_blob(decode(text), keyring, context)
 
 
 def open_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
     """``open_envelope`` of an already parsed envelope."""
-    dek = _unwrap(env, keyring.get(env.key_id), context)
+    return open_blob(env.to_bytes(), keyring, context)
+
+
+def open_blob(blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
+    """``open_envelope`` of an envelope's checked bytes (from ``decode``)."""
+    data = _decrypt(blob, _unwrap(blob, keyring, context), context)
     try:
-        data = AESGCM(dek).decrypt(env.nonce, env.ciphertext, _DATA_LABEL + context)
         return data.decode("utf-8")
-    except (InvalidTag, UnicodeDecodeError):
+    except UnicodeDecodeError:
         raise DecryptionError(f"{_FAILED}: corrupted data") from None
 
 
@@ -189,20 +236,25 @@ def rewrap(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     Returns ``text`` unchanged when it is already wrapped by the current key. The data is
     decrypted once to prove the envelope is intact before it is vouched for under the new key.
     """
-    env = parse(text)
-    if env.key_id == keyring.current.key_id:
+    blob = decode(text)
+    if blob[_O_KID:_O_DEK_NONCE] == keyring.current.key_id:
         return text
-    return rewrap_parsed(env, keyring, context)
+    return rewrap_blob(text, blob, keyring, context)
 
 
 def rewrap_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
     """``rewrap`` of an already parsed envelope (re-wrapped even if under the current key)."""
+    return rewrap_blob(env.to_text(), env.to_bytes(), keyring, context)
+
+
+def rewrap_blob(text: str, blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
+    """``rewrap`` of an envelope's text and its checked bytes (re-wrapped even if current)."""
     current = keyring.current
-    dek = _unwrap(env, keyring.get(env.key_id), context)
-    try:
-        AESGCM(dek).decrypt(env.nonce, env.ciphertext, _DATA_LABEL + context)
-    except InvalidTag:
-        raise DecryptionError(f"{_FAILED}: corrupted data") from None
+    dek = _unwrap(blob, keyring, context)
+    _decrypt(blob, dek, context)
     dek_nonce = os.urandom(_NONCE)
     wrapped = current.aead.encrypt(dek_nonce, dek, _WRAP_LABEL + current.key_id + context)
-    return Envelope(current.key_id, dek_nonce, wrapped, env.nonce, env.ciphertext).to_text()
+    # The header is a whole number of base64 groups: the text after it (the data nonce and
+    # ciphertext) is reused as it is instead of being encoded again.
+    head = binascii.b2a_base64(_VERSION_BYTE + current.key_id + dek_nonce + wrapped, newline=False)
+    return PREFIX + head.decode("ascii") + text[_PREFIX_LEN + _HEAD_CHARS :]

@@ -17,15 +17,23 @@ import functools
 import json
 import typing
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from ._driver import Steps, run_async, run_sync
+from ._driver import Steps, Submit, Wait, run_async, run_sync
 from .audit import audit_enabled, track
-from .envelope import binding, looks_like_envelope, open_parsed, parse, rewrap_parsed, seal
+from .envelope import (
+    KEY_ID_SLICE,
+    binding_part,
+    decode,
+    looks_like_envelope,
+    open_blob,
+    rewrap_blob,
+    seal,
+)
 from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
 from .keys import KeyRing, get_keyring
@@ -126,8 +134,14 @@ UNDECRYPTABLE = "undecryptable"
 EMPTY = "empty"
 
 
+_key_states: dict[bytes, str] = {}
+
+
 def key_state(key_id: bytes) -> str:
-    return f"key:{key_id.hex()}"
+    state = _key_states.get(key_id)
+    if state is None:
+        state = _key_states.setdefault(key_id, f"key:{key_id.hex()}")
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +218,7 @@ class Report:
 # --- the model's stored layout ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class _Layout:
     model: type[BaseModel]
     name: str
@@ -235,10 +249,16 @@ class _Layout:
             plan=plan,
         )
 
-    def context(self, key: str, path: FieldPath) -> bytes:
-        if not self.bound:
-            return b""
-        return binding(key, path[0] if len(path) == 1 else ".".join(map(str, path)))  # type: ignore[arg-type]
+    @functools.cached_property
+    def hash_paths(self) -> tuple[FieldPath, ...]:
+        """A hash model's encrypted fields as paths, in the order the read script returns them."""
+        return tuple((name,) for name in self.plan)
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_part(path: FieldPath) -> bytes:
+    """The field half of a value's binding (see ``envelope.binding_part``)."""
+    return binding_part(".".join(map(str, path)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -300,20 +320,20 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
         return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
     if looks_like_envelope(raw):
         try:
-            env = parse(raw)
+            blob = decode(raw)
         except DecryptionError:
             return _Decision(UNDECRYPTABLE, outcome="failed", reason="malformed envelope")
-        key_id = env.key_id
+        key_id = blob[KEY_ID_SLICE]
         state = key_state(key_id)
         if op is Operation.STATUS:
             try:
-                open_parsed(env, keyring, context)
+                open_blob(blob, keyring, context)
             except DecryptionError as exc:
                 return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
             return _Decision(state, verified=True)
         if op is Operation.ROTATE and key_id != keyring.current.key_id:
             try:
-                return _Decision(state, rewrap_parsed(env, keyring, context), "rewrapped")
+                return _Decision(state, rewrap_blob(raw, blob, keyring, context), "rewrapped")
             except DecryptionError as exc:
                 return _Decision(state, outcome="failed", reason=_reason(exc))
         return _Decision(state)
@@ -344,7 +364,7 @@ def _reason(exc: EncryptionError) -> str:
 class _Write:
     key: str
     args: list[str]
-    decisions: list[tuple[str, _Decision]]
+    decisions: list[tuple[str, str, str]]  # (counted under, state, outcome) per value
 
 
 def _read_request(sha: str, layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
@@ -368,6 +388,7 @@ def _write_request(sha: str, writes: Sequence[_Write]) -> Callable[[Any], Any]:
 def _plan_record(
     op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, report: Report
 ) -> _Write | None:
+    values: Iterable[tuple[FieldPath, Any]]
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
         # registered its response callbacks on the client.
@@ -378,20 +399,23 @@ def _plan_record(
     else:
         if stored is None or all(v is None for v in stored):
             return None
-        values = [((name,), _text(v)) for name, v in zip(layout.plan, stored, strict=True)]
+        values = zip(layout.hash_paths, stored, strict=True)
     args: list[str] = []
-    decisions: list[tuple[str, _Decision]] = []
+    decisions: list[tuple[str, str, str]] = []
     auditing = audit_enabled()
-    for path, raw in values:
-        d = _decide(op, raw, keyring, layout.context(key, path))
+    record = binding_part(key) if layout.bound else None
+    for path, value in values:
+        raw = _text(value)
+        context = b"" if record is None else record + _field_part(path)
+        d = _decide(op, raw, keyring, context)
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
-        decisions.append((_name(layout.name, path), d))
+        decisions.append((_name(layout.name, path), d.state, d.outcome))
         if d.new is not None:
             if layout.is_json:
                 args += [_json_path(path), raw, json.dumps(d.new)]
             else:
-                args += [str(path[0]), raw, d.new]
+                args += [path[0], raw, d.new]  # type: ignore[list-item]
         elif d.outcome == "failed":
             report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
     return _Write(key, args, decisions)
@@ -417,17 +441,61 @@ def _audit(
         track("decrypt", envelope=raw, **common)
 
 
-def _count(report: Report, decisions: Sequence[tuple[str, _Decision]], applied: bool) -> None:
-    """Count one record's values; changes count only if written (or, in a dry run, planned)."""
-    report.records += 1
-    for name, d in decisions:
-        report.states.setdefault(name, Counter())[d.state] += 1
-        if d.outcome == "failed" or d.state == EMPTY:
-            continue
-        if d.new is None:
-            report.unchanged += 1
-        elif applied:
-            setattr(report, d.outcome, getattr(report, d.outcome) + 1)
+def _count(report: Report, writes: Iterable[_Write]) -> None:
+    """Count the records of a batch and their values, by state and by what was done."""
+    states: Counter[tuple[str, str]] = Counter()
+    outcomes: Counter[str] = Counter()
+    for w in writes:
+        report.records += 1
+        states.update((name, state) for name, state, _ in w.decisions)
+        outcomes.update(outcome for _, state, outcome in w.decisions if state != EMPTY)
+    for (name, state), n in states.items():
+        report.states.setdefault(name, Counter())[state] += n
+    report.encrypted += outcomes["encrypted"]
+    report.upgraded += outcomes["upgraded"]
+    report.rewrapped += outcomes["rewrapped"]
+    report.unchanged += outcomes["unchanged"]
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One batch, decided: its counts so far and the compare-and-sets to send."""
+
+    keys: Sequence[str]
+    report: Report
+    writes: list[_Write]
+    to_send: list[_Write]
+
+
+def _plan_batch(
+    op: Operation, layout: _Layout, keys: Sequence[str], stored: Sequence[Any], keyring: KeyRing
+) -> _Planned:
+    report = Report(op)
+    writes = []
+    for key, value in zip(keys, stored, strict=True):
+        w = _plan_record(op, layout, key, value, keyring, report)
+        if w is not None:
+            writes.append(w)
+    return _Planned(keys, report, writes, [w for w in writes if w.args])
+
+
+def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
+    """Count what was written; return the batch's report and the keys that lost a race."""
+    report = planned.report
+    report.dry_run = dry_run
+    conflicted = {w.key for w, ok in zip(planned.to_send, results, strict=False) if ok != 1}
+    _count(report, (w for w in planned.writes if w.key not in conflicted))
+    # Failures of conflicted records are re-found on the retry; keep the others.
+    report.failures = [f for f in report.failures if f.key not in conflicted]
+    return report, [k for k in planned.keys if k in conflicted]
+
+
+def _writes(op: Operation, planned: _Planned, sha: str | None, dry_run: bool) -> bool:
+    return bool(planned.to_send) and sha is not None and not dry_run and op is not Operation.STATUS
+
+
+def _send(sha: str, writes: Sequence[_Write]) -> Steps[Any]:
+    return (yield _write_request(sha, writes))
 
 
 def _batch(
@@ -437,35 +505,23 @@ def _batch(
     shas: tuple[str, str | None],
     keyring: KeyRing,
     dry_run: bool,
+    attempts: int = _RETRIES,
 ) -> Steps[Report]:
+    """One batch, read then written, with retries of the records that changed meanwhile."""
     read_sha, sha = shas
     report = Report(op, dry_run)
     pending = list(keys)
-    for attempt in range(_RETRIES + 1):
+    for _ in range(attempts):
         if not pending:
-            break
-        if attempt == _RETRIES:
-            report.conflicts += len(pending)
-            break
+            return report
         stored = yield _read_request(read_sha, layout, pending)
-        attempt_report = Report(op, dry_run)
-        writes = []
-        for key, value in zip(pending, stored, strict=True):
-            w = _plan_record(op, layout, key, value, keyring, attempt_report)
-            if w is not None:
-                writes.append(w)
-        to_send = [w for w in writes if w.args]
-        results: list[Any] = []
-        if to_send and sha is not None and not dry_run:
-            results = yield _write_request(sha, to_send)
-        conflicted = {w.key for w, ok in zip(to_send, results, strict=False) if ok != 1}
-        for w in writes:
-            if w.key not in conflicted:
-                _count(attempt_report, w.decisions, applied=True)
-        # Failures of conflicted records are re-found on the retry; keep the others.
-        attempt_report.failures = [f for f in attempt_report.failures if f.key not in conflicted]
-        report.merge(attempt_report)
-        pending = [k for k in pending if k in conflicted]
+        planned = _plan_batch(op, layout, pending, stored, keyring)
+        results: Any = []
+        if _writes(op, planned, sha, dry_run):
+            results = yield _write_request(typing.cast(str, sha), planned.to_send)
+        done, pending = _settle(planned, results, dry_run)
+        report.merge(done)
+    report.conflicts += len(pending)
     return report
 
 
@@ -474,6 +530,40 @@ def _batch(
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _scan_request(cursor: Any, match: str, count: int, kind: str) -> Callable[[Any], Any]:
+    return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
+
+
+class _Scanner:
+    """The model's keys from ``SCAN``, a batch at a time."""
+
+    __slots__ = ("count", "cursor", "finished", "keys", "kind", "match")
+
+    def __init__(self, match: str, count: int, kind: str) -> None:
+        self.match, self.count, self.kind = match, count, kind
+        self.cursor: Any = 0
+        self.finished = False
+        self.keys: list[str] = []
+
+    def next_batch(self) -> Steps[list[str]]:
+        # SCAN pages hold few of the model's keys when others share the database: fill whole
+        # batches (at most two pages' worth of keys are held).
+        while not self.finished and len(self.keys) < self.count:
+            cursor, found = yield _scan_request(self.cursor, self.match, self.count, self.kind)
+            self.keys += [_text(k) for k in found]
+            self.cursor = cursor
+            self.finished = int(cursor) == 0
+        batch, self.keys = self.keys[: self.count], self.keys[self.count :]
+        return batch
+
+
+def _read_next(scanner: _Scanner, layout: _Layout, read_sha: str) -> Steps[tuple[list[str], Any]]:
+    keys = yield from scanner.next_batch()
+    if not keys:
+        return keys, []
+    return keys, (yield _read_request(read_sha, layout, keys))
 
 
 def _steps(
@@ -497,27 +587,36 @@ def _steps(
     if op is not Operation.STATUS and not dry_run:
         script = _JSON_CAS if layout.is_json else _HASH_CAS
         sha = _text((yield lambda c: c.script_load(script)))
-    match = _glob_escape(layout.prefix) + "*"
+    shas = (read_sha, sha)
     kind = "ReJSON-RL" if layout.is_json else "hash"
-    cursor: Any = 0
-    keys: list[str] = []
+    scanner = _Scanner(_glob_escape(layout.prefix) + "*", batch_size, kind)
+    # Three stages overlap: while this process decides batch N, Redis runs the compare-and-set
+    # of batch N-1 and the read of batch N+1 (each on its own connection). Memory holds at most
+    # three batches, whatever the size of the data set.
+    reading = yield Submit(_read_next(scanner, layout, read_sha))
+    writing: tuple[Any, _Planned] | None = None
     while True:
-        cursor, found = yield _scan_request(cursor, match, batch_size, kind)
-        keys += [_text(k) for k in found]
-        finished = int(cursor) == 0
-        # SCAN pages hold few of the model's keys when others share the database: fill whole
-        # batches before processing (at most two pages' worth of keys are held).
-        while len(keys) >= batch_size or (finished and keys):
-            chunk, keys = keys[:batch_size], keys[batch_size:]
-            report.merge((yield from _batch(op, layout, chunk, (read_sha, sha), ring, dry_run)))
+        keys, stored = yield Wait(reading)
+        planned: _Planned | None = None
+        if keys:
+            reading = yield Submit(_read_next(scanner, layout, read_sha))
+            planned = _plan_batch(op, layout, keys, stored, ring)
+        if writing is not None:
+            handle, previous = writing
+            results = (yield Wait(handle)) if handle is not None else []
+            done, conflicted = _settle(previous, results, dry_run)
+            if conflicted:
+                retried = _batch(op, layout, conflicted, shas, ring, dry_run, _RETRIES - 1)
+                done.merge((yield from retried))
+            report.merge(done)
             if progress is not None:
-                progress(len(chunk))
-        if finished:
+                progress(len(previous.keys))
+        if planned is None:
             return report
-
-
-def _scan_request(cursor: Any, match: str, count: int, kind: str) -> Callable[[Any], Any]:
-    return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
+        handle = None
+        if _writes(op, planned, sha, dry_run):
+            handle = yield Submit(_send(typing.cast(str, sha), planned.to_send))
+        writing = (handle, planned)
 
 
 # --- public API --------------------------------------------------------------------------------
