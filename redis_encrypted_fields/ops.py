@@ -27,9 +27,9 @@ from ._driver import Steps, Submit, Wait, run_async, run_sync
 from .audit import audit_enabled, track
 from .envelope import (
     KEY_ID_SLICE,
+    PREFIX,
     binding_part,
     decode,
-    looks_like_envelope,
     open_blob,
     rewrap_blob,
     seal,
@@ -318,7 +318,7 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
         return _Decision(EMPTY)
     if not isinstance(raw, str):
         return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
-    if looks_like_envelope(raw):
+    if raw.startswith(PREFIX):
         try:
             blob = decode(raw)
         except DecryptionError:
@@ -364,7 +364,7 @@ def _reason(exc: EncryptionError) -> str:
 class _Write:
     key: str
     args: list[str]
-    decisions: list[tuple[str, str, str]]  # (counted under, state, outcome) per value
+    tally: list[tuple[str, str, str]]  # (counted under, state, outcome) per value
 
 
 def _read_request(sha: str, layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
@@ -397,20 +397,19 @@ def _plan_record(
             return None  # deleted since the scan
         values = list(_values(doc, layout.plan, ()))
     else:
-        if stored is None or all(v is None for v in stored):
-            return None
+        if stored is None or stored.count(None) == len(stored):
+            return None  # deleted since the scan
         values = zip(layout.hash_paths, stored, strict=True)
     args: list[str] = []
-    decisions: list[tuple[str, str, str]] = []
+    tally: list[tuple[str, str, str]] = []
     auditing = audit_enabled()
     record = binding_part(key) if layout.bound else None
     for path, value in values:
-        raw = _text(value)
-        context = b"" if record is None else record + _field_part(path)
-        d = _decide(op, raw, keyring, context)
+        raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
+        d = _decide(op, raw, keyring, b"" if record is None else record + _field_part(path))
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
-        decisions.append((_name(layout.name, path), d.state, d.outcome))
+        tally.append((_name(layout.name, path), d.state, d.outcome))
         if d.new is not None:
             if layout.is_json:
                 args += [_json_path(path), raw, json.dumps(d.new)]
@@ -418,7 +417,7 @@ def _plan_record(
                 args += [path[0], raw, d.new]  # type: ignore[list-item]
         elif d.outcome == "failed":
             report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
-    return _Write(key, args, decisions)
+    return _Write(key, args, tally)
 
 
 _AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
@@ -441,52 +440,58 @@ def _audit(
         track("decrypt", envelope=raw, **common)
 
 
-def _count(report: Report, writes: Iterable[_Write]) -> None:
-    """Count the records of a batch and their values, by state and by what was done."""
-    states: Counter[tuple[str, str]] = Counter()
-    outcomes: Counter[str] = Counter()
-    for w in writes:
-        report.records += 1
-        states.update((name, state) for name, state, _ in w.decisions)
-        outcomes.update(outcome for _, state, outcome in w.decisions if state != EMPTY)
-    for (name, state), n in states.items():
-        report.states.setdefault(name, Counter())[state] += n
-    report.encrypted += outcomes["encrypted"]
-    report.upgraded += outcomes["upgraded"]
-    report.rewrapped += outcomes["rewrapped"]
-    report.unchanged += outcomes["unchanged"]
-
-
 @dataclass(slots=True)
 class _Planned:
-    """One batch, decided: its counts so far and the compare-and-sets to send."""
+    """One batch, decided: what to send, and what to count once it is written."""
 
     keys: Sequence[str]
-    report: Report
-    writes: list[_Write]
+    report: Report  # failures so far
     to_send: list[_Write]
+    records: list[_Write]
+    # (counted under, state, outcome) -> values, over the whole batch
+    tally: Counter[tuple[str, str, str]]
 
 
 def _plan_batch(
     op: Operation, layout: _Layout, keys: Sequence[str], stored: Sequence[Any], keyring: KeyRing
 ) -> _Planned:
     report = Report(op)
-    writes = []
+    records: list[_Write] = []
+    tally: Counter[tuple[str, str, str]] = Counter()
     for key, value in zip(keys, stored, strict=True):
         w = _plan_record(op, layout, key, value, keyring, report)
         if w is not None:
-            writes.append(w)
-    return _Planned(keys, report, writes, [w for w in writes if w.args])
+            records.append(w)
+            tally.update(w.tally)
+    return _Planned(keys, report, [w for w in records if w.args], records, tally)
+
+
+_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "unchanged")
 
 
 def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
-    """Count what was written; return the batch's report and the keys that lost a race."""
+    """Count what was written; return the batch's report and the keys that lost a race.
+
+    A record that lost a race is not counted: it is decided again on the retry.
+    """
     report = planned.report
     report.dry_run = dry_run
-    conflicted = {w.key for w, ok in zip(planned.to_send, results, strict=False) if ok != 1}
-    _count(report, (w for w in planned.writes if w.key not in conflicted))
-    # Failures of conflicted records are re-found on the retry; keep the others.
-    report.failures = [f for f in report.failures if f.key not in conflicted]
+    lost = [w for w, ok in zip(planned.to_send, results, strict=False) if ok != 1]
+    tally = planned.tally
+    report.records += len(planned.records) - len(lost)
+    conflicted = {w.key for w in lost}
+    if lost:
+        tally = tally.copy()
+        for w in lost:
+            tally.subtract(w.tally)
+        # Failures of conflicted records are re-found on the retry; keep the others.
+        report.failures = [f for f in report.failures if f.key not in conflicted]
+    for (name, state, outcome), n in tally.items():
+        if n <= 0:
+            continue
+        report.states.setdefault(name, Counter())[state] += n
+        if state != EMPTY and outcome in _OUTCOMES:
+            setattr(report, outcome, getattr(report, outcome) + n)
     return report, [k for k in planned.keys if k in conflicted]
 
 
