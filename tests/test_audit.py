@@ -263,8 +263,8 @@ def test_operation_events_describe_decisions_even_when_a_write_loses_a_race(
     client().hset(key, mapping={"pk": "race", "name": "n", "password": secret("plain")})
     real = ops._write_request
 
-    def racing(sha: str, writes: Any) -> Any:
-        send = real(sha, writes)
+    def racing(sha: str, keys: Any, args: Any) -> Any:
+        send = real(sha, keys, args)
 
         def request(c: Any) -> Any:
             SecAccount(pk="race", name="n", password=secret("app")).save()

@@ -250,12 +250,12 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
     use_keys(monkeypatch, new_key(), master_key)
     real = ops._write_request
 
-    def racing(sha: str, writes: Any) -> Any:
-        send = real(sha, writes)
+    def racing(sha: str, keys: Any, args: Any) -> Any:
+        send = real(sha, keys, args)
 
         def request(c: Any) -> Any:
             # The application saves a new password in the window between rotate's read and write.
-            if any(w.key.endswith("acc000003") for w in writes):
+            if any(k.endswith("acc000003") for k in keys):
                 Account(pk="acc000003", name="x", password="changed-by-app").save()
             return send(c)
 
