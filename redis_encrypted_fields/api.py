@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from .audit import track
-from .envelope import is_envelope, looks_like_envelope, open_envelope, seal
+from .audit import audit_enabled, track
+from .envelope import PREFIX, is_envelope, looks_like_envelope, open_envelope, seal
 from .errors import DecryptionError
 from .keys import get_keyring
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy
@@ -23,7 +23,8 @@ def encrypt_secret(plaintext: str) -> str:
     """Encrypt ``plaintext`` under the current master key (current envelope format)."""
     keyring = get_keyring()
     envelope = seal(plaintext, keyring)
-    track("encrypt", key_id=keyring.current.key_id)
+    if audit_enabled():
+        track("encrypt", key_id=keyring.current.key_id)
     return envelope
 
 
@@ -43,14 +44,15 @@ def decrypt_stored(
     """Decrypt a stored value in either format, bound to ``context`` if v2, and audit it."""
     keyring = get_keyring()
     try:
-        if looks_like_envelope(value):
+        if value.startswith(PREFIX):
             plaintext = open_envelope(value, keyring, context)
         else:
             plaintext = open_legacy(value, keyring)
     except DecryptionError as exc:
         track("decrypt", model=model, field=field, record=record, envelope=value, error=exc)
         raise
-    track("decrypt", model=model, field=field, record=record, envelope=value)
+    if audit_enabled():
+        track("decrypt", model=model, field=field, record=record, envelope=value)
     return plaintext
 
 

@@ -9,6 +9,7 @@ import hmac
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -168,8 +169,6 @@ def generate_master_key() -> str:
 # again only when the variables' text changes.
 _lock = threading.Lock()
 _configured: KeyRing | None = None
-# (text of the two variables, their ring, their raw bytes in os.environ or None)
-_env_cache: tuple[str | None, str | None, KeyRing, object] | None = None
 
 
 def set_keyring(keyring: KeyRing | None) -> None:
@@ -180,16 +179,28 @@ def set_keyring(keyring: KeyRing | None) -> None:
 
 # get_keyring() runs for every secret sealed or opened, and os.environ.get() costs ~1.7 us (key
 # encoding, Mapping machinery): twice that per secret. On POSIX, os.environ keeps its bytes in a
-# dict (``_data``) that every os.environ write updates; the cache is checked against those bytes
-# (~0.1 us a lookup), and the text is read through os.environ only when they changed.
+# dict (``_data``) that every os.environ write updates with new bytes objects; the cache holds
+# that dict and the two bytes objects it had, and is valid while they are still there (identity
+# checks, ~0.1 us). The text is read through os.environ only when they changed.
 _RAW_KEYS = (os.fsencode(ENV_MASTER_KEY), os.fsencode(ENV_PREVIOUS_MASTER_KEYS))
+_POSIX = os.name == "posix"
 
 
-def _raw_environ() -> tuple[bytes | None, bytes | None] | None:
-    data = getattr(os.environ, "_data", None) if os.name == "posix" else None
-    if type(data) is not dict:
-        return None
-    return data.get(_RAW_KEYS[0]), data.get(_RAW_KEYS[1])
+class _EnvCache(NamedTuple):
+    current: str | None
+    previous: str | None
+    ring: KeyRing
+    data: dict[bytes, bytes] | None  # os.environ's byte dict, or None where there is none
+    raw_current: object
+    raw_previous: object
+
+
+_env_cache: _EnvCache | None = None
+
+
+def _environ_data() -> dict[bytes, bytes] | None:
+    data = getattr(os.environ, "_data", None) if _POSIX else None
+    return data if type(data) is dict else None
 
 
 def get_keyring() -> KeyRing:
@@ -198,16 +209,23 @@ def get_keyring() -> KeyRing:
     configured = _configured
     if configured is not None:
         return configured
-    raw = _raw_environ()
     cached = _env_cache
-    if raw is not None and cached is not None and cached[3] == raw:
-        return cached[2]
+    if cached is not None and cached.data is not None:
+        known = cached.data
+        if (
+            getattr(os.environ, "_data", None) is known
+            and known.get(_RAW_KEYS[0]) is cached.raw_current
+            and known.get(_RAW_KEYS[1]) is cached.raw_previous
+        ):
+            return cached.ring
+    data = _environ_data()
+    raw = (None, None) if data is None else (data.get(_RAW_KEYS[0]), data.get(_RAW_KEYS[1]))
     current = os.environ.get(ENV_MASTER_KEY)
     previous = os.environ.get(ENV_PREVIOUS_MASTER_KEYS)
-    if cached is not None and cached[0] == current and cached[1] == previous:
-        ring = cached[2]
+    if cached is not None and cached.current == current and cached.previous == previous:
+        ring = cached.ring
     else:
         ring = _parse_env(current, previous)
     with _lock:
-        _env_cache = (current, previous, ring, raw)
+        _env_cache = _EnvCache(current, previous, ring, data, *raw)
     return ring

@@ -14,6 +14,7 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 import types
@@ -31,8 +32,8 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
-from .audit import track
-from .envelope import binding, looks_like_envelope, seal
+from .audit import audit_enabled, track
+from .envelope import PREFIX, binding_part, looks_like_envelope, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import (
     DEFAULT_MASK,
@@ -250,6 +251,8 @@ class _Opener:
         if raw == "":
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
+        if raw.startswith(PREFIX) and self.record_key is not None:  # the common case
+            return EncryptedStr(open_stored(raw, self.model.__name__, path, self.record_key))
         legacy = parse_legacy(raw) is not None
         if legacy and self.reading and not _plaintext_allowed():
             # Origin v1 values carry no record binding: once migration is declared finished,
@@ -292,8 +295,18 @@ def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -
     ``record_key`` is ``None`` only for an origin v1 value, which is not bound to a record.
     """
     field = _dotted(path)
-    context = binding(record_key, field) if record_key is not None else b""
+    context = _bound(record_key, field) if record_key is not None else b""
     return decrypt_stored(raw, context=context, model=model, field=field, record=record_key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_binding(field: str) -> bytes:
+    return binding_part(field)
+
+
+def _bound(record_key: str, field: str) -> bytes:
+    """``binding(record_key, field)``, with the field's half computed once per field."""
+    return binding_part(record_key) + _field_binding(field)
 
 
 class _Shown:
@@ -366,8 +379,9 @@ def _seal_pending(pending: Pending, model: str, record_key: str, path: FieldPath
         )
     keyring = get_keyring()
     field = _dotted(path)
-    envelope = seal(value, keyring, binding(record_key, field))
-    track("encrypt", model=model, field=field, record=record_key, key_id=keyring.current.key_id)
+    envelope = seal(value, keyring, _bound(record_key, field))
+    if audit_enabled():
+        track("encrypt", model=model, field=field, record=record_key, key_id=keyring.current.key_id)
     return envelope
 
 
