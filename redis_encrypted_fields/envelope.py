@@ -153,8 +153,8 @@ def decode(text: str) -> bytes:
         raise DecryptionError(f"{_FAILED}: malformed envelope") from None
     # strict_mode still accepts non-zero padding bits: refused here, so that every character
     # counts and what parses is exactly what would be written.
-    if body[-1:] == b"=":
-        pads = 2 if body[-2:-1] == b"=" else 1
+    if body and body[-1] == 0x3D:  # "="
+        pads = 2 if body[-2] == 0x3D else 1
         if _B64_VALUE[body[-1 - pads]] & _PAD_BITS[pads]:
             raise DecryptionError(f"{_FAILED}: malformed envelope")
     if len(blob) < _MIN_BLOB:

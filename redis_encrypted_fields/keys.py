@@ -54,13 +54,14 @@ class MasterKey:
     without revealing anything about it, and needs no configuration.
     """
 
-    __slots__ = ("_aead", "_material", "key_id")
+    __slots__ = ("_material", "aead", "key_id")
 
     def __init__(self, material: bytes, *, where: str = "the given key") -> None:
         if not isinstance(material, bytes) or len(material) != KEY_SIZE:
             raise MasterKeyError(_length_message(where))
         self._material = material
-        self._aead = AESGCM(material)
+        # The AES-256-GCM instance for this key, built once (construction is not free).
+        self.aead = AESGCM(material)
         self.key_id = hmac.digest(material, _KEY_ID_LABEL, hashlib.sha256)[:KEY_ID_SIZE]
 
     @classmethod
@@ -80,11 +81,6 @@ class MasterKey:
     @property
     def key_id_hex(self) -> str:
         return self.key_id.hex()
-
-    @property
-    def aead(self) -> AESGCM:
-        """The AES-256-GCM instance for this key (built once: construction is not free)."""
-        return self._aead
 
     def to_base64(self) -> str:
         """The key in the form ``REDIS_SRE_MASTER_KEY`` takes. Handle with care."""

@@ -123,17 +123,22 @@ def test_parsing_is_strict_and_canonical(ring: KeyRing) -> None:
     assert not is_envelope(None)
 
 
-def test_rewrap_changes_only_the_wrapped_key_and_key_id() -> None:
+# Three lengths: every amount of base64 padding, which rewrap keeps from the original text.
+@pytest.mark.parametrize("secret", ["secret", "secret!", "secret!!"])
+def test_rewrap_changes_only_the_wrapped_key_and_key_id(secret: str) -> None:
     old, new = MasterKey.generate(), MasterKey.generate()
     ctx = binding("k", "f")
-    text = seal("secret", KeyRing(old), ctx)
+    text = seal(secret, KeyRing(old), ctx)
     ring = KeyRing(new, [old])
     moved = rewrap(text, ring, ctx)
     before, after = parse(text), parse(moved)
     assert after.key_id == new.key_id
     assert (after.nonce, after.ciphertext) == (before.nonce, before.ciphertext)
     assert after.wrapped_dek != before.wrapped_dek
-    assert open_envelope(moved, KeyRing(new), ctx) == "secret"
+    assert open_envelope(moved, KeyRing(new), ctx) == secret
+    head = len(PREFIX) + 92  # base64 of the 69-byte header (version .. wrapped data key)
+    assert moved[head:] == text[head:]
+    assert moved[:head] != text[:head]
     assert rewrap(moved, ring, ctx) == moved
     with pytest.raises(DecryptionError):
         rewrap(text, ring, binding("k", "other"))

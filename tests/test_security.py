@@ -460,7 +460,7 @@ class CountingAEAD:
         self.inner = key.aead
         self.encrypts = 0
         self.decrypts = 0
-        key._aead = self  # type: ignore[assignment]
+        key.aead = self  # type: ignore[assignment]
 
     def encrypt(self, *args: Any) -> bytes:
         self.encrypts += 1
