@@ -33,7 +33,7 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .audit import audit_enabled, track
-from .envelope import PREFIX, binding_part, looks_like_envelope, seal
+from .envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import (
     DEFAULT_MASK,
@@ -45,7 +45,7 @@ from .fields import (
     is_star_mask,
     model_scope,
 )
-from .keys import get_keyring
+from .keys import KeyRing, get_keyring
 from .legacy import parse_legacy
 
 __all__ = [
@@ -222,12 +222,34 @@ def _dotted(path: FieldPath) -> str:
 class _Opener:
     """Turns raw input at encrypted paths into ``EncryptedStr`` values for one record."""
 
-    __slots__ = ("model", "reading", "record_key")
+    __slots__ = ("_keyring", "_record_part", "model", "reading", "record_key")
 
     def __init__(self, model: type[BaseModel], record_key: str | None, reading: bool) -> None:
         self.model = model
         self.record_key = record_key
         self.reading = reading
+        self._record_part: bytes | None = None  # the record's half of every binding
+        self._keyring: KeyRing | None = None  # one lookup per record, not per value
+
+    def open_current(self, raw: str, path: FieldPath, record_key: str) -> str:
+        """Decrypt a current envelope of this record (the common case, kept short), audited."""
+        record_part = self._record_part
+        if record_part is None:
+            record_part = self._record_part = binding_part(record_key)
+        keyring = self._keyring
+        if keyring is None:
+            keyring = self._keyring = get_keyring()
+        field = _dotted(path)
+        try:
+            plaintext = open_envelope(raw, keyring, record_part + _field_binding(field))
+        except DecryptionError as exc:
+            model = self.model.__name__
+            track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
+            raise
+        if audit_enabled():
+            model = self.model.__name__
+            track("decrypt", model=model, field=field, record=record_key, envelope=raw)
+        return plaintext
 
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
@@ -251,8 +273,9 @@ class _Opener:
         if raw == "":
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
-        if raw.startswith(PREFIX) and self.record_key is not None:  # the common case
-            return EncryptedStr(open_stored(raw, self.model.__name__, path, self.record_key))
+        record_key = self.record_key
+        if record_key is not None and raw.startswith(PREFIX):
+            return EncryptedStr(self.open_current(raw, path, record_key))
         legacy = parse_legacy(raw) is not None
         if legacy and self.reading and not _plaintext_allowed():
             # Origin v1 values carry no record binding: once migration is declared finished,
@@ -358,31 +381,48 @@ def _without_input(exc: ValidationError) -> ValidationError:
     )
 
 
-def _seal_tree(obj: Any, model: str, record_key: str, path: FieldPath) -> None:
-    """Replace every ``Pending`` in a dumped tree by an envelope bound to its record and path."""
-    items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
-    for slot, value in list(items):
-        if isinstance(value, Pending):
-            obj[slot] = _seal_pending(value, model, record_key, (*path, slot))
-        elif isinstance(value, (dict, list)):
-            _seal_tree(value, model, record_key, (*path, slot))
+class _Sealer:
+    """Seals the values of one record, bound to it; the record's half of the binding and the
+    key ring are looked up once per record, not per value."""
 
+    __slots__ = ("_keyring", "_record_part", "model", "record_key")
 
-def _seal_pending(pending: Pending, model: str, record_key: str, path: FieldPath) -> str:
-    value = pending.value
-    if isinstance(value, KeepExisting) or (
-        not isinstance(value, EncryptedStr) and pending.mask.could_be_mask(value)
-    ):
-        raise MaskedSecretError(
-            f"{_dotted(path)} of {record_key} holds a mask, not a secret; save() keeps the stored "
-            "secret for a mask, model_dump() cannot"
-        )
-    keyring = get_keyring()
-    field = _dotted(path)
-    envelope = seal(value, keyring, _bound(record_key, field))
-    if audit_enabled():
-        track("encrypt", model=model, field=field, record=record_key, key_id=keyring.current.key_id)
-    return envelope
+    def __init__(self, model: str, record_key: str) -> None:
+        self.model = model
+        self.record_key = record_key
+        self._record_part: bytes | None = None
+        self._keyring: KeyRing | None = None
+
+    def seal(self, value: str, mask: Mask, path: FieldPath) -> str:
+        if type(value) is not EncryptedStr and (
+            isinstance(value, KeepExisting)
+            or (not isinstance(value, EncryptedStr) and mask.could_be_mask(value))
+        ):
+            raise MaskedSecretError(
+                f"{_dotted(path)} of {self.record_key} holds a mask, not a secret; save() keeps "
+                "the stored secret for a mask, model_dump() cannot"
+            )
+        record_part = self._record_part
+        if record_part is None:
+            record_part = self._record_part = binding_part(self.record_key)
+        keyring = self._keyring
+        if keyring is None:
+            keyring = self._keyring = get_keyring()
+        field = _dotted(path)
+        envelope = seal(value, keyring, record_part + _field_binding(field))
+        if audit_enabled():
+            key_id = keyring.current.key_id
+            track("encrypt", model=self.model, field=field, record=self.record_key, key_id=key_id)
+        return envelope
+
+    def tree(self, obj: Any, path: FieldPath) -> None:
+        """Replace every ``Pending`` in a dumped tree by an envelope bound to its path."""
+        items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for slot, value in list(items):
+            if isinstance(value, Pending):
+                obj[slot] = self.seal(value.value, value.mask, (*path, slot))
+            elif isinstance(value, (dict, list)):
+                self.tree(value, (*path, slot))
 
 
 @dataclass(slots=True)
@@ -544,12 +584,16 @@ class EncryptedModel:
             if isinstance(data, dict):
                 facts = _facts_for(cls)
                 if facts.plan and not facts.embedded and _needs_opening(data, facts.plan):
-                    pk = data.get(typing.cast(str, facts.pk_name))
+                    pk = data.get(facts.pk_name)
                     record_key = cls._ref_key(pk) if pk not in (None, "") else None
-                    opener = _Opener(typing.cast(type[BaseModel], cls), record_key, _reading.get())
+                    opener = _Opener(cls, record_key, _reading.get())  # type: ignore[arg-type]
                     data = opener.fields(data, facts.plan, ())
                     if facts.is_hash:
-                        data = cls._ref_empty_to_none(data, facts.plan)
+                        # A cleared secret is stored as "" in a hash; redis-om maps "" back to
+                        # None only for typing.Optional, not for `X | None`.
+                        for name in facts.nullable:
+                            if data.get(name) == "":
+                                data[name] = None
             try:
                 return handler(data)
             except ValidationError as exc:
@@ -577,7 +621,7 @@ class EncryptedModel:
     @classmethod
     def get(cls, pk: Any) -> Any:
         """redis-om's ``get``, marked as a read from Redis (for the migration warning)."""
-        parent = typing.cast(Any, super())
+        parent: Any = super()
         if cls.__ref_async__:
             return cls._ref_get_async(parent, pk)
         token = _reading.set(True)
@@ -607,7 +651,7 @@ class EncryptedModel:
 
     def model_dump(self, *, mode: str = "python", context: Any = None, **kwargs: Any) -> Any:
         """In python mode (what redis-om stores), envelopes bound to this record and field."""
-        parent = typing.cast(Any, super())
+        parent: Any = super()
         cls = type(self)
         facts = _facts_for(cls)
         if mode != "python" or facts.embedded or not facts.plan:
@@ -630,7 +674,7 @@ class EncryptedModel:
         # field; the fields keep their order.
         cls = type(self)
         rest = parent.model_dump(exclude=facts.direct)
-        record_key = cls._ref_key(self._ref_pk())
+        sealer = _Sealer(cls.__name__, cls._ref_key(self._ref_pk()))
         values = self.__dict__
         data: dict[str, Any] = {}
         for name in facts.order:
@@ -643,8 +687,7 @@ class EncryptedModel:
             if value is None:
                 data[name] = None
             else:
-                pending = Pending(value, typing.cast(Leaf, node).mask)
-                data[name] = _seal_pending(pending, cls.__name__, record_key, (name,))
+                data[name] = sealer.seal(value, node.mask, (name,))  # type: ignore[union-attr]
         if len(data) < len(rest) + len(facts.plan):
             data.update((k, v) for k, v in rest.items() if k not in data)  # computed fields
         return data
@@ -656,13 +699,12 @@ class EncryptedModel:
         defer: dict[str, Any] = {DEFER: True}
         merged = {**context, **defer} if isinstance(context, Mapping) else defer
         data: dict[str, Any] = parent.model_dump(mode=mode, context=merged, **kwargs)
-        record_key = cls._ref_key(self._ref_pk())
-        _seal_tree(data, cls.__name__, record_key, ())
+        _Sealer(cls.__name__, cls._ref_key(self._ref_pk())).tree(data, ())
         return data
 
     def save(self, *args: Any, **kwargs: Any) -> Any:
         """redis-om's ``save``, after masks are replaced by the secrets they stand for."""
-        parent = typing.cast(Any, super())
+        parent: Any = super()
         if type(self).__ref_async__:
             return self._ref_save_async(parent, *args, **kwargs)
         if self._ref_may_hold_masks():
@@ -742,21 +784,14 @@ class EncryptedModel:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    @classmethod
-    def _ref_empty_to_none(cls, data: dict[str, Any], plan: Plan) -> dict[str, Any]:
-        # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
-        # typing.Optional, not for `X | None`.
-        for name in _facts_for(cls).nullable:
-            if data.get(name) == "":
-                data[name] = None
-        return data
-
     def _ref_pk(self) -> Any:
-        return getattr(self, typing.cast(str, _facts_for(type(self)).pk_name))
+        name: Any = _facts_for(type(self)).pk_name
+        return getattr(self, name)
 
     @classmethod
     def _ref_key(cls, pk: Any) -> str:
-        return str(typing.cast(Any, cls).make_primary_key(pk))
+        model: Any = cls
+        return str(model.make_primary_key(pk))
 
     def _ref_db(self) -> Any:
         return typing.cast(Any, self).db()
