@@ -33,4 +33,5 @@ BENCHMARKS: dict[str, Spec] = {
         pending="pending: operations issue",
     ),
     "profile": Spec("benchmarks.hotspots", "5. Where the time goes"),
+    "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
 }

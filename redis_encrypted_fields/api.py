@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from .audit import audit_enabled, track
-from .envelope import PREFIX, is_envelope, looks_like_envelope, open_envelope, seal
+from .envelope import PREFIX, decode, is_envelope, looks_like_envelope, open_blob, seal
 from .errors import DecryptionError
 from .keys import get_keyring
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy
@@ -45,7 +45,7 @@ def decrypt_stored(
     keyring = get_keyring()
     try:
         if value.startswith(PREFIX):
-            plaintext = open_envelope(value, keyring, context)
+            plaintext = open_blob(decode(value), keyring, context)
         else:
             plaintext = open_legacy(value, keyring)
     except DecryptionError as exc:

@@ -186,42 +186,43 @@ class _EnvCache(NamedTuple):
     current: str | None
     previous: str | None
     ring: KeyRing
-    data: dict[bytes, bytes] | None  # os.environ's byte dict, or None where there is none
-    raw_current: object
-    raw_previous: object
 
 
 _env_cache: _EnvCache | None = None
-
-
-def _environ_data() -> dict[bytes, bytes] | None:
-    data = getattr(os.environ, "_data", None) if _POSIX else None
-    return data if type(data) is dict else None
+_K_CURRENT, _K_PREVIOUS = _RAW_KEYS
+# The fast path: (os.environ's byte dict, the two values' bytes objects in it, their ring).
+_fast: tuple[dict[bytes, bytes], object, object, KeyRing] | None = None
 
 
 def get_keyring() -> KeyRing:
     """The ring in force: the one set in code, else the one the environment describes."""
-    global _env_cache
     configured = _configured
     if configured is not None:
         return configured
-    cached = _env_cache
-    if cached is not None and cached.data is not None:
-        known = cached.data
-        if (
-            getattr(os.environ, "_data", None) is known
-            and known.get(_RAW_KEYS[0]) is cached.raw_current
-            and known.get(_RAW_KEYS[1]) is cached.raw_previous
-        ):
-            return cached.ring
-    data = _environ_data()
-    raw = (None, None) if data is None else (data.get(_RAW_KEYS[0]), data.get(_RAW_KEYS[1]))
+    fast = _fast
+    if fast is not None:
+        data, raw_current, raw_previous, ring = fast
+        try:
+            same = os.environ._data is data  # type: ignore[attr-defined]
+        except AttributeError:  # os.environ replaced by a plain mapping
+            same = False
+        if same and data.get(_K_CURRENT) is raw_current and data.get(_K_PREVIOUS) is raw_previous:
+            return ring
+    return _read_environ()
+
+
+def _read_environ() -> KeyRing:
+    global _env_cache, _fast
+    data = getattr(os.environ, "_data", None) if _POSIX else None
+    raw = (data.get(_K_CURRENT), data.get(_K_PREVIOUS)) if type(data) is dict else None
     current = os.environ.get(ENV_MASTER_KEY)
     previous = os.environ.get(ENV_PREVIOUS_MASTER_KEYS)
+    cached = _env_cache
     if cached is not None and cached.current == current and cached.previous == previous:
         ring = cached.ring
     else:
         ring = _parse_env(current, previous)
     with _lock:
-        _env_cache = _EnvCache(current, previous, ring, data, *raw)
+        _env_cache = _EnvCache(current, previous, ring)
+        _fast = (data, *raw, ring) if raw is not None else None  # type: ignore[assignment]
     return ring

@@ -33,7 +33,7 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .audit import audit_enabled, track
-from .envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
+from .envelope import PREFIX, binding_part, decode, looks_like_envelope, open_blob, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import (
     DEFAULT_MASK,
@@ -231,17 +231,19 @@ class _Opener:
         self._record_part: bytes | None = None  # the record's half of every binding
         self._keyring: KeyRing | None = None  # one lookup per record, not per value
 
-    def open_current(self, raw: str, path: FieldPath, record_key: str) -> str:
-        """Decrypt a current envelope of this record (the common case, kept short), audited."""
+    def open_current(self, raw: str, field: str, record_key: str) -> str:
+        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited.
+
+        The common case, kept short: one key ring lookup and one record binding half per record.
+        """
         record_part = self._record_part
         if record_part is None:
             record_part = self._record_part = binding_part(record_key)
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
-        field = _dotted(path)
         try:
-            plaintext = open_envelope(raw, keyring, record_part + _field_binding(field))
+            plaintext = open_blob(decode(raw), keyring, record_part + _field_binding(field))
         except DecryptionError as exc:
             model = self.model.__name__
             track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
@@ -264,9 +266,21 @@ class _Opener:
 
     def fields(self, raw: dict[str, Any], plan: Plan, path: FieldPath) -> dict[str, Any]:
         out = dict(raw)
+        record_key = self.record_key
         for name, node in plan.items():
             if name in out:
-                out[name] = self.value(out[name], node, (*path, name))
+                value = out[name]
+                if (
+                    not path
+                    and record_key is not None
+                    and type(value) is str
+                    and type(node) is Leaf
+                    and value.startswith(PREFIX)
+                ):
+                    # A current envelope in a top-level field: every read's common case.
+                    out[name] = EncryptedStr(self.open_current(value, name, record_key))
+                else:
+                    out[name] = self.value(value, node, (*path, name))
         return out
 
     def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
@@ -275,7 +289,7 @@ class _Opener:
             return raw
         record_key = self.record_key
         if record_key is not None and raw.startswith(PREFIX):
-            return EncryptedStr(self.open_current(raw, path, record_key))
+            return EncryptedStr(self.open_current(raw, _dotted(path), record_key))
         legacy = parse_legacy(raw) is not None
         if legacy and self.reading and not _plaintext_allowed():
             # Origin v1 values carry no record binding: once migration is declared finished,
