@@ -505,9 +505,34 @@ class _Facts:
     # None when the class has anything that could change how they dump.
     direct: frozenset[str] | None
     order: tuple[str, ...]  # the fields, in dump order
+    # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
+    # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
+    keys: tuple[Any, Any, Any, Any, str] | None
 
 
 _facts: dict[type, _Facts] = {}
+
+
+def _key_parts(cls: Any, meta: Any) -> tuple[Any, Any, Any, Any, str] | None:
+    """The parts of ``_ref_key``'s fast path, or ``None`` where it does not apply."""
+    if meta is None or getattr(meta, "embedded", False):
+        return None
+    base: Any = (
+        aredis_om.RedisModel if issubclass(cls, aredis_om.RedisModel) else redis_om.RedisModel
+    )
+    default = all(
+        getattr(cls, name).__func__ is getattr(base, name).__func__
+        for name in ("make_key", "make_primary_key")
+    )
+    parts = (
+        getattr(meta, "global_key_prefix", None),
+        getattr(meta, "model_key_prefix", None),
+        getattr(meta, "primary_key_pattern", None),
+    )
+    if not default or parts[2] != "{pk}" or not all(isinstance(p, str) for p in parts):
+        return None
+    prefix = str(cls.make_key(""))
+    return (meta, *parts, prefix)
 
 
 def _facts_for(cls: Any) -> _Facts:
@@ -529,6 +554,7 @@ def _facts_for(cls: Any) -> _Facts:
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
             direct=direct,
             order=tuple(fields),
+            keys=_key_parts(cls, meta),
         )
         _facts[cls] = facts
     return facts
@@ -805,6 +831,18 @@ class EncryptedModel:
     @classmethod
     def _ref_key(cls, pk: Any) -> str:
         model: Any = cls
+        keys = _facts_for(cls).keys
+        if keys is not None:
+            # redis-om's own make_primary_key, worked out once: valid while _meta still holds
+            # the same prefix and pattern objects it was worked out from. (``cls._meta`` itself
+            # is not read here: on a pydantic model class that read costs more than the rest.)
+            meta, global_prefix, model_prefix, pattern, prefix = keys
+            if (
+                meta.global_key_prefix is global_prefix
+                and meta.model_key_prefix is model_prefix
+                and meta.primary_key_pattern is pattern
+            ):
+                return f"{prefix}{pk}"
         return str(model.make_primary_key(pk))
 
     def _ref_db(self) -> Any:

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import redis
+import redis_om
 from support import (
     CLUSTER_MODELS,
     INSTANCE_MODELS,
     all_pks,
     aw,
+    client,
     dump_redis,
     is_json,
     raw,
@@ -24,11 +26,14 @@ from support import (
 
 from redis_encrypted_fields import (
     DecryptionError,
+    EncryptedModel,
+    EncryptedStr,
     MaskedSecretError,
     PlaintextSecretError,
     set_plaintext_reads,
 )
-from redis_encrypted_fields.envelope import PREFIX, parse
+from redis_encrypted_fields.api import decrypt_stored
+from redis_encrypted_fields.envelope import PREFIX, binding, parse
 
 URL = "redis://default:hunter2-url@db.internal:6379/0"
 PASSWORD = "s3cret-Pa55"
@@ -421,3 +426,40 @@ async def test_refusing_plaintext_also_refuses_unbound_origin_v1_values(
     set_plaintext_reads(False)
     with pytest.raises(PlaintextSecretError, match="v1 format"):
         await aw(model.get(m.pk))
+
+
+# The record binding is the key redis-om really uses, however a model makes it
+
+
+class _PrefixedKeys(EncryptedModel, redis_om.HashModel, index=True):
+    secret: EncryptedStr
+
+    class Meta:
+        global_key_prefix = "binding-test"
+        model_key_prefix = "prefixed"
+
+
+class _OwnKeys(EncryptedModel, redis_om.HashModel, index=True):
+    secret: EncryptedStr
+
+    @classmethod
+    def make_key(cls, part: str) -> str:
+        return f"own-keys/{part}"
+
+
+@pytest.mark.parametrize("keyed", [_PrefixedKeys, _OwnKeys], ids=["prefixes", "own-make_key"])
+def test_values_are_bound_to_the_key_redis_om_writes(keyed: Any) -> None:
+    """Including after the key's prefix changes at run time (``_meta`` is redis-om's to change)."""
+    original = keyed._meta.global_key_prefix
+    try:
+        for prefix in (original, "binding-test-moved"):
+            keyed._meta.global_key_prefix = prefix
+            record = keyed(secret=PASSWORD)
+            record.save()
+            key = keyed.make_primary_key(record.pk)
+            stored = client().hget(key, "secret")
+            assert stored is not None
+            assert decrypt_stored(stored, context=binding(key, "secret")) == PASSWORD
+            assert keyed.get(record.pk).secret == PASSWORD
+    finally:
+        keyed._meta.global_key_prefix = original
