@@ -302,9 +302,20 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
         track("encrypt", key_id=keyring.current.key_id)
         return envelope
 
+    # An EncryptedStr (already decrypted or accepted: redis-om validates records twice, and
+    # save() validates the instance again) passes the is-instance check without a second call
+    # into Python. The union sits inside _hide_non_str so that its error never holds the input.
     return core_schema.no_info_before_validator_function(
         _hide_non_str,
-        core_schema.with_info_plain_validator_function(validate),
+        core_schema.union_schema(
+            [
+                core_schema.is_instance_schema(EncryptedStr),
+                core_schema.with_info_plain_validator_function(validate),
+            ],
+            mode="left_to_right",
+            custom_error_type="encrypted_str_type",
+            custom_error_message="Input should be a valid string",
+        ),
         serialization=core_schema.plain_serializer_function_ser_schema(
             serialize, info_arg=True, when_used="always"
         ),

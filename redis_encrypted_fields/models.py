@@ -222,14 +222,16 @@ def _dotted(path: FieldPath) -> str:
 class _Opener:
     """Turns raw input at encrypted paths into ``EncryptedStr`` values for one record."""
 
-    __slots__ = ("_keyring", "_record_part", "model", "reading", "record_key")
+    __slots__ = ("_auditing", "_keyring", "_record_part", "model", "reading", "record_key")
 
     def __init__(self, model: type[BaseModel], record_key: str | None, reading: bool) -> None:
         self.model = model
         self.record_key = record_key
         self.reading = reading
+        # Looked up once per record, not per value:
         self._record_part: bytes | None = None  # the record's half of every binding
-        self._keyring: KeyRing | None = None  # one lookup per record, not per value
+        self._keyring: KeyRing | None = None
+        self._auditing: bool | None = None
 
     def open_current(self, raw: str, field: str, record_key: str) -> str:
         """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited.
@@ -248,7 +250,10 @@ class _Opener:
             model = self.model.__name__
             track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
             raise
-        if audit_enabled():
+        auditing = self._auditing
+        if auditing is None:
+            auditing = self._auditing = audit_enabled()
+        if auditing:
             model = self.model.__name__
             track("decrypt", model=model, field=field, record=record_key, envelope=raw)
         return plaintext
@@ -399,13 +404,14 @@ class _Sealer:
     """Seals the values of one record, bound to it; the record's half of the binding and the
     key ring are looked up once per record, not per value."""
 
-    __slots__ = ("_keyring", "_record_part", "model", "record_key")
+    __slots__ = ("_auditing", "_keyring", "_record_part", "model", "record_key")
 
     def __init__(self, model: str, record_key: str) -> None:
         self.model = model
         self.record_key = record_key
         self._record_part: bytes | None = None
         self._keyring: KeyRing | None = None
+        self._auditing: bool | None = None
 
     def seal(self, value: str, mask: Mask, path: FieldPath) -> str:
         if type(value) is not EncryptedStr and (
@@ -424,7 +430,10 @@ class _Sealer:
             keyring = self._keyring = get_keyring()
         field = _dotted(path)
         envelope = seal(value, keyring, record_part + _field_binding(field))
-        if audit_enabled():
+        auditing = self._auditing
+        if auditing is None:
+            auditing = self._auditing = audit_enabled()
+        if auditing:
             key_id = keyring.current.key_id
             track("encrypt", model=self.model, field=field, record=self.record_key, key_id=key_id)
         return envelope
