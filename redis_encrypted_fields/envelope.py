@@ -87,7 +87,10 @@ _PAD_BITS = {1: 0b11, 2: 0b1111}
 
 def binding(record_key: str, field_path: str) -> bytes:
     """The associated data that ties a ciphertext to one record (its Redis key) and field path."""
-    return binding_part(record_key) + binding_part(field_path)
+    # binding_part() twice, written out: this runs for every secret sealed or opened.
+    k = record_key.encode("utf-8", "surrogatepass")
+    f = field_path.encode("utf-8", "surrogatepass")
+    return _LENGTH(len(k)) + k + _LENGTH(len(f)) + f
 
 
 def binding_part(text: str) -> bytes:
