@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import aredis_om
 import redis
@@ -79,15 +78,6 @@ def secret(label: str = "secret") -> str:
 
 def client(decode: bool = True) -> redis.Redis:  # type: ignore[type-arg]
     return redis.Redis.from_url(os.environ["REDIS_OM_URL"], decode_responses=decode)
-
-
-def wipe(model: Any) -> None:
-    """Delete every record of ``model`` (only the ``sec.*`` models use this)."""
-    c = client()
-    prefix = model.make_key(model._meta.primary_key_pattern.format(pk=""))
-    keys = list(c.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        c.delete(*keys)
 
 
 def snapshot() -> dict[bytes, bytes | None]:

@@ -96,6 +96,15 @@ def client() -> redis.Redis:  # type: ignore[type-arg]
     return redis.Redis.from_url(os.environ["REDIS_OM_URL"], decode_responses=True)
 
 
+def wipe(model: Any) -> None:
+    """Delete every record of ``model``."""
+    c = client()
+    prefix = model.make_key(model._meta.primary_key_pattern.format(pk=""))
+    keys = list(c.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        c.delete(*keys)
+
+
 def is_json(model: Any) -> bool:
     return issubclass(model, (redis_om.JsonModel, aredis_om.JsonModel))
 

@@ -25,9 +25,8 @@ from security_support import (
     key_material,
     levels,
     secret,
-    wipe,
 )
-from support import INSTANCE_MODELS, aw, new_key, origin_encrypt_v1, raw, write_raw
+from support import INSTANCE_MODELS, aw, new_key, origin_encrypt_v1, raw, wipe, write_raw
 
 from redis_encrypted_fields import (
     AuditEvent,

@@ -32,9 +32,8 @@ from security_support import (
     key_material,
     levels,
     secret,
-    wipe,
 )
-from support import new_key, raw, write_raw
+from support import new_key, raw, wipe, write_raw
 
 from redis_encrypted_fields import (
     AuditEvent,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from ops_models import Account, AsyncAccount, Bulk, Tenant, Unbound
-from support import client, dump_redis, new_key, origin_encrypt_v1, raw
+from support import client, dump_redis, new_key, origin_encrypt_v1, raw, wipe
 
 from redis_encrypted_fields import EncryptionError, ops
 from redis_encrypted_fields.envelope import PREFIX, parse
@@ -28,14 +28,6 @@ def _drop_bulk_records() -> Any:
     """The large runs leave tens of thousands of records; later tests scan the whole database."""
     yield
     wipe(Bulk)
-
-
-def wipe(model: Any) -> None:
-    c = client()
-    prefix = model.make_key(model._meta.primary_key_pattern.format(pk=""))
-    keys = list(c.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        c.delete(*keys)
 
 
 def plant_accounts(n: int, model: Any = Account, **extra: str) -> dict[str, str]:

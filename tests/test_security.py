@@ -27,7 +27,6 @@ from security_support import (
     key_material,
     secret,
     snapshot,
-    wipe,
 )
 from support import (
     SyncCluster,
@@ -36,6 +35,7 @@ from support import (
     new_key,
     origin_encrypt_v1,
     raw,
+    wipe,
     write_raw,
 )
 
