@@ -157,8 +157,11 @@ def decode(text: str) -> bytes:
         blob = binascii.a2b_base64(text[_PREFIX_LEN:], strict_mode=True)
     except (binascii.Error, ValueError):
         raise DecryptionError(f"{_FAILED}: malformed envelope") from None
-    # strict_mode still accepts non-zero padding bits: refused here, so that every character
-    # counts and what parses is exactly what would be written.
+    # strict_mode still accepts non-zero padding bits and (Python 3.11) "=" after a complete
+    # group: refused here, so that every character counts and what parses is exactly what
+    # would be written.
+    if len(text) - _PREFIX_LEN != (len(blob) + 2) // 3 * 4:
+        raise DecryptionError(f"{_FAILED}: malformed envelope")
     if text[-1] == "=":
         pads = 2 if text[-2] == "=" else 1
         if _B64_VALUE[text[-1 - pads]] & _PAD_BITS[pads]:
