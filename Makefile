@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.install-stamp
 WITH_REDIS := $(VPY) devtools/redis_stack.py
 
 .DEFAULT_GOAL := test
-.PHONY: venv test lint demo bench clean distclean
+.PHONY: venv test fuzz lint demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml | $(VPY)
 
 test: venv
 	$(VPY) -m pytest -q
+
+# The property-based tests with new random examples, 20 times as many as `make test` tries.
+fuzz: venv
+	HYPOTHESIS_PROFILE=explore $(VPY) -m pytest -q tests/test_fuzz.py tests/test_url_mask.py
 
 lint: venv
 	$(VPY) -m ruff check .

@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+from hypothesis import settings
+
+# Property-based tests: `make test` (and CI) tries the same examples on every run, so that a
+# result changes only with the code; `make fuzz` explores new examples, many more of them.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
