@@ -306,6 +306,19 @@ def cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
+def rotated(key: str, key_id: bytes) -> bool:
+    value = client().hget(key, "password")
+    return isinstance(value, str) and value.startswith(PREFIX) and parse(value).key_id == key_id
+
+
+def wait_until(condition: Any, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended before the condition held"
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
 def test_sigkill_at_any_moment_then_rerun_loses_nothing(
     monkeypatch: pytest.MonkeyPatch, master_key: str
 ) -> None:
@@ -315,10 +328,17 @@ def test_sigkill_at_any_moment_then_rerun_loses_nothing(
     new = new_key()
     use_keys(monkeypatch, new, master_key)
     new_state = f"key:{MasterKey.from_base64(new).key_id.hex()}"
+    # The first keys SCAN returns are the first ones rotate reaches (same order): the first kill
+    # comes as soon as they carry the new key, mid-run on any machine; the others at set times.
+    first = client().scan(0, match=f"{Bulk.make_key('')}*", count=1000)[1][:20]
+    new_id = MasterKey.from_base64(new).key_id
     partial = []
-    for delay in (0.9, 1.4, 2.0):
+    for delay in (None, 1.4, 2.0):
         proc = cli("rotate", "ops_models:Bulk", "--batch-size", "50")
-        time.sleep(delay)
+        if delay is None:
+            wait_until(lambda: any(rotated(key, new_id) for key in first), proc)
+        else:
+            time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         partial.append(ops.status(Bulk).states["Bulk.password"][new_state])
