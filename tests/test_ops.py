@@ -327,11 +327,11 @@ def test_sigkill_at_any_moment_then_rerun_loses_nothing(
     ops.migrate(Bulk, batch_size=1000)
     new = new_key()
     use_keys(monkeypatch, new, master_key)
-    new_state = f"key:{MasterKey.from_base64(new).key_id.hex()}"
+    new_id = MasterKey.from_base64(new).key_id
+    new_state = f"key:{new_id.hex()}"
     # The first keys SCAN returns are the first ones rotate reaches (same order): the first kill
     # comes as soon as they carry the new key, mid-run on any machine; the others at set times.
     first = client().scan(0, match=f"{Bulk.make_key('')}*", count=1000)[1][:20]
-    new_id = MasterKey.from_base64(new).key_id
     partial = []
     for delay in (None, 1.4, 2.0):
         proc = cli("rotate", "ops_models:Bulk", "--batch-size", "50")
