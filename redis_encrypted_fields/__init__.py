@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from .api import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
 from .audit import AuditEvent, add_audit_hook, remove_audit_hook
+from .blind_index import BlindIndex, IndexPlan, plan_index
 from .errors import (
+    BlindIndexError,
     DecryptionError,
     EncryptionError,
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    UnsupportedQueryError,
 )
 from .fields import EncryptedStr, Mask, UrlMask
 from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
@@ -17,16 +20,20 @@ from .models import EncryptedModel, set_plaintext_reads
 
 __all__ = [
     "AuditEvent",
+    "BlindIndex",
+    "BlindIndexError",
     "DecryptionError",
     "EncryptedModel",
     "EncryptedStr",
     "EncryptionError",
+    "IndexPlan",
     "KeyRing",
     "Mask",
     "MaskedSecretError",
     "MasterKey",
     "MasterKeyError",
     "PlaintextSecretError",
+    "UnsupportedQueryError",
     "UrlMask",
     "add_audit_hook",
     "decrypt_secret",
@@ -35,6 +42,7 @@ __all__ = [
     "get_keyring",
     "get_secret_value",
     "is_encrypted",
+    "plan_index",
     "remove_audit_hook",
     "set_keyring",
     "set_plaintext_reads",

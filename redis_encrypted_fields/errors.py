@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from aredis_om.model.model import QueryNotSupportedError as _AsyncQueryNotSupportedError
+from redis_om.model.model import QueryNotSupportedError as _QueryNotSupportedError
+
 __all__ = [
+    "BlindIndexError",
     "DecryptionError",
     "EncryptionError",
     "MaskedSecretError",
     "MasterKeyError",
     "PlaintextSecretError",
+    "UnsupportedQueryError",
 ]
 
 
@@ -33,3 +38,17 @@ class PlaintextSecretError(DecryptionError):
 
 class MaskedSecretError(EncryptionError):
     """A mask (such as ``***``) would have been stored in place of a secret."""
+
+
+class BlindIndexError(EncryptionError):
+    """A blind index is misconfigured, or the planner was given numbers it cannot plan for."""
+
+
+class UnsupportedQueryError(
+    BlindIndexError,
+    _QueryNotSupportedError,  # type: ignore[misc]  # redis_om (sync) is untyped
+    _AsyncQueryNotSupportedError,
+):
+    """A query on an encrypted field that cannot be answered exactly (``!=``, ranges, prefixes,
+    full text, a field without a blind index). Also a redis-om ``QueryNotSupportedError``, sync
+    and async flavour."""

@@ -11,7 +11,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import DecryptionError, MasterKeyError
 
@@ -81,6 +83,13 @@ class MasterKey:
     @property
     def key_id_hex(self) -> str:
         return self.key_id.hex()
+
+    def derive(self, info: bytes) -> bytes:
+        """A 32-byte subkey for the purpose ``info`` names (HKDF-SHA256), independent of this key
+        and of every other purpose's subkey: for uses other than wrapping data keys."""
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(
+            self._material
+        )
 
     def to_base64(self) -> str:
         """The key in the form ``REDIS_SRE_MASTER_KEY`` takes. Handle with care."""

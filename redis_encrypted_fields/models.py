@@ -8,7 +8,9 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
   or refused (``set_plaintext_reads(False)``);
 - ``model_dump()`` in python mode (what redis-om persists): values are sealed bound to the record;
 - ``save()``: masks are replaced by the stored secrets before anything is written; a ``None``
-  encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind.
+  encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind;
+  a field with a ``BlindIndex`` gets its companion written beside it;
+- ``find()`` and ``redisearch_schema()``: searching blind-indexed fields (see ``search``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .audit import audit_enabled, track
+from .blind_index import BlindIndex, SearchSpec, companion_name, companion_schema, domain
 from .envelope import PREFIX, binding_part, decode, looks_like_envelope, open_blob, seal
 from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
 from .fields import (
@@ -69,6 +72,7 @@ FieldPath = tuple[str | int, ...]
 @dataclass(frozen=True, slots=True)
 class Leaf:
     mask: Mask
+    blind: BlindIndex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,8 @@ def _node(annotation: Any, metadata: Sequence[Any], where: str) -> Node | None:
         inner, *extra = typing.get_args(annotation)
         return _node(inner, [*metadata, *extra], where)
     if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
-        return Leaf(mask or DEFAULT_MASK)
+        blind = next((m for m in metadata if isinstance(m, BlindIndex)), None)
+        return Leaf(mask or DEFAULT_MASK, blind)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
@@ -169,6 +174,7 @@ def _index_flags(field: FieldInfo) -> list[str]:
 
 def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> None:
     for name, node in plan.items():
+        top = not prefix and isinstance(node, Leaf)
         while isinstance(node, Many):
             node = node.item
         where = f"{prefix}{name}"
@@ -179,8 +185,25 @@ def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> 
         if flags:
             raise TypeError(
                 f"{where}: an EncryptedStr field cannot be indexed ({'=, '.join(flags)}=True); "
-                "an index of ciphertexts finds nothing. Remove the option from its Field()."
+                "an index of ciphertexts finds nothing. Remove the option from its Field() (for "
+                "equality search, declare Annotated[EncryptedStr, BlindIndex()])."
             )
+        if isinstance(node, Leaf) and node.blind is not None and not top:
+            raise TypeError(
+                f"{where}: BlindIndex is supported on top-level EncryptedStr fields of an "
+                "EncryptedModel (also in Optional[...]), not in lists or nested models"
+            )
+    for name, field in model.model_fields.items():
+        if name not in plan and _mentions_blind([field.annotation, *field.metadata]):
+            raise TypeError(f"{prefix}{name}: BlindIndex goes on an EncryptedStr field")
+
+
+def _mentions_blind(annotations: Sequence[Any]) -> bool:
+    return any(
+        isinstance(a, BlindIndex)
+        or (typing.get_origin(a) is not None and _mentions_blind(typing.get_args(a)))
+        for a in annotations
+    )
 
 
 # --- policy: plaintext found in Redis ---------------------------------------------------------
@@ -514,6 +537,7 @@ class _Facts:
     # None when the class has anything that could change how they dump.
     direct: frozenset[str] | None
     order: tuple[str, ...]  # the fields, in dump order
+    search: SearchSpec
     # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
     # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
     keys: tuple[Any, Any, Any, Any, str] | None
@@ -564,6 +588,14 @@ def _facts_for(cls: Any) -> _Facts:
             direct=direct,
             order=tuple(fields),
             keys=_key_parts(cls, meta),
+            search=SearchSpec.of(
+                {
+                    n: leaf.blind
+                    for n, leaf in plan.items()
+                    if isinstance(leaf, Leaf) and leaf.blind
+                },
+                plan,
+            ),
         )
         _facts[cls] = facts
     return facts
@@ -583,7 +615,7 @@ def _dumps_plainly(cls: Any, plan: Plan) -> bool:
         field = cls.model_fields[name]
         if not isinstance(node, Leaf) or field.exclude or field.serialization_alias or field.alias:
             return False
-        if any(not isinstance(m, Mask) for m in field.metadata):
+        if any(not isinstance(m, (Mask, BlindIndex)) for m in field.metadata):
             return False
     return True
 
@@ -632,6 +664,10 @@ class EncryptedModel:
         try:
             if isinstance(data, dict):
                 facts = _facts_for(cls)
+                companions = facts.search.companions
+                if companions and any(c in data for c in companions):
+                    # Read beside the fields, never accepted as input.
+                    data = {k: v for k, v in data.items() if k not in companions}
                 if facts.plan and not facts.embedded and _needs_opening(data, facts.plan):
                     pk = data.get(facts.pk_name)
                     record_key = cls._ref_key(pk) if pk not in (None, "") else None
@@ -709,13 +745,33 @@ class EncryptedModel:
             data = self._ref_dump_direct(parent, facts)
         else:
             data = self._ref_dump_deferred(parent, mode, context, kwargs)
-        if facts.is_hash and _saving.get() is self:
-            # HSET skips None; an empty string overwrites the old secret, and redis-om reads it
-            # back as None for an Optional field.
-            for name in facts.plan:
-                if name in data and data[name] is None:
-                    data[name] = ""
+        if _saving.get() is self:
+            if facts.search.blind:
+                self._ref_companions(data, facts)
+            if facts.is_hash:
+                # HSET skips None; an empty string overwrites the old secret, and redis-om reads
+                # it back as None for an Optional field.
+                for name in facts.plan:
+                    if name in data and data[name] is None:
+                        data[name] = ""
         return data
+
+    def _ref_companions(self, data: dict[str, Any], facts: _Facts) -> None:
+        # Computed from the values being saved (masks already resolved); a cleared value
+        # clears its companion (a hash keeps "", which RediSearch does not index).
+        prefix = type(self)._ref_key("")
+        current = get_keyring().current
+        values = self.__dict__
+        for name, index in facts.search.blind.items():
+            value = values.get(name)
+            if value is None:
+                if facts.is_hash:
+                    data[companion_name(name)] = ""
+                continue
+            where = f"{type(self).__name__}.{name}"
+            normalized = index.normalized(str.__str__(value), where)
+            info = domain(prefix, name, index.definition)
+            data[companion_name(name)] = index.companion(current, info, normalized)
 
     def _ref_dump_direct(self, parent: Any, facts: _Facts) -> dict[str, Any]:
         # redis-om's own call (save() dumps with no options): the encrypted fields are left out
@@ -830,6 +886,32 @@ class EncryptedModel:
                 )
             else:
                 slot.set(EncryptedStr(existing))
+
+    # -- search --------------------------------------------------------------------------------
+
+    @classmethod
+    def find(cls, *expressions: Any, knn: Any = None) -> Any:
+        """redis-om's ``find``: blind-indexed fields searchable, results exact, ``values()`` and
+        ``only()`` in plaintext (see ``search``)."""
+        if not _facts_for(cls).plan:
+            return typing.cast(Any, super()).find(*expressions, knn=knn)
+        from .search import find_query
+
+        return find_query(cls, expressions, knn, cls.__ref_async__)
+
+    @classmethod
+    def redisearch_schema(cls) -> str:
+        """redis-om's index schema, with a TAG attribute per companion (``Migrator`` creates it)."""
+        schema: str = typing.cast(Any, super()).redisearch_schema()
+        if not cls.__dict__.get("__pydantic_complete__"):
+            return schema  # JsonModel's check while the class is being built
+        blind = _facts_for(cls).search.blind
+        is_json = issubclass(cls, (aredis_om.JsonModel, redis_om.JsonModel))
+        return " ".join([schema, *(companion_schema(name, is_json) for name in blind)])
+
+    @classmethod
+    def _ref_search_spec(cls) -> SearchSpec:
+        return _facts_for(cls).search
 
     # -- helpers -------------------------------------------------------------------------------
 
