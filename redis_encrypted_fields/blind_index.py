@@ -198,7 +198,7 @@ def companion_state(
     plaintext: str | None,
     stored: str | None,
     where: str,
-) -> tuple[str, str | None]:
+) -> tuple[str, str]:
     """How a stored companion stands against the value it indexes, and what it should be.
 
     Returns ``(state, expected)``: ``state`` is ``"key:<id>"`` when ``stored`` is the value's
@@ -272,8 +272,8 @@ def plan_index(records: int, distinct: int | None = None) -> IndexPlan:
     """The safe range of ``BlindIndex(bits=...)`` for ``records`` records holding ``distinct``
     distinct values (default: all distinct), by AWS's rule sqrt(X) < 2^bits < X/2.
 
-    Raises ``BlindIndexError`` when no length is safe: too few distinct values to hide (fewer
-    than about 32), where any length either tells values apart or matches most records.
+    Raises ``BlindIndexError`` when no length is safe: too few distinct values to hide (up to 8,
+    and 16), where any length either tells values apart or matches most records.
     """
     if type(records) is not int or records < 1:
         raise BlindIndexError("records must be a positive integer")
@@ -288,8 +288,8 @@ def plan_index(records: int, distinct: int | None = None) -> IndexPlan:
     high = min((distinct - 1).bit_length() - 2, MAX_BITS)
     if high < low:
         raise BlindIndexError(
-            f"{distinct} distinct values are too few to hide behind a blind index (at least 17 "
-            "are needed): no length satisfies sqrt(X) < 2^bits < X/2, each companion would "
-            "either name one value or cover most of them"
+            f"{distinct} distinct values are too few to hide behind a blind index: no length "
+            "satisfies sqrt(X) < 2^bits < X/2 (each companion would either name one value or "
+            "cover most of them)"
         )
     return IndexPlan(records, distinct, low, high)

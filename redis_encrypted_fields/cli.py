@@ -1,4 +1,4 @@
-"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status``."""
+"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | plan-index``."""
 
 from __future__ import annotations
 
@@ -172,6 +172,42 @@ def rotate(
 def status(target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500) -> None:
     """Count values per model and field: plaintext, origin v1, per key id, undecryptable."""
     _run(ops.Operation.STATUS, target, url, True, batch_size)
+
+
+@app.command("plan-index")
+def plan_index(
+    records: Annotated[
+        int,
+        typer.Option("--records", min=1, help="Records the model will hold.", show_default=False),
+    ],
+    distinct: Annotated[
+        int | None,
+        typer.Option("--distinct", min=1, help="Distinct values of the field (default: records)."),
+    ] = None,
+) -> None:
+    """The safe range of BlindIndex(bits=...) for a field, by the AWS Database Encryption SDK's
+    rule for beacon lengths: sqrt(X) < 2^bits < X/2 for X distinct values."""
+    from .blind_index import DEFAULT_BITS, PLAN_RULE
+    from .blind_index import plan_index as plan_bits
+
+    try:
+        plan = plan_bits(records, distinct)
+    except EncryptionError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    print(f"{plan.records:,} records, {plan.distinct:,} distinct values")
+    print(f"rule: {PLAN_RULE}")
+    table = Table("bits", "distinct values per companion", "records fetched per query")
+    for bits in range(plan.min_bits, plan.max_bits + 1):
+        table.add_row(
+            str(bits), f"{plan.values_per_companion(bits):,.1f}", f"{plan.candidates(bits):,.1f}"
+        )
+    out.print(table)
+    default = "" if plan.min_bits <= DEFAULT_BITS <= plan.max_bits else ", outside this range"
+    print(
+        f"safe: {plan.min_bits} to {plan.max_bits} bits; recommended: "
+        f"BlindIndex(bits={plan.recommended}) (the default is {DEFAULT_BITS}{default})"
+    )
 
 
 def main() -> None:

@@ -135,14 +135,29 @@ def plan_for(model: type[BaseModel]) -> Plan:
     _building.add(model)
     try:
         plan = {}
+        hints = _hints(model)
         for name, field in model.model_fields.items():
-            node = _node(field.annotation, field.metadata, f"{model.__name__}.{name}")
+            annotation = hints.get(name, field.annotation)
+            node = _node(annotation, field.metadata, f"{model.__name__}.{name}")
             if node is not None:
                 plan[name] = node
     finally:
         _building.discard(model)
     _plans[model] = plan
     return plan
+
+
+def _hints(model: type[BaseModel]) -> dict[str, Any]:
+    """The fields' annotations with their ``Annotated`` metadata (``Mask``, ``BlindIndex``).
+
+    ``model_fields`` loses that metadata once redis-om's metaclass has replaced the FieldInfo of
+    a field declared without ``Field(...)``: a model whose plan is made later (an embedded model
+    without the mixin) would lose it. Empty if the annotations cannot be resolved.
+    """
+    try:
+        return typing.get_type_hints(model, include_extras=True)
+    except Exception:  # unresolvable forward references: the fields' own annotations then
+        return {}
 
 
 def encrypted_paths(model: type[BaseModel]) -> list[str]:
@@ -182,6 +197,8 @@ def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> 
             _check_not_indexed(node.model, plan_for(node.model), f"{where}.")
             continue
         flags = _index_flags(model.model_fields[name])
+        if not prefix and not flags:
+            flags = model.__dict__.get("__ref_flags__", {}).get(name, [])
         if flags:
             raise TypeError(
                 f"{where}: an EncryptedStr field cannot be indexed ({'=, '.join(flags)}=True); "
@@ -193,8 +210,9 @@ def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> 
                 f"{where}: BlindIndex is supported on top-level EncryptedStr fields of an "
                 "EncryptedModel (also in Optional[...]), not in lists or nested models"
             )
+    hints = _hints(model)
     for name, field in model.model_fields.items():
-        if name not in plan and _mentions_blind([field.annotation, *field.metadata]):
+        if name not in plan and _mentions_blind([hints.get(name), *field.metadata]):
             raise TypeError(f"{prefix}{name}: BlindIndex goes on an EncryptedStr field")
 
 
@@ -643,6 +661,14 @@ class EncryptedModel:
     model_config: ClassVar[ConfigDict] = ConfigDict(hide_input_in_errors=True)
 
     __ref_async__: ClassVar[bool] = False
+    __ref_flags__: ClassVar[dict[str, list[str]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Field(index=True) given for an Annotated type: the FieldInfo pydantic merges (and the
+        # completion check sees) no longer has the option, so note the options as declared.
+        declared = {n: _index_flags(v) for n, v in vars(cls).items() if isinstance(v, FieldInfo)}
+        cls.__ref_flags__ = {n: flags for n, flags in declared.items() if flags}
+        super().__init_subclass__(**kwargs)
 
     @classmethod
     def __pydantic_on_complete__(cls) -> None:

@@ -24,7 +24,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._driver import Steps, Submit, Wait, run_async, run_sync
+from .api import decrypt_stored
 from .audit import audit_enabled, track
+from .blind_index import (
+    INDEX_MISSING,
+    INDEX_OUTDATED,
+    BlindIndex,
+    companion_name,
+    companion_state,
+    domain,
+)
 from .envelope import (
     KEY_ID_SLICE,
     PREFIX,
@@ -58,7 +67,8 @@ ProgressCallback = Callable[[int], None]
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
 # n, then n triples. One call per batch: a call per record costs more than the work it does.
 # Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
-# has hash field expiration. JSON triples: path, expected string, new value as JSON text.
+# has hash field expiration. JSON triples: path, expected string, new value as JSON text. A
+# missing field (JSON: or null) is expected as "" (a blind index's companion not written yet).
 _HASH_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
@@ -70,7 +80,7 @@ for k = 1, #KEYS do
   end
   local current = redis.call('HMGET', key, unpack(fields))
   for j = 1, n do
-    if current[j] ~= ARGV[a + 3 * j - 1] then ok = 0 break end
+    if (current[j] or '') ~= ARGV[a + 3 * j - 1] then ok = 0 break end
   end
   if ok == 1 then
     local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', n, unpack(fields))
@@ -93,7 +103,10 @@ for k = 1, #KEYS do
   local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
   for i = a + 1, a + 3 * n, 3 do
     local current = redis.call('JSON.GET', key, ARGV[i])
-    if not current or cjson.decode(current)[1] ~= ARGV[i + 1] then ok = 0 break end
+    if not current then ok = 0 break end
+    local value = cjson.decode(current)[1]
+    if value == nil or value == cjson.null then value = '' end
+    if value ~= ARGV[i + 1] then ok = 0 break end
   end
   if ok == 1 then
     for i = a + 1, a + 3 * n, 3 do redis.call('JSON.SET', key, ARGV[i], ARGV[i + 2]) end
@@ -163,6 +176,7 @@ class Report:
     encrypted: int = 0  # plaintext values encrypted
     upgraded: int = 0  # origin v1 values rewritten in the current format
     rewrapped: int = 0  # data keys re-wrapped under the current master key
+    indexed: int = 0  # blind-index companions written (missing, outdated, under an old key)
     unchanged: int = 0
     conflicts: int = 0  # records skipped because the application changed them meanwhile
     failures: list[Failure] = field(default_factory=list)
@@ -181,7 +195,12 @@ class Report:
             return False
         if self.operation is Operation.STATUS:
             return not any(
-                c[PLAINTEXT] or c[LEGACY] or c[MASKED] or c[UNDECRYPTABLE]
+                c[PLAINTEXT]
+                or c[LEGACY]
+                or c[MASKED]
+                or c[UNDECRYPTABLE]
+                or c[INDEX_MISSING]
+                or c[INDEX_OUTDATED]
                 for c in self.states.values()
             )
         return True
@@ -191,6 +210,7 @@ class Report:
         self.encrypted += other.encrypted
         self.upgraded += other.upgraded
         self.rewrapped += other.rewrapped
+        self.indexed += other.indexed
         self.unchanged += other.unchanged
         self.conflicts += other.conflicts
         self.failures.extend(other.failures)
@@ -207,9 +227,10 @@ class Report:
                 totals.update(counts)
             parts = ", ".join(f"{n} {state}" for state, n in sorted(totals.items()))
             return f"{head}; {parts or 'no values'}; {'OK' if self.ok else 'NOT OK'}"
+        indexed = f", {self.indexed} blind-index companions written" if self.indexed else ""
         return (
             f"{head}; {verb} {self.changed} values ({self.encrypted} encrypted, "
-            f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped), "
+            f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped){indexed}, "
             f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
             f"{len(self.failures)} failed; {'OK' if self.ok else 'NOT OK'}"
         )
@@ -226,6 +247,7 @@ class _Layout:
     is_json: bool
     bound: bool
     plan: dict[str, Node]
+    blind: dict[str, BlindIndex]  # top-level fields with a blind index (bound models only)
 
     @classmethod
     def of(cls, model: type[BaseModel]) -> _Layout:
@@ -247,6 +269,7 @@ class _Layout:
             is_json=issubclass(model, (redis_om.JsonModel, aredis_om.JsonModel)),
             bound=issubclass(model, EncryptedModel),
             plan=plan,
+            blind=m._ref_search_spec().blind if issubclass(model, EncryptedModel) else {},
         )
 
     @functools.cached_property
@@ -386,7 +409,7 @@ class _Planned:
 
 
 def _read_request(sha: str, layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
-    fields = [] if layout.is_json else list(layout.plan)
+    fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
     return lambda client: client.evalsha(sha, len(keys), *keys, *fields)
 
 
@@ -398,6 +421,7 @@ def _plan_record(
     op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, planned: _Planned
 ) -> None:
     values: Iterable[tuple[FieldPath, Any]]
+    companions: dict[str, Any] = {}
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
         # registered its response callbacks on the client.
@@ -405,10 +429,16 @@ def _plan_record(
         if doc is None:
             return  # deleted since the scan
         values = list(_values(doc, layout.plan, ()))
+        if layout.blind and isinstance(doc, dict):
+            companions = {name: doc.get(companion_name(name)) for name in layout.blind}
     else:
         if stored is None or stored.count(None) == len(stored):
             return  # deleted since the scan
-        values = zip(layout.hash_paths, stored, strict=True)
+        paths = layout.hash_paths
+        if layout.blind:
+            companions = dict(zip(layout.blind, map(_text, stored[len(paths) :]), strict=True))
+            stored = stored[: len(paths)]
+        values = zip(paths, stored, strict=True)
     planned.records += 1
     args = planned.send_args
     start = len(args)
@@ -418,7 +448,8 @@ def _plan_record(
     record = binding_part(key) if layout.bound else None
     for path, value in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
-        d = _decide(op, raw, keyring, b"" if record is None else record + _field_part(path))
+        context = b"" if record is None else record + _field_part(path)
+        d = _decide(op, raw, keyring, context)
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
         kind = (_name(layout.name, path), d.state, d.outcome)
@@ -430,6 +461,23 @@ def _plan_record(
                 args += [path[0], raw, d.new]
         elif d.outcome == "failed":
             planned.report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
+        if layout.blind and len(path) == 1 and path[0] in layout.blind:
+            name = str(path[0])
+            old = companions.get(name)
+            kind, detail = _reindex(op, layout, key, name, raw, d, old, keyring, context)
+            tally.append(_tallies.setdefault(kind, kind))
+            if kind[2] == "indexed":
+                if d.new is None:  # the value is compared too: the companion goes beside it
+                    if layout.is_json:
+                        args += [_json_path(path), raw or "", json.dumps(raw)]
+                    else:
+                        args += [name, raw or "", raw or ""]
+                if layout.is_json:
+                    args += [_json_path((companion_name(name),)), old or "", json.dumps(detail)]
+                else:
+                    args += [companion_name(name), old or "", detail]
+            elif kind[2] == "failed" and d.outcome != "failed":
+                planned.report.failures.append(Failure(key, f"{name} (blind index)", detail))
     planned.tally.update(tally)
     if len(args) > start + 1:
         args[start] = (len(args) - start - 1) // 3
@@ -437,6 +485,56 @@ def _plan_record(
         planned.send_tallies.append(tuple(tally))
     else:
         del args[start]
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_name(model: str, field: str) -> str:
+    """What status counts a blind index's companions under."""
+    return f"{model}.{field} (blind index)"
+
+
+def _reindex(
+    op: Operation,
+    layout: _Layout,
+    key: str,
+    name: str,
+    raw: Any,
+    d: _Decision,
+    stored: Any,
+    keyring: KeyRing,
+    context: bytes,
+) -> tuple[_Tally, str]:
+    """How the companion of a blind-indexed value stands, and the companion the operation
+    writes ("indexed": ``migrate`` when it is missing or outdated, ``rotate`` also when it is
+    under an old key), or why it cannot be made ("failed")."""
+    counted = _index_name(layout.name, name)
+    if d.outcome == "failed":
+        return (counted, d.state, "failed"), d.reason
+    index = layout.blind[name]
+    try:
+        if d.state == EMPTY:
+            plaintext = None
+        elif d.state == PLAINTEXT:
+            plaintext = raw
+        elif d.verified:  # status has just opened (and audited) it
+            plaintext = open_blob(decode(raw), keyring, context)
+        else:
+            plaintext = decrypt_stored(
+                raw, context=context, model=layout.name, field=name, record=key
+            )
+        info = domain(layout.prefix, name, index.definition)
+        where = f"{layout.name}.{name}"
+        old = stored if stored is None or isinstance(stored, str) else "?"
+        state, expected = companion_state(index, keyring, info, plaintext, old, where)
+    except EncryptionError as exc:
+        return (counted, UNDECRYPTABLE, "failed"), _reason(exc)
+    if state == EMPTY or op is Operation.STATUS:
+        write = False
+    elif op is Operation.ROTATE:
+        write = state != key_state(keyring.current.key_id)
+    else:
+        write = state in (INDEX_MISSING, INDEX_OUTDATED)
+    return (counted, state, "indexed" if write else "index-ok"), expected
 
 
 _AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
@@ -468,7 +566,7 @@ def _plan_batch(
     return planned
 
 
-_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "unchanged")
+_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "indexed", "unchanged")
 
 
 def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
@@ -590,6 +688,8 @@ def _steps(
     report = Report(op, dry_run)
     for path in encrypted_paths(model):
         report.states.setdefault(f"{layout.name}.{path}", Counter())
+    for name in layout.blind:
+        report.states.setdefault(_index_name(layout.name, name), Counter())
     read_script = _JSON_READ if layout.is_json else _HASH_READ
     read_sha = _text((yield lambda c: c.script_load(read_script)))
     sha: str | None = None
