@@ -606,17 +606,15 @@ def _facts_for(cls: Any) -> _Facts:
             direct=direct,
             order=tuple(fields),
             keys=_key_parts(cls, meta),
-            search=SearchSpec.of(
-                {
-                    n: leaf.blind
-                    for n, leaf in plan.items()
-                    if isinstance(leaf, Leaf) and leaf.blind
-                },
-                plan,
-            ),
+            search=_search_spec(plan),
         )
         _facts[cls] = facts
     return facts
+
+
+def _search_spec(plan: Plan) -> SearchSpec:
+    blind = {n: x.blind for n, x in plan.items() if isinstance(x, Leaf) and x.blind is not None}
+    return SearchSpec.of(blind, plan)
 
 
 def _dumps_plainly(cls: Any, plan: Plan) -> bool:
@@ -937,7 +935,8 @@ class EncryptedModel:
 
     @classmethod
     def _ref_search_spec(cls) -> SearchSpec:
-        return _facts_for(cls).search
+        # From the plan alone: ops also runs on models redis-om has not completed (no pk).
+        return _search_spec(plan_for(typing.cast(Any, cls)))
 
     # -- helpers -------------------------------------------------------------------------------
 
