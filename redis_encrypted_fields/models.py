@@ -252,6 +252,11 @@ def _plaintext_allowed() -> bool:
 _reading: contextvars.ContextVar[bool] = contextvars.ContextVar("ref_reading", default=False)
 # The instance whose save() is running: its model_dump() then writes what a save must write.
 _saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
+# Plaintexts that search has just decrypted (and audited) to filter candidates, by (record key,
+# field, envelope): the records it returns are built without opening those values again.
+opened: contextvars.ContextVar[Mapping[tuple[str, str, str], str] | None] = contextvars.ContextVar(
+    "ref_opened", default=None
+)
 
 
 def _dotted(path: FieldPath) -> str:
@@ -279,6 +284,11 @@ class _Opener:
 
         The common case, kept short: one key ring lookup and one record binding half per record.
         """
+        known = opened.get()
+        if known is not None:
+            plaintext = known.get((record_key, field, raw))
+            if plaintext is not None:
+                return plaintext
         record_part = self._record_part
         if record_part is None:
             record_part = self._record_part = binding_part(record_key)

@@ -22,6 +22,7 @@ Queries that involve no blind index and no projection run exactly as redis-om ru
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -33,13 +34,23 @@ import aredis_om.model.model as _async_om
 import redis_om.model.model as _sync_om
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo as PydanticFieldInfo
-from redis_om.search_reply import search_document_keys, search_total, to_string
+from redis_om.search_reply import (
+    pairs_to_dict,
+    search_document_keys,
+    search_total,
+    string_keyed,
+    to_string,
+)
 
 from ._driver import Steps, run_async, run_sync
+from .api import decrypt_stored
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
+from .envelope import PREFIX, binding
 from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 from .keys import KeyRing, get_keyring
+from .legacy import parse_legacy
+from .models import opened
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 
@@ -211,11 +222,60 @@ def _settle(node: _Node, truth: Mapping[_Blind, bool]) -> bool | _Node:
     return left[0] if len(left) == 1 else _Join(node.both, tuple(left))
 
 
-def _holds(leaf: _Blind, record: Any, where: str) -> bool:
-    value = record.__dict__.get(leaf.field)
-    if value is None:
-        return False
-    return leaf.index.normalized(str.__str__(value), where) in leaf.values
+# --- candidates as RediSearch returns them ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Doc:
+    key: str
+    fields: dict[str, Any]  # the fields the filter reads (hash), or the JSON document
+    position: int  # in the reply's results
+
+
+def _str_keyed(value: Mapping[Any, Any]) -> Mapping[str, Any]:
+    # redis-py gives str keys with decode_responses (redis-om's default), bytes otherwise.
+    return value if isinstance(next(iter(value), ""), str) else string_keyed(value)
+
+
+def _content(payload: Any, names: Sequence[str]) -> dict[str, Any]:
+    if isinstance(payload, (list, tuple)):
+        payload = pairs_to_dict(payload)
+    elif isinstance(payload, Mapping):
+        payload = _str_keyed(payload)
+    else:
+        return {}  # expired meanwhile: redis-om skips it too
+    document = payload.get("$")
+    if document is not None:
+        parsed = json.loads(document)
+        return parsed if isinstance(parsed, dict) else {}
+    return {name: to_string(payload.get(name)) for name in names}
+
+
+def _results(raw: Mapping[Any, Any]) -> list[Any]:
+    return list(_str_keyed(raw).get("results") or [])
+
+
+def _documents(raw: Any, names: Sequence[str]) -> list[_Doc]:
+    """The documents of an FT.SEARCH reply (redis-py's RESP2 list or RESP3 dict), with the
+    fields ``names`` (a hash's) or the whole document (JSON)."""
+    if isinstance(raw, Mapping):
+        items = [_str_keyed(item) for item in _results(raw)]
+        return [
+            _Doc(str(to_string(item.get("id"))), _content(item.get("extra_attributes"), names), i)
+            for i, item in enumerate(items)
+        ]
+    if not raw:
+        return []
+    pairs = zip(raw[1::2], raw[2::2], strict=False)
+    return [_Doc(str(to_string(k)), _content(p, names), i) for i, (k, p) in enumerate(pairs)]
+
+
+def _only(raw: Any, positions: Sequence[int]) -> Any:
+    """The reply with the documents at ``positions`` only (what redis-om's ``from_redis`` reads)."""
+    if isinstance(raw, Mapping):
+        results = _results(raw)
+        return {"results": [results[i] for i in positions]}
+    return [raw[0], *(x for i in positions for x in raw[1 + 2 * i : 3 + 2 * i])]
 
 
 def _reply_keys(raw: Any) -> set[str]:
@@ -334,6 +394,8 @@ class _Search:
                 "condition (false positives would take places among the nearest)"
             )
         tree = self._ref_tree()
+        rendered = self.expression  # one ring, one rendering, for every page of this run
+        names = [*{leaf.field for leaf in _blind_leaves(tree)}, q.model._meta.primary_key.name]
         found: list[Any] = []
         position = 0
         size = q.page_size if want is None else min(q.page_size, max(16, 2 * (skip + want)))
@@ -345,15 +407,22 @@ class _Search:
                 return_as_dict=False,
                 nocontent=False,
             )
+            page._ref_parsed, page._ref_rendered = tree, rendered
             raw = yield _call(
                 self._base.execute, page, exhaust_results=False, return_raw_result=True
             )
-            candidates = q.model.from_redis(raw, None)
-            for record in (yield from self._ref_exact(tree, candidates)):
-                if skip:
-                    skip -= 1
-                elif want is None or len(found) < want:
-                    found.append(record)
+            plaintexts: dict[tuple[str, str, str], str] = {}
+            docs = _documents(raw, names)
+            matches = yield from self._ref_exact(tree, docs, plaintexts)
+            wanted = matches[skip:] if want is None else matches[skip : skip + want - len(found)]
+            skip = max(0, skip - len(matches))
+            if wanted:
+                # Only the matches are built, with the values the filter has decrypted.
+                token = opened.set(plaintexts)
+                try:
+                    found += q.model.from_redis(_only(raw, [d.position for d in wanted]), None)
+                finally:
+                    opened.reset(token)
             position += size
             if (want is not None and len(found) >= want) or position >= search_total(raw):
                 return found
@@ -361,8 +430,11 @@ class _Search:
                 return found
             size = min(2 * size, q.page_size)
 
-    def _ref_exact(self, tree: _Node, candidates: Sequence[Any]) -> Steps[list[Any]]:
-        """The candidates that really match, in order."""
+    def _ref_exact(
+        self, tree: _Node, candidates: Sequence[_Doc], plaintexts: dict[tuple[str, str, str], str]
+    ) -> Steps[list[_Doc]]:
+        """The candidates that really match, in order. Only the blind-indexed
+        values are decrypted (into ``plaintexts``), not the whole records."""
         q: Any = self
         name = q.model.__name__
         leaves = _blind_leaves(tree)
@@ -370,8 +442,8 @@ class _Search:
         # Candidates whose blind conditions leave the answer to the rest of the query, grouped
         # by what is left (one RediSearch call per group).
         undecided: dict[tuple[bool, ...], tuple[_Node, list[int]]] = {}
-        for i, record in enumerate(candidates):
-            truths = tuple(_holds(leaf, record, f"{name}.{leaf.field}") for leaf in leaves)
+        for i, doc in enumerate(candidates):
+            truths = tuple(self._ref_holds(leaf, doc, name, plaintexts) for leaf in leaves)
             if all(truths):  # the query only has & and |: true conditions cannot undo a match
                 keep.append(True)
                 continue
@@ -382,15 +454,35 @@ class _Search:
         for rest, members in undecided.values():
             confirmed = yield from self._ref_confirm(rest, [candidates[i] for i in members])
             for i in members:
-                keep[i] = candidates[i].key() in confirmed
-        return [record for record, kept in zip(candidates, keep, strict=True) if kept]
+                keep[i] = candidates[i].key in confirmed
+        return [doc for doc, kept in zip(candidates, keep, strict=True) if kept]
 
-    def _ref_confirm(self, rest: _Node, records: list[Any]) -> Steps[set[str]]:
-        """The keys of ``records`` for which RediSearch finds ``rest`` true."""
+    def _ref_holds(
+        self, leaf: _Blind, doc: _Doc, model: str, plaintexts: dict[tuple[str, str, str], str]
+    ) -> bool:
+        """Whether the candidate's value of ``leaf.field``, decrypted, is one of the values."""
+        value = doc.fields.get(leaf.field)
+        if not isinstance(value, str) or not value:
+            return False
+        found = plaintexts.get((doc.key, leaf.field, value))
+        if found is None:
+            if value.startswith(PREFIX) or parse_legacy(value) is not None:
+                context = binding(doc.key, leaf.field) if value.startswith(PREFIX) else b""
+                found = decrypt_stored(
+                    value, context=context, model=model, field=leaf.field, record=doc.key
+                )
+            else:
+                found = value  # plaintext not migrated yet: the record's build warns or refuses
+            plaintexts[(doc.key, leaf.field, value)] = found
+        return leaf.index.normalized(found, f"{model}.{leaf.field}") in leaf.values
+
+    def _ref_confirm(self, rest: _Node, docs: list[_Doc]) -> Steps[set[str]]:
+        """The keys of ``docs`` for which RediSearch finds ``rest`` true."""
         q: Any = self
         model = q.model
         pk_name = model._meta.primary_key.name
-        pks = [getattr(record, pk_name) for record in records]
+        prefix = model._ref_key("")
+        pks = [doc.fields.get(pk_name) or doc.key.removeprefix(prefix) for doc in docs]
         condition = (getattr(model, pk_name) << pks) & _render(rest, self._om, None, "")
         check = self._base(expressions=[condition], model=model, limit=len(pks), nocontent=True)
         raw = yield _call(self._base.execute, check, exhaust_results=False, return_raw_result=True)
