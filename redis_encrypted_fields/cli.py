@@ -53,7 +53,7 @@ def load_models(target: str) -> list[type[BaseModel]]:
     import aredis_om
     import redis_om
 
-    from .models import plan_for
+    from .plan import plan_for
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

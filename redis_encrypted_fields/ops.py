@@ -38,7 +38,8 @@ from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
 from .keys import KeyRing, get_keyring
 from .legacy import open_legacy, parse_legacy
-from .models import EncryptedModel, FieldPath, Leaf, Many, Nested, Node, encrypted_paths, plan_for
+from .models import EncryptedModel
+from .plan import FieldPath, Leaf, Many, Nested, Node, encrypted_paths, plan_for
 
 __all__ = [
     "Failure",

@@ -134,7 +134,9 @@ async def test_a_failed_decrypt_names_the_key_id_and_the_reason(
     assert (event.operation, event.outcome, event.model) == ("decrypt", "failed", model.__name__)
     assert event.field == "connection_url"  # the first one read; reading stops there
     assert event.key_id == kid(master_key)  # the id the envelope names
-    assert event.reason == str(info.value)
+    # The exception also names the value (the event has model, field and record of its own).
+    assert str(info.value) == f"{event.reason} ({model.__name__}.connection_url of {key})"
+    assert (info.value.record, info.value.field) == (key, "connection_url")
     assert f"no configured master key has id {kid(master_key)}" in event.reason
 
     monkeypatch.setenv("REDIS_SRE_MASTER_KEY", master_key)
