@@ -127,9 +127,10 @@ class UrlMask(Mask):
                 f"a masked URL ({self.render(value)!r}) was given to keep the existing secret, "
                 "but there is no stored secret for it; send the full URL"
             )
+        difference = self._difference(value, existing)
         raise MaskedSecretError(
             f"a masked URL keeps the stored secret only when sent back exactly as shown "
-            f"({self.render(existing)!r}); the one sent differs in {self._difference(value, existing)}. "
+            f"({self.render(existing)!r}); the one sent differs in {difference}. "
             "To change the URL, send it in full with its credentials (a literal '*' in a "
             "credential is written %2A)"
         )
@@ -218,7 +219,7 @@ def _url_parts(url: str, *, stored: bool = False) -> dict[str, Any] | None:
         port = parts.port
     except ValueError:
         return None
-    userinfo, at, host = parts.netloc.rpartition("@")
+    userinfo, at, _host = parts.netloc.rpartition("@")
     query = []
     for param in parts.query.split("&") if parts.query else ():
         name, _, value = param.partition("=")
