@@ -443,7 +443,8 @@ def test_failed_cli_rotate_changes_nothing(master_key: str) -> None:
     proc = cli("rotate", "security_support", env=env)
     assert proc.returncode == 1, proc.stderr
     # One line per field, key id and reason, naming the records.
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("failed: SecAccount.password: 5")]
+    lines = proc.stderr.splitlines()
+    (line,) = [x for x in lines if x.startswith("failed: SecAccount.password: 5")]
     assert "5 origin-v1: Decryption failed" in line
     assert SecAccount.make_primary_key("v1-0") in line
     assert "NOT OK" in proc.stdout
