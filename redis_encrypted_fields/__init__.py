@@ -5,11 +5,13 @@ from __future__ import annotations
 from .api import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
 from .audit import AuditEvent, add_audit_hook, remove_audit_hook
 from .errors import (
+    ConfigurationError,
     DecryptionError,
     EncryptionError,
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    StoredMaskError,
 )
 from .fields import EncryptedStr, Mask, UrlMask
 from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
@@ -17,6 +19,7 @@ from .models import EncryptedModel, set_plaintext_reads
 
 __all__ = [
     "AuditEvent",
+    "ConfigurationError",
     "DecryptionError",
     "EncryptedModel",
     "EncryptedStr",
@@ -27,6 +30,7 @@ __all__ = [
     "MasterKey",
     "MasterKeyError",
     "PlaintextSecretError",
+    "StoredMaskError",
     "UrlMask",
     "add_audit_hook",
     "decrypt_secret",
