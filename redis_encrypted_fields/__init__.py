@@ -7,11 +7,13 @@ from .audit import AuditEvent, add_audit_hook, remove_audit_hook
 from .blind_index import BlindIndex, IndexPlan, plan_index
 from .errors import (
     BlindIndexError,
+    ConfigurationError,
     DecryptionError,
     EncryptionError,
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    StoredMaskError,
     UnsupportedQueryError,
 )
 from .fields import EncryptedStr, Mask, UrlMask
@@ -22,6 +24,7 @@ __all__ = [
     "AuditEvent",
     "BlindIndex",
     "BlindIndexError",
+    "ConfigurationError",
     "DecryptionError",
     "EncryptedModel",
     "EncryptedStr",
@@ -33,6 +36,7 @@ __all__ = [
     "MasterKey",
     "MasterKeyError",
     "PlaintextSecretError",
+    "StoredMaskError",
     "UnsupportedQueryError",
     "UrlMask",
     "add_audit_hook",

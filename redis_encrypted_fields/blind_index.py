@@ -21,13 +21,13 @@ import functools
 import hashlib
 import hmac
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .envelope import binding_part
 from .errors import BlindIndexError, EncryptionError
-from .keys import KEY_ID_SIZE, KeyRing, MasterKey
+from .keys import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
 
 __all__ = [
     "COMPANION_SUFFIX",
@@ -35,6 +35,7 @@ __all__ = [
     "INDEX_EMPTY",
     "INDEX_MISSING",
     "INDEX_OUTDATED",
+    "INDEX_SUFFIX",
     "MAX_BITS",
     "PLAN_RULE",
     "BlindIndex",
@@ -49,6 +50,8 @@ __all__ = [
     "domain",
     "index_key",
     "plan_index",
+    "with_companions",
+    "write_companions",
 ]
 
 DEFAULT_BITS = 16
@@ -212,11 +215,41 @@ def companion_schema(field: str, is_json: bool) -> str:
     return f"$.{name} AS {name} TAG SEPARATOR |" if is_json else f"{name} TAG SEPARATOR |"
 
 
+def with_companions(schema: str, blind: Mapping[str, BlindIndex], is_json: bool) -> str:
+    """A model's RediSearch schema (redis-om's) with its companions' attributes."""
+    return " ".join([schema, *(companion_schema(name, is_json) for name in blind)])
+
+
+def write_companions(
+    data: dict[str, Any],
+    values: Mapping[str, Any],
+    blind: Mapping[str, BlindIndex],
+    key_prefix: str,
+    model: type,
+    clear: str | None,
+) -> None:
+    """Put into ``data`` (what a save writes) the companions of a record's ``values`` (masks
+    already resolved), under the current master key. A field without a value gets ``clear``
+    ("" for a hash: it overwrites the old companion and is not indexed) or nothing (a JSON
+    document is written whole)."""
+    current = get_keyring().current
+    for name, index in blind.items():
+        value = values.get(name)
+        if value is None:
+            if clear is not None:
+                data[companion_name(name)] = clear
+            continue
+        normalized = index.normalized(str.__str__(value), f"{model.__name__}.{name}")
+        info = domain(key_prefix, name, index.definition)
+        data[companion_name(name)] = index.companion(current, info, normalized)
+
+
 # --- the state of a stored companion (for the maintenance operations) --------------------------
 
 INDEX_MISSING = "index-missing"
 INDEX_OUTDATED = "index-outdated"
 INDEX_EMPTY = "empty"
+INDEX_SUFFIX = " (blind index)"  # of the name the reports count a field's companions under
 
 
 def companion_state(

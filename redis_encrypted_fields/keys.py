@@ -42,10 +42,22 @@ _MISSING_MESSAGE = (
 )
 
 
-def _length_message(where: str) -> str:
+_NEW_KEY_ADVICE = "Generate a new one with `redis-encrypted-fields keygen`."
+_CURRENT_ADVICE = (
+    "Data already encrypted needs the key it was encrypted with (a new key cannot read it); "
+    "for a new deployment, generate one with `redis-encrypted-fields keygen`."
+)
+_PREVIOUS_ADVICE = (
+    "Fix that entry or remove it: a previous key is one that data was encrypted with, so a newly "
+    "generated key cannot stand in for it."
+)
+
+
+def _length_message(where: str, problem: str = "", advice: str = _NEW_KEY_ADVICE) -> str:
+    found = f": {problem}" if problem else ""
     return (
-        f"Master key must be 32 bytes (256 bits), given as standard base64, in {where}. "
-        "Generate a new one with `redis-encrypted-fields keygen`."
+        f"Master key must be 32 bytes (256 bits), given as standard base64, in {where}{found}. "
+        f"{advice}"
     )
 
 
@@ -58,22 +70,33 @@ class MasterKey:
 
     __slots__ = ("_material", "aead", "key_id")
 
-    def __init__(self, material: bytes, *, where: str = "the given key") -> None:
-        if not isinstance(material, bytes) or len(material) != KEY_SIZE:
-            raise MasterKeyError(_length_message(where))
+    def __init__(
+        self, material: bytes, *, where: str = "the given key", advice: str = _NEW_KEY_ADVICE
+    ) -> None:
+        if not isinstance(material, bytes):
+            raise MasterKeyError(_length_message(where, "it is not bytes", advice))
+        if len(material) != KEY_SIZE:
+            raise MasterKeyError(_length_message(where, f"it is {len(material)} bytes", advice))
         self._material = material
         # The AES-256-GCM instance for this key, built once (construction is not free).
         self.aead = AESGCM(material)
         self.key_id = hmac.digest(material, _KEY_ID_LABEL, hashlib.sha256)[:KEY_ID_SIZE]
 
     @classmethod
-    def from_base64(cls, text: str, *, where: str = "the given key") -> MasterKey:
+    def from_base64(
+        cls, text: str, *, where: str = "the given key", advice: str = _NEW_KEY_ADVICE
+    ) -> MasterKey:
         """Parse standard base64 of exactly 32 bytes."""
         try:
             material = base64.b64decode(text.strip().encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError):
-            raise MasterKeyError(_length_message(where)) from None
-        return cls(material, where=where)
+        except (binascii.Error, UnicodeEncodeError, ValueError, AttributeError):
+            raise MasterKeyError(
+                _length_message(where, "it is not standard base64", advice)
+            ) from None
+        if len(material) != KEY_SIZE:
+            problem = f"it decodes to {len(material)} bytes"
+            raise MasterKeyError(_length_message(where, problem, advice))
+        return cls(material, where=where, advice=advice)
 
     @classmethod
     def generate(cls) -> MasterKey:
@@ -122,9 +145,20 @@ class KeyRing:
     @classmethod
     def from_base64(cls, current: str, previous: Iterable[str] = ()) -> KeyRing:
         """Build a ring from base64 keys, as ``REDIS_SRE_MASTER_KEY`` holds them."""
+        entries = list(previous)
+        where = "previous key {n} of {count} given to KeyRing.from_base64"
         return cls(
-            MasterKey.from_base64(current, where=ENV_MASTER_KEY),
-            [MasterKey.from_base64(p, where=ENV_PREVIOUS_MASTER_KEYS) for p in previous],
+            MasterKey.from_base64(
+                current,
+                where="the current key given to KeyRing.from_base64",
+                advice=_CURRENT_ADVICE,
+            ),
+            [
+                MasterKey.from_base64(
+                    text, where=where.format(n=n, count=len(entries)), advice=_PREVIOUS_ADVICE
+                )
+                for n, text in enumerate(entries, 1)
+            ],
         )
 
     @classmethod
@@ -160,8 +194,20 @@ class KeyRing:
 def _parse_env(current: str | None, previous: str | None) -> KeyRing:
     if not current or not current.strip():
         raise MasterKeyError(_MISSING_MESSAGE)
-    parts = [p for p in (previous or "").split(",") if p.strip()]
-    return KeyRing.from_base64(current, parts)
+    key = MasterKey.from_base64(current, where=ENV_MASTER_KEY, advice=_CURRENT_ADVICE)
+    # Empty entries (a trailing comma, ",," left by an edit) are skipped but still counted, so
+    # that "entry 3" is the third comma-separated entry the operator sees.
+    entries = (previous or "").split(",")
+    older = [
+        MasterKey.from_base64(
+            text,
+            where=f"entry {n} (of {len(entries)}, comma-separated) of {ENV_PREVIOUS_MASTER_KEYS}",
+            advice=_PREVIOUS_ADVICE,
+        )
+        for n, text in enumerate(entries, 1)
+        if text.strip()
+    ]
+    return KeyRing(key, older)
 
 
 def generate_master_key() -> str:

@@ -131,7 +131,9 @@ class _Parser:
         if index is None:
             raise UnsupportedQueryError(
                 f"{where} is encrypted and has no blind index, so it cannot be searched; "
-                f"declare it as Annotated[EncryptedStr, BlindIndex()] to find records by equality"
+                "declare it as Annotated[EncryptedStr, BlindIndex()] to find records by equality",
+                model=self.model.__name__,
+                field=name,
             )
         op = expression.op.name
         refused = "~ (negation)" if negated and op in ("EQ", "IN") else _SYMBOLS.get(op, op)
@@ -139,14 +141,18 @@ class _Parser:
             raise UnsupportedQueryError(
                 f"{where} is searched through a blind index, which answers only == and << (in) "
                 f"exactly; {refused} is not supported (a truncated digest cannot tell which "
-                "records it leaves out without decrypting them all)"
+                "records it leaves out without decrypting them all)",
+                model=self.model.__name__,
+                field=name,
             )
         right = expression.right
         values = [right] if op == "EQ" or isinstance(right, str) else list(right)
         for value in values:
             if not isinstance(value, str):
                 raise UnsupportedQueryError(
-                    f"{where} is compared with a {type(value).__name__}; compare it with a str"
+                    f"{where} is compared with a {type(value).__name__}; compare it with a str",
+                    model=self.model.__name__,
+                    field=name,
                 )
         return _Blind(name, index, frozenset(index.normalized(v, where) for v in values))
 
@@ -391,7 +397,8 @@ class _Search:
         if q.knn is not None:
             raise UnsupportedQueryError(
                 f"{q.model.__name__}: a KNN query cannot be combined with a blind-indexed "
-                "condition (false positives would take places among the nearest)"
+                "condition (false positives would take places among the nearest)",
+                model=q.model.__name__,
             )
         tree = self._ref_tree()
         rendered = self.expression  # one ring, one rendering, for every page of this run
