@@ -10,6 +10,7 @@ annotations evaluated at class creation; the models of ``search_models`` with st
 
 import hashlib
 import hmac
+import json
 import os
 import uuid
 from typing import Annotated, Any, Optional
@@ -27,6 +28,7 @@ from search_models import (
     AsyncHashCollide,
     SyncHashCollide,
     SyncHashUser,
+    SyncHashUserBefore,
     SyncHashUserExact,
     SyncJsonCollide,
     SyncJsonUser,
@@ -438,6 +440,20 @@ def test_migrate_backfills_records_saved_before_the_blind_index(model: Any) -> N
     assert [u.name for u in model.find(model.email == email(2)).all()] == ["old-2"]  # ...now it is
     assert ops.status(model).ok
     assert ops.migrate(model).indexed == 0
+
+
+def test_the_command_line_reports_and_backfills_companions() -> None:
+    wipe(SyncHashUser)
+    SyncHashUserBefore(name="old", email="old@example.com").save()
+    target = "search_models:SyncHashUser"
+    result = CliRunner().invoke(app, ["status", target])
+    assert result.exit_code == 1, result.output
+    assert "SyncHashUser.email (blind index): 1 index-missing" in result.output
+    assert "1 blind-index companions missing" in result.output
+    result = CliRunner().invoke(app, ["migrate", target, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["indexed"] == 1
+    assert CliRunner().invoke(app, ["status", target]).exit_code == 0
 
 
 def test_a_normalization_change_is_a_reindex_that_migrate_performs() -> None:
