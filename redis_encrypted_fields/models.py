@@ -747,6 +747,9 @@ class EncryptedModel:
 
     @classmethod
     def _ref_search_spec(cls) -> SearchSpec:
+        facts = _facts.get(cls)
+        if facts is not None:
+            return facts.search
         # From the plan alone: ops also runs on models redis-om has not completed (no pk).
         return _search_spec(plan_for(typing.cast(Any, cls)))
 

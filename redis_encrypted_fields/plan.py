@@ -17,7 +17,7 @@ from typing import Any, Union
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from .blind_index import BlindIndex
+from .blind_index import BlindIndex, companion_name
 from .fields import DEFAULT_MASK, EncryptedStr, Mask
 
 __all__ = [
@@ -199,6 +199,13 @@ def check_not_indexed(
                 f"{where}: BlindIndex is supported on top-level EncryptedStr fields of an "
                 "EncryptedModel (also in Optional[...]), not in lists or nested models"
             )
+        if isinstance(node, Leaf) and node.blind is not None:
+            companion = companion_name(name)
+            if companion in model.model_fields:
+                raise TypeError(
+                    f"{where}: its blind index is stored as {companion!r}, which is also a field "
+                    "of the model; rename that field"
+                )
     hints = _hints(model)
     for name, field in model.model_fields.items():
         if name not in plan and _mentions_blind([hints.get(name), *field.metadata]):

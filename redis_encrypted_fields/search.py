@@ -387,12 +387,13 @@ class _Search:
         return typing.cast(list[Any], q._model_cache)
 
     def _ref_count(self) -> Steps[int]:
-        matches = yield from self._ref_matches(0, None)
+        matches = yield from self._ref_matches(0, None, build=False)
         return len(matches)
 
-    def _ref_matches(self, skip: int, want: int | None) -> Steps[list[Any]]:
+    def _ref_matches(self, skip: int, want: int | None, build: bool = True) -> Steps[list[Any]]:
         """The true matches from the ``skip``-th on (at most ``want``), in RediSearch's order:
-        candidates are fetched a page at a time and filtered until enough are found."""
+        candidates are fetched a page at a time and filtered until enough are found. Records are
+        built only for those (``build``; else their documents are returned, to be counted)."""
         q: Any = self
         if q.knn is not None:
             raise UnsupportedQueryError(
@@ -423,7 +424,9 @@ class _Search:
             matches = yield from self._ref_exact(tree, docs, plaintexts)
             wanted = matches[skip:] if want is None else matches[skip : skip + want - len(found)]
             skip = max(0, skip - len(matches))
-            if wanted:
+            if wanted and not build:
+                found += wanted
+            elif wanted:
                 # Only the matches are built, with the values the filter has decrypted.
                 token = opened.set(plaintexts)
                 try:

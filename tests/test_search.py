@@ -178,6 +178,12 @@ def test_blind_index_definition_errors() -> None:
         class AlsoIndexed(EncryptedModel, redis_om.HashModel, index=True):
             email: Annotated[EncryptedStr, BlindIndex()] = redis_om.Field(index=True)
 
+    with pytest.raises(TypeError, match="stored as 'email__bidx', which is also a field"):
+
+        class Clash(EncryptedModel, redis_om.HashModel, index=True):
+            email: Annotated[EncryptedStr, BlindIndex()]
+            email__bidx: str = ""
+
     for bad in ({"bits": 0}, {"bits": 65}, {"bits": 8.0}, {"normalize": "lower"}):
         with pytest.raises(BlindIndexError):
             BlindIndex(**bad)
