@@ -598,3 +598,30 @@ def test_no_secret_or_query_value_in_reprs_and_errors() -> None:
     query = SyncHashUser.find(SyncHashUser.email == "secret-query@example.com")
     assert "secret-query" not in query.query  # RediSearch sees companions only
     assert os.environ["REDIS_SRE_MASTER_KEY"] not in repr(BlindIndex())
+
+
+def test_both_shapes_of_redisearch_replies_are_read() -> None:
+    """redis-py 8 parses FT.SEARCH into a dict; older versions (and RESP2 callers) give a list."""
+    from redis_encrypted_fields.search import _documents, _only
+
+    hash_fields = ["pk", "1", "email", "REFv2:x", "email__bidx", "ab"]
+    listed = [2, "k:1", hash_fields, "k:2", ["$", '{"pk": "2", "email": "REFv2:y"}']]
+    docs = _documents(listed, ["email", "pk"])
+    assert [(d.key, d.fields.get("email"), d.position) for d in docs] == [
+        ("k:1", "REFv2:x", 0),
+        ("k:2", "REFv2:y", 1),
+    ]
+    assert _only(listed, [1]) == [2, "k:2", listed[4]]
+    mapped = {
+        b"total_results": 2,
+        b"results": [
+            {b"id": b"k:1", b"extra_attributes": {b"pk": b"1", b"email": b"REFv2:x"}},
+            {b"id": b"k:2", b"extra_attributes": None},  # expired meanwhile
+        ],
+    }
+    docs = _documents(mapped, ["email", "pk"])
+    assert [(d.key, d.fields) for d in docs] == [
+        ("k:1", {"email": "REFv2:x", "pk": "1"}),
+        ("k:2", {}),
+    ]
+    assert _only(mapped, [0]) == {"results": [mapped[b"results"][0]]}
