@@ -55,7 +55,15 @@ from .report import (
     Scanned,
     key_state,
 )
-from .topology import check, describe, is_cluster, nodes, slot_groups
+from .topology import (
+    TopologyError,
+    check,
+    describe,
+    fingerprint,
+    is_cluster,
+    nodes,
+    slot_groups,
+)
 
 __all__ = [
     "Failure",
@@ -368,7 +376,7 @@ def _cluster_eval(
     for attempt in range(2):
         pipe = client.pipeline()
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return _scatter(pipe.execute(), groups, n)
         except NoScriptError:
@@ -386,7 +394,7 @@ async def _cluster_eval_async(
     for attempt in range(2):
         pipe = client.pipeline()
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return _scatter(await pipe.execute(), groups, n)
         except NoScriptError:
@@ -622,6 +630,10 @@ def _the_client(client: Any) -> Any:
     return client
 
 
+# A pass over the keyspace that saw the cluster's slots move is made again, this many at most.
+_PASSES = 3
+
+
 def _steps(
     op: Operation,
     model: type[BaseModel],
@@ -634,11 +646,6 @@ def _steps(
         raise EncryptionError("batch_size must be at least 1")
     layout = _Layout.of(model)
     ring = keyring or get_keyring()
-    report = Report(op, dry_run)
-    report.current_key = ring.current.key_id_hex
-    report.previous_keys = tuple(k.key_id_hex for k in ring.previous)
-    for path in encrypted_paths(model):
-        report.states.setdefault(f"{layout.name}.{path}", Counter())
     client = yield _the_client
     yield from check(client)  # the whole keyspace is in sight, or nothing is done
     read = _Script(_JSON_READ if layout.is_json else _HASH_READ)
@@ -649,6 +656,40 @@ def _steps(
         text = write.text
         write.sha = _text((yield lambda c: c.script_load(text)))
     scripts = (read, write)
+    report: Report | None = None
+    for attempt in range(_PASSES):
+        before = yield from fingerprint(client)
+        this = yield from _pass(op, layout, client, scripts, ring, dry_run, batch_size, progress)
+        after = yield from fingerprint(client)
+        report = this if report is None else report.then(this)
+        if before == after:
+            return report
+        if attempt == _PASSES - 1:
+            raise TopologyError(
+                f"the slots of {describe(client)} moved during each of {_PASSES} passes "
+                "(resharding or failover), so no pass could see every record: nothing was lost "
+                "(every record is written atomically); run it again once the cluster is stable"
+            )
+    raise AssertionError("unreachable")
+
+
+def _pass(
+    op: Operation,
+    layout: _Layout,
+    client: Any,
+    scripts: tuple[_Script, _Script | None],
+    ring: KeyRing,
+    dry_run: bool,
+    batch_size: int,
+    progress: ProgressCallback | None,
+) -> Steps[Report]:
+    """One pass over the model's records on every node."""
+    read, write = scripts
+    report = Report(op, dry_run)
+    report.current_key = ring.current.key_id_hex
+    report.previous_keys = tuple(k.key_id_hex for k in ring.previous)
+    for path in encrypted_paths(layout.model):
+        report.states.setdefault(f"{layout.name}.{path}", Counter())
     kind = "ReJSON-RL" if layout.is_json else "hash"
     match = _glob_escape(layout.prefix) + "*"
     scanner = _Scanner(match, batch_size, kind, nodes(client))

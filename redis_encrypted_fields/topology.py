@@ -14,7 +14,15 @@ from typing import Any
 from ._driver import Steps
 from .errors import EncryptionError
 
-__all__ = ["TopologyError", "describe", "is_cluster", "nodes", "slot_groups"]
+__all__ = [
+    "TopologyError",
+    "check",
+    "describe",
+    "fingerprint",
+    "is_cluster",
+    "nodes",
+    "slot_groups",
+]
 
 _SLOTS = 16384
 
@@ -69,6 +77,30 @@ def check(client: Any) -> Steps[None]:
             "redis.asyncio.cluster.RedisCluster), as the model's Meta.database would be. The "
             "command line detects this itself"
         )
+
+
+def fingerprint(client: Any) -> Steps[Any]:
+    """What every primary says it serves: its id, slots, and slots being migrated or imported.
+
+    Taken before and after a pass over the keyspace: if it changed (a reshard, a failover), keys
+    may have moved from a node not yet scanned to one already scanned, and the pass may have
+    missed them. ``None`` on a standalone server.
+    """
+    if not is_cluster(client):
+        return None
+    primaries = list(client.get_primaries())
+    reply = yield lambda c: c.execute_command("CLUSTER NODES", target_nodes=primaries)
+    replies = [reply] if len(primaries) == 1 else list(reply.values())
+    seen = []
+    for view in replies:
+        for entry in view.values():
+            if "myself" in str(entry.get("flags", "")):
+                slots = tuple(tuple(map(str, r)) for r in entry.get("slots", []))
+                moving = tuple(
+                    (str(m.get("slot")), str(m.get("state"))) for m in entry.get("migrations", [])
+                )
+                seen.append((str(entry.get("node_id")), slots, moving))
+    return tuple(sorted(seen))
 
 
 def nodes(client: Any) -> list[Any]:
