@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -260,6 +261,44 @@ def test_errors_on_a_cluster_are_one_line() -> None:
     assert len(proc.stderr.splitlines()) == 1
 
 
+def test_sigkill_of_the_tool_then_rerun_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, master_key: str
+) -> None:
+    c = cluster()
+    passwords = plant(ClusterAccount, 6000, c)
+    ops.migrate(ClusterAccount, client=c)
+    new = new_key()
+    use_keys(monkeypatch, new, master_key)
+    new_id = MasterKey.from_base64(new).key_id
+    args = [
+        sys.executable,
+        "-m",
+        "redis_encrypted_fields",
+        "rotate",
+        "cluster_models:ClusterAccount",
+    ]
+    proc = subprocess.Popen([*args, "--batch-size", "50"], cwd=TESTS, env=dict(os.environ))
+    node = c.get_primaries()[0].redis_connection
+    first = node.scan(0, match=prefix_of(ClusterAccount) + "*", count=1000)[1][:20]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(_kid(node.hget(k, "password").encode()) == new_id for k in first):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = ops.status(ClusterAccount, client=c).states["ClusterAccount.password"]
+    assert 0 < done[f"key:{new_id.hex()}"] < 6000, done  # killed mid-run
+    rerun = subprocess.run(args, cwd=TESTS, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    use_keys(monkeypatch, new)
+    assert ops.status(ClusterAccount, client=c).ok
+    sample = random.sample(sorted(passwords), 300)
+    assert {pk: ClusterAccount.get(pk).password for pk in sample} == {
+        pk: passwords[pk] for pk in sample
+    }
+
+
 # --- faults: a cluster of its own, with replicas ---------------------------------------------
 
 
@@ -414,3 +453,23 @@ def test_moved_and_ask_during_a_run_are_followed(fault_cluster: Any, master_key:
         mp.setenv("REDIS_SRE_MASTER_KEY", new)
         mp.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", "")
         check_all(fault_cluster, dict(random.sample(sorted(passwords.items()), 200)))
+
+
+def test_uncovered_slots_stop_the_run(fault_cluster: Any) -> None:
+    wait_ok(fault_cluster)
+    client = cluster(fault_cluster.url)
+    FaultAccount._meta.database = client
+    node = client.get_primaries()[0].redis_connection
+    slot = client.keyslot(prefix_of(FaultAccount) + "anything")
+    owner = client.nodes_manager.get_node_from_slot(slot).redis_connection
+    owner.execute_command("CLUSTER DELSLOTSRANGE", slot, slot)
+    try:
+        with pytest.raises(TopologyError, match="does not serve every hash slot"):
+            ops.status(FaultAccount, client=client)
+        proc = cli("status", "fault_models:FaultAccount", "--url", fault_cluster.url)
+        assert proc.returncode == 2
+        (line,) = proc.stderr.splitlines()
+        assert "does not serve every hash slot" in line
+    finally:
+        owner.execute_command("CLUSTER ADDSLOTSRANGE", slot, slot)
+    assert node.ping()
