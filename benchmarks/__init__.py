@@ -34,4 +34,5 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "profile": Spec("benchmarks.hotspots", "5. Where the time goes"),
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
+    "cluster": Spec("benchmarks.cluster", "7. Rotation on a Redis Cluster"),
 }

@@ -312,9 +312,16 @@ def fault_cluster() -> Iterator[Any]:
 
 
 def wait_ok(c: Any, timeout: float = 30.0) -> None:
+    """Until every primary that was killed has been replaced by its replica, and every live node
+    serves every slot again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(c.state_ok(n) for n in c.nodes if n.alive):
+        promoted = all(
+            replica.alive and redis.Redis(port=replica.port).role()[0] == b"master"
+            for primary, replica in zip(c.primaries, c.replicas, strict=False)
+            if not primary.alive
+        )
+        if promoted and all(c.state_ok(n) for n in c.nodes if n.alive):
             return
         time.sleep(0.1)
     raise AssertionError("the cluster did not recover")
