@@ -34,5 +34,6 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "profile": Spec("benchmarks.hotspots", "5. Where the time goes"),
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
-    "search": Spec("benchmarks.search", "7. Search on an encrypted field (blind index)"),
+    "cluster": Spec("benchmarks.cluster", "7. Rotation on a Redis Cluster"),
+    "search": Spec("benchmarks.search", "8. Search on an encrypted field (blind index)"),
 }

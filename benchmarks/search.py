@@ -1,4 +1,4 @@
-"""Benchmark 7: equality search on an encrypted field (blind index) and what the index costs a save.
+"""Benchmark 8: equality search on an encrypted field (blind index) and what the index costs a save.
 
 - ``find(Model.email == v).all()`` on an encrypted field with ``BlindIndex()`` against
   ``find(Model.name == v).all()`` on a plain indexed field of the same model and records, each

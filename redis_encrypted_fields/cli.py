@@ -125,7 +125,12 @@ def _errors() -> Iterator[None]:
         if isinstance(exc, EncryptionError):
             _fail(str(exc))
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            _fail(f"cannot reach Redis: {exc}{_hint()}")
+            # Every record is written by one atomic compare-and-set: a run cut short leaves
+            # nothing half-done, and running it again completes it.
+            _fail(
+                f"cannot reach Redis: {exc}; nothing is half-written: run it again once the "
+                f"server (or cluster) is reachable{_hint()}"
+            )
         if isinstance(exc, redis.RedisError):
             _fail(f"Redis answered: {type(exc).__name__}: {exc}{_hint()}")
         _fail(f"unexpected {type(exc).__name__}: {exc}{_hint()}")

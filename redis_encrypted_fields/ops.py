@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError
 
 from ._driver import Request, Steps, Submit, Wait, run_async, run_sync
 from .audit import audit_enabled, track
@@ -64,7 +62,7 @@ from .report import (
     Scanned,
     key_state,
 )
-from .topology import check, describe, is_cluster, nodes, slot_groups
+from .topology import Script, TopologyError, check, describe, evaluate, fingerprint, nodes
 
 __all__ = [
     "Failure",
@@ -325,98 +323,15 @@ class _Planned:
     tally: Counter[_Tally] = field(default_factory=Counter)
 
 
-@dataclass(slots=True)
-class _Script:
-    """A Lua script, called by its SHA1 once loaded."""
-
-    text: str
-    sha: str = ""
-
-
-def _read_request(script: _Script, layout: _Layout, keys: Sequence[str]) -> Request:
+def _read_request(script: Script, layout: _Layout, keys: Sequence[str]) -> Request:
     fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
-    return _eval(script, keys, fields)
+    return evaluate(script, keys, fields)
 
 
 def _write_request(
-    script: _Script, keys: Sequence[str], args: Sequence[Any], starts: Sequence[int] = ()
+    script: Script, keys: Sequence[str], args: Sequence[Any], starts: Sequence[int] = ()
 ) -> Request:
-    return _eval(script, keys, (), args, starts)
-
-
-def _eval(
-    script: _Script,
-    keys: Sequence[str],
-    shared: Sequence[Any],
-    args: Sequence[Any] = (),
-    starts: Sequence[int] = (),
-) -> Request:
-    """One call of a batch script over ``keys`` (ARGV: ``shared``, then each key's part of
-    ``args``, which begins at ``starts[i]``); its reply has one entry per key, in order.
-
-    On a standalone server that is one call. On a cluster a script may only touch keys of one
-    hash slot: the batch is split into a call per slot, sent in one pipeline (which redis-py
-    sends to each node in turn, following MOVED and ASK redirections), and the replies are put
-    back in the keys' order. (Measured against a call per key: the same on spread keys, where
-    slots rarely repeat; fewer calls where hash tags put records in few slots.)
-    """
-
-    def request(client: Any) -> Any:
-        if not is_cluster(client):
-            return client.evalsha(script.sha, len(keys), *keys, *shared, *args)
-        groups = slot_groups(client, keys)
-        bounds = [*starts, len(args)]
-        calls = []
-        for group in groups:
-            own = [a for i in group for a in args[bounds[i] : bounds[i + 1]]] if starts else []
-            calls.append(([keys[i] for i in group], [*shared, *own]))
-        if isinstance(client, AsyncRedisCluster):
-            return _cluster_eval_async(client, script, calls, groups, len(keys))
-        return _cluster_eval(client, script, calls, groups, len(keys))
-
-    return request
-
-
-def _cluster_eval(
-    client: Any, script: _Script, calls: list[Any], groups: list[list[int]], n: int
-) -> list[Any]:
-    for attempt in range(2):
-        pipe = client.pipeline()
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        try:
-            return _scatter(pipe.execute(), groups, n)
-        except NoScriptError:
-            # A replica promoted by a failover has not loaded the script (SCRIPT LOAD is not
-            # replicated): load it on every primary and send the batch again.
-            if attempt:
-                raise
-            script.sha = _text(client.script_load(script.text))
-    raise AssertionError("unreachable")
-
-
-async def _cluster_eval_async(
-    client: Any, script: _Script, calls: list[Any], groups: list[list[int]], n: int
-) -> list[Any]:
-    for attempt in range(2):
-        pipe = client.pipeline()
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        try:
-            return _scatter(await pipe.execute(), groups, n)
-        except NoScriptError:
-            if attempt:
-                raise
-            script.sha = _text(await client.script_load(script.text))
-    raise AssertionError("unreachable")
-
-
-def _scatter(replies: Sequence[Any], groups: list[list[int]], n: int) -> list[Any]:
-    out: list[Any] = [None] * n
-    for group, reply in zip(groups, replies, strict=True):
-        for i, value in zip(group, reply, strict=True):
-            out[i] = value
-    return out
+    return evaluate(script, keys, (), args, starts)
 
 
 def _plan_record(
@@ -599,7 +514,7 @@ def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[R
     return report, [k for k in planned.keys if k in conflicted]
 
 
-def _writes(op: Operation, planned: _Planned, script: _Script | None, dry_run: bool) -> bool:
+def _writes(op: Operation, planned: _Planned, script: Script | None, dry_run: bool) -> bool:
     return (
         bool(planned.send_keys)
         and script is not None
@@ -608,7 +523,7 @@ def _writes(op: Operation, planned: _Planned, script: _Script | None, dry_run: b
     )
 
 
-def _send(script: _Script, planned: _Planned) -> Steps[Any]:
+def _send(script: Script, planned: _Planned) -> Steps[Any]:
     request = _write_request(script, planned.send_keys, planned.send_args, planned.send_starts)
     return (yield request)
 
@@ -617,7 +532,7 @@ def _batch(
     op: Operation,
     layout: _Layout,
     keys: Sequence[str],
-    scripts: tuple[_Script, _Script | None],
+    scripts: tuple[Script, Script | None],
     keyring: KeyRing,
     dry_run: bool,
     attempts: int = _RETRIES,
@@ -633,7 +548,7 @@ def _batch(
         planned = _plan_batch(op, layout, pending, stored, keyring)
         results: Any = []
         if _writes(op, planned, write, dry_run):
-            results = yield from _send(typing.cast(_Script, write), planned)
+            results = yield from _send(typing.cast(Script, write), planned)
         done, pending = _settle(planned, results, dry_run)
         report.merge(done)
     report.conflicts += len(pending)
@@ -700,7 +615,7 @@ class _Scanner:
         return batch
 
 
-def _read_next(scanner: _Scanner, layout: _Layout, read: _Script) -> Steps[tuple[list[str], Any]]:
+def _read_next(scanner: _Scanner, layout: _Layout, read: Script) -> Steps[tuple[list[str], Any]]:
     keys = yield from scanner.next_batch()
     if not keys:
         return keys, []
@@ -709,6 +624,10 @@ def _read_next(scanner: _Scanner, layout: _Layout, read: _Script) -> Steps[tuple
 
 def _the_client(client: Any) -> Any:
     return client
+
+
+# A pass over the keyspace that saw the cluster's slots move is made again, this many at most.
+_PASSES = 3
 
 
 def _steps(
@@ -723,23 +642,52 @@ def _steps(
         raise EncryptionError("batch_size must be at least 1")
     layout = _Layout.of(model)
     ring = keyring or get_keyring()
-    report = Report(op, dry_run)
-    report.current_key = ring.current.key_id_hex
-    report.previous_keys = tuple(k.key_id_hex for k in ring.previous)
-    for path in encrypted_paths(model):
-        report.states.setdefault(f"{layout.name}.{path}", Counter())
-    for name in layout.blind:
-        report.states.setdefault(_index_name(layout.name, name), Counter())
     client = yield _the_client
     yield from check(client)  # the whole keyspace is in sight, or nothing is done
-    read = _Script(_JSON_READ if layout.is_json else _HASH_READ)
+    read = Script(_JSON_READ if layout.is_json else _HASH_READ)
     read.sha = _text((yield lambda c: c.script_load(read.text)))
-    write: _Script | None = None
+    write: Script | None = None
     if op is not Operation.STATUS and not dry_run:
-        write = _Script(_JSON_CAS if layout.is_json else _HASH_CAS)
+        write = Script(_JSON_CAS if layout.is_json else _HASH_CAS)
         text = write.text
         write.sha = _text((yield lambda c: c.script_load(text)))
     scripts = (read, write)
+    report: Report | None = None
+    for attempt in range(_PASSES):
+        before = yield from fingerprint(client)
+        this = yield from _pass(op, layout, client, scripts, ring, dry_run, batch_size, progress)
+        after = yield from fingerprint(client)
+        report = this if report is None else report.then(this)
+        if before == after:
+            return report
+        if attempt == _PASSES - 1:
+            raise TopologyError(
+                f"the slots of {describe(client)} moved during each of {_PASSES} passes "
+                "(resharding or failover), so no pass could see every record: nothing was lost "
+                "(every record is written atomically); run it again once the cluster is stable"
+            )
+    raise AssertionError("unreachable")
+
+
+def _pass(
+    op: Operation,
+    layout: _Layout,
+    client: Any,
+    scripts: tuple[Script, Script | None],
+    ring: KeyRing,
+    dry_run: bool,
+    batch_size: int,
+    progress: ProgressCallback | None,
+) -> Steps[Report]:
+    """One pass over the model's records on every node."""
+    read, write = scripts
+    report = Report(op, dry_run)
+    report.current_key = ring.current.key_id_hex
+    report.previous_keys = tuple(k.key_id_hex for k in ring.previous)
+    for path in encrypted_paths(layout.model):
+        report.states.setdefault(f"{layout.name}.{path}", Counter())
+    for name in layout.blind:
+        report.states.setdefault(_index_name(layout.name, name), Counter())
     kind = "ReJSON-RL" if layout.is_json else "hash"
     match = _glob_escape(layout.prefix) + "*"
     scanner = _Scanner(match, batch_size, kind, nodes(client))
@@ -769,7 +717,7 @@ def _steps(
             return report
         handle = None
         if _writes(op, planned, write, dry_run):
-            handle = yield Submit(_send(typing.cast(_Script, write), planned))
+            handle = yield Submit(_send(typing.cast(Script, write), planned))
         writing = (handle, planned)
 
 

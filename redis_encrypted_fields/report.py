@@ -174,6 +174,8 @@ class Report:
     current_key: str | None = None
     previous_keys: tuple[str, ...] = ()
     scanned: list[Scanned] = field(default_factory=list)
+    # Passes over the keyspace: more than one when a cluster's slots moved during a pass.
+    passes: int = 1
 
     @property
     def changed(self) -> int:
@@ -279,12 +281,28 @@ class Report:
         if self.current_key is None:
             self.current_key, self.previous_keys = other.current_key, other.previous_keys
         self.scanned.extend(other.scanned)
+        self.passes = max(self.passes, other.passes)
+
+    def then(self, later: Report) -> Report:
+        """This pass followed by ``later`` (a pass made again because the cluster's slots
+        moved): what is stored is as ``later`` found it; changes made by both are counted."""
+        later.passes += self.passes
+        later.encrypted += self.encrypted
+        later.upgraded += self.upgraded
+        later.rewrapped += self.rewrapped
+        later.indexed += self.indexed
+        # Values this pass changed were found unchanged by the later one.
+        later.unchanged = max(0, later.unchanged - self.changed)
+        return later
 
     def summary(self) -> str:
         """One line for the end of a run."""
-        head = f"{self.operation.value}: {self.records} records"
+        name = self.operation.value
         if self.dry_run and self.operation is not Operation.STATUS:
-            head = f"{self.operation.value} (dry run): {self.records} records"
+            name += " (dry run)"
+        if self.passes > 1:
+            name += f" ({self.passes} passes: the cluster's slots moved)"
+        head = f"{name}: {self.records} records"
         if not self.records and not self.failures:
             where = "; ".join(f"{s.server}, keys {s.pattern!r}" for s in self.scanned)
             return f"{head} found{f' ({where})' if where else ''}; nothing to do"
@@ -331,6 +349,7 @@ class Report:
             "fields": [g.as_dict() for g in self.groups()],
             "failures": [f.as_dict() for f in self.failures],
             "scanned": [s.as_dict() for s in self.scanned],
+            "passes": self.passes,
             "summary": self.summary(),
         }
 
