@@ -539,18 +539,17 @@ class RedisStackCluster:
 
     def _node(self) -> RedisStackServer:
         bus = _free_port()
-        node = RedisStackServer(
-            extra_args=[
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(self.node_timeout_ms),
-                # The bus port is given: the default (port + 10000) needs a port below 55536.
-                "--cluster-port", str(bus),
-                # A replica takes over at once, whatever its replication offset: these are
-                # throwaway test nodes.
-                "--cluster-replica-validity-factor", "0",
-            ]  # fmt: skip
-        )
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # The bus port is given: the default (port + 10000) needs a port below 55536.
+            "--cluster-port", str(bus),
+            # A replica takes over at once, whatever its replication offset: these are
+            # throwaway test nodes.
+            "--cluster-replica-validity-factor", "0",
+        ]  # fmt: skip
+        node = RedisStackServer(extra_args=args)
         node.start()
         node.bus_port = bus
         self.nodes.append(node)
