@@ -566,6 +566,7 @@ class RedisStackCluster:
             self._ok(_command(self._port(node), "CLUSTER", "ADDSLOTSRANGE", low, high))
         first = self.primaries[0]
         for node in self.nodes[1:]:
+            assert first.bus_port is not None
             meet = ("CLUSTER", "MEET", "127.0.0.1", self._port(first), first.bus_port)
             self._ok(_command(self._port(node), *meet))
         self._wait(lambda: all(self._knows_all(n) for n in self.nodes), "the nodes to meet")
