@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -28,6 +27,7 @@ from redis_encrypted_fields import EncryptedModel, EncryptedStr, KeyRing, Master
 from . import BENCHMARKS
 from .harness import BenchmarkError, Comparison, Section, Settings, fmt_time, table
 from .models import RUN_PREFIX
+from .rotation import peak, plant
 
 __all__ = ["GOAL", "run"]
 
@@ -63,36 +63,9 @@ def _cluster() -> Iterator[str]:
         yield started.url
 
 
-def _plant(c: Any, n: int, prefix: str) -> None:
-    pipe = c.pipeline(transaction=False) if not isinstance(c, RedisCluster) else c.pipeline()
-    for i in range(n):
-        pk = f"r{i:07d}"
-        pipe.hset(
-            f"{prefix}{pk}",
-            mapping={
-                "pk": pk,
-                "name": f"instance-{i}",
-                "connection_url": f"redis://app:pw-{i}@db-{i % 97}.internal:6379/0",
-                "admin_password": f"admin-password-{i}",
-            },
-        )
-        if len(pipe) >= 2000:
-            pipe.execute()
-    pipe.execute()
-
-
 def _delete(c: Any, prefix: str) -> None:
     for key in list(c.scan_iter(match=prefix + "*", count=2000)):
         c.delete(key)
-
-
-def _peak(fn: Callable[[], object]) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _rotate(c: Any, ring: KeyRing, n: int) -> ops.Report:
@@ -110,8 +83,8 @@ async def run(settings: Settings) -> Section:
     with _cluster() as url:
         cluster = RedisCluster.from_url(url, decode_responses=True)
         try:
-            _plant(standalone, n, prefix)
-            _plant(cluster, n, prefix)
+            plant(standalone, prefix, n)
+            plant(cluster, prefix, n)
             ring = KeyRing(MasterKey.generate())
             for c in (standalone, cluster):
                 ops.migrate(ClusterRotationRecord, client=c, keyring=ring, batch_size=1000)
@@ -124,13 +97,13 @@ async def run(settings: Settings) -> Section:
                     _rotate(c, ring, n)
                     into.append((time.perf_counter() - start) / n)
             ring = KeyRing(MasterKey.generate(), ring.keys)
-            peak_all = _peak(lambda: _rotate(cluster, ring, n))
+            peak_all = peak(lambda: _rotate(cluster, ring, n))
             _delete(cluster, prefix)
             tenth = n // 10
-            _plant(cluster, tenth, prefix)
+            plant(cluster, prefix, tenth)
             ops.migrate(ClusterRotationRecord, client=cluster, keyring=ring, batch_size=1000)
             ring = KeyRing(MasterKey.generate(), ring.keys)
-            peak_tenth = _peak(lambda: _rotate(cluster, ring, tenth))
+            peak_tenth = peak(lambda: _rotate(cluster, ring, tenth))
         finally:
             _delete(cluster, prefix)
             _delete(standalone, prefix)

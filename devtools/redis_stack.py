@@ -539,18 +539,17 @@ class RedisStackCluster:
 
     def _node(self) -> RedisStackServer:
         bus = _free_port()
-        node = RedisStackServer(
-            extra_args=[
-                *("--cluster-enabled", "yes"),
-                *("--cluster-config-file", "nodes.conf"),
-                *("--cluster-node-timeout", str(self.node_timeout_ms)),
-                # The bus port is given: the default (port + 10000) needs a port below 55536.
-                *("--cluster-port", str(bus)),
-                # A replica takes over at once, whatever its replication offset: these are
-                # throwaway test nodes.
-                *("--cluster-replica-validity-factor", "0"),
-            ]
-        )
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # The bus port is given: the default (port + 10000) needs a port below 55536.
+            "--cluster-port", str(bus),
+            # A replica takes over at once, whatever its replication offset: these are
+            # throwaway test nodes.
+            "--cluster-replica-validity-factor", "0",
+        ]  # fmt: skip
+        node = RedisStackServer(extra_args=args)
         node.start()
         node.bus_port = bus
         self.nodes.append(node)
@@ -566,8 +565,8 @@ class RedisStackCluster:
             high = (i + 1) * CLUSTER_SLOTS // self.primaries_count - 1
             self._ok(_command(self._port(node), "CLUSTER", "ADDSLOTSRANGE", low, high))
         first = self.primaries[0]
-        assert first.bus_port is not None  # set by _node()
         for node in self.nodes[1:]:
+            assert first.bus_port is not None
             meet = ("CLUSTER", "MEET", "127.0.0.1", self._port(first), first.bus_port)
             self._ok(_command(self._port(node), *meet))
         self._wait(lambda: all(self._knows_all(n) for n in self.nodes), "the nodes to meet")
