@@ -123,8 +123,6 @@ def _plaintext_allowed() -> bool:
 
 # --- the mixin --------------------------------------------------------------------------------
 
-# True while a model is being built from data read from Redis (get, find).
-_reading: contextvars.ContextVar[bool] = contextvars.ContextVar("ref_reading", default=False)
 # The instance whose save() is running: its model_dump() then writes what a save must write.
 _saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
 # Plaintexts that search has just decrypted (and audited) to filter candidates, by (record key,
@@ -133,27 +131,75 @@ opened: contextvars.ContextVar[Mapping[tuple[str, str, str], str] | None] = cont
     "ref_opened", default=None
 )
 
+# While a model is being built from data read from Redis (get, find): the read's _Opener (or
+# True).
+_reading: contextvars.ContextVar[_Opener | bool] = contextvars.ContextVar(
+    "ref_reading", default=False
+)
+
 
 class _Opener:
-    """Turns raw input at encrypted paths into ``EncryptedStr`` values for one record."""
+    """Turns raw input at encrypted paths into ``EncryptedStr`` values, record by record.
 
-    __slots__ = ("_auditing", "_keyring", "_record_part", "model", "reading", "record_key")
+    One serves a whole read from Redis (a ``get``, a page of ``find`` results): the key ring,
+    the audit switch and the class's key prefix are looked up once per read, not per record or
+    value. Outside reads, one serves one record.
+    """
 
-    def __init__(self, model: type[BaseModel], record_key: str | None, reading: bool) -> None:
+    __slots__ = (
+        "_auditing",
+        "_keyring",
+        "_prefix",
+        "_record_part",
+        "known",
+        "model",
+        "reading",
+        "record_key",
+    )
+
+    def __init__(self, model: Any, reading: bool) -> None:
         self.model = model
-        self.record_key = record_key
         self.reading = reading
-        # Looked up once per record, not per value:
-        self._record_part: bytes | None = None  # the record's half of every binding
-        self._keyring: KeyRing | None = None
+        self.known = opened.get()  # plaintexts that search has decrypted already
+        self._prefix: str | None = model._ref_key_prefix()
+        self._keyring: KeyRing | None = None  # looked up when the first value is opened
         self._auditing: bool | None = None
+        self.record_key: str | None = None
+        self._record_part: bytes | None = None  # the record's half of every binding
+
+    def record(self, raw: dict[str, Any], facts: _Facts) -> dict[str, Any]:
+        """A record's input with the values at its encrypted paths opened (a new dict)."""
+        pk = raw.get(facts.pk_name)
+        record_key = None
+        if pk not in (None, ""):
+            prefix = self._prefix
+            record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
+        self.record_key, self._record_part = record_key, None
+        out = dict(raw)
+        for name, node in facts.plan.items():
+            if name in out:
+                value = out[name]
+                if (
+                    record_key is not None
+                    and type(value) is str
+                    and type(node) is Leaf
+                    and value.startswith(PREFIX)
+                ):
+                    # A current envelope in a top-level field: every read's common case.
+                    out[name] = EncryptedStr(self.open_current(value, name, record_key))
+                else:
+                    out[name] = self.value(value, node, (name,))
+        if facts.is_hash:
+            # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
+            # typing.Optional, not for `X | None`.
+            for name in facts.nullable:
+                if out.get(name) == "":
+                    out[name] = None
+        return out
 
     def open_current(self, raw: str, field: str, record_key: str) -> str:
-        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited.
-
-        The common case, kept short: one key ring lookup and one record binding half per record.
-        """
-        known = opened.get()
+        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited."""
+        known = self.known
         if known is not None:
             plaintext = known.get((record_key, field, raw))
             if plaintext is not None:
@@ -191,21 +237,9 @@ class _Opener:
 
     def fields(self, raw: dict[str, Any], plan: Plan, path: FieldPath) -> dict[str, Any]:
         out = dict(raw)
-        record_key = self.record_key
         for name, node in plan.items():
             if name in out:
-                value = out[name]
-                if (
-                    not path
-                    and record_key is not None
-                    and type(value) is str
-                    and type(node) is Leaf
-                    and value.startswith(PREFIX)
-                ):
-                    # A current envelope in a top-level field: every read's common case.
-                    out[name] = EncryptedStr(self.open_current(value, name, record_key))
-                else:
-                    out[name] = self.value(value, node, (*path, name))
+                out[name] = self.value(out[name], node, (*path, name))
         return out
 
     def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
@@ -406,6 +440,7 @@ class _Facts:
     plan: Plan
     flat: bool  # every encrypted field is a top-level EncryptedStr (no nesting, no lists)
     embedded: bool
+    opens: bool  # validation opens values: the class has encrypted fields and is not embedded
     is_hash: bool
     pk_name: str | None
     nullable: frozenset[str]  # encrypted fields that accept None
@@ -458,6 +493,7 @@ def _facts_for(cls: Any) -> _Facts:
             plan=plan,
             flat=all(isinstance(node, Leaf) for node in plan.values()),
             embedded=embedded,
+            opens=bool(plan) and not embedded,
             is_hash=issubclass(cls, (aredis_om.HashModel, redis_om.HashModel)),
             pk_name=None if embedded or meta is None else str(meta.primary_key.name),
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
@@ -539,31 +575,41 @@ class EncryptedModel:
     @model_validator(mode="wrap")
     @classmethod
     def _ref_open(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        token = model_scope.set(True)
+        facts = _facts.get(cls) or _facts_for(cls)
+        scoped = True
+        if isinstance(data, dict):
+            companions = facts.search.companions
+            if companions and any(c in data for c in companions):
+                # Read beside the fields, never accepted as input.
+                data = {k: v for k, v in data.items() if k not in companions}
+            if facts.opens and facts.flat:
+                # Top-level EncryptedStr fields only: once their text is opened here, the field
+                # validators see EncryptedStr values (or no text), for which model_scope makes
+                # no difference. A record's second validation (redis-om validates each record
+                # twice) and check() find nothing left to open.
+                scoped = False
+                for name in facts.plan:
+                    if type(data.get(name)) is str:
+                        data = cls._ref_opener().record(data, facts)
+                        break
+            elif facts.opens and _needs_opening(data, facts.plan):
+                data = cls._ref_opener().record(data, facts)
+        token = model_scope.set(True) if scoped else None
         try:
-            if isinstance(data, dict):
-                facts = _facts_for(cls)
-                companions = facts.search.companions
-                if companions and any(c in data for c in companions):
-                    # Read beside the fields, never accepted as input.
-                    data = {k: v for k, v in data.items() if k not in companions}
-                if facts.plan and not facts.embedded and _needs_opening(data, facts.plan):
-                    pk = data.get(facts.pk_name)
-                    record_key = cls._ref_key(pk) if pk not in (None, "") else None
-                    opener = _Opener(cls, record_key, _reading.get())  # type: ignore[arg-type]
-                    data = opener.fields(data, facts.plan, ())
-                    if facts.is_hash:
-                        # A cleared secret is stored as "" in a hash; redis-om maps "" back to
-                        # None only for typing.Optional, not for `X | None`.
-                        for name in facts.nullable:
-                            if data.get(name) == "":
-                                data[name] = None
-            try:
-                return handler(data)
-            except ValidationError as exc:
-                raise _without_input(exc) from None
+            return handler(data)
+        except ValidationError as exc:
+            raise _without_input(exc) from None
         finally:
-            model_scope.reset(token)
+            if token is not None:
+                model_scope.reset(token)
+
+    @classmethod
+    def _ref_opener(cls) -> _Opener:
+        """The opener of the read in progress, or one for a record validated outside reads."""
+        read = _reading.get()
+        if type(read) is _Opener and read.model is cls:
+            return read
+        return _Opener(cls, bool(read))
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A plain str assigned to an encrypted field becomes an EncryptedStr at once, so that
@@ -588,7 +634,7 @@ class EncryptedModel:
         parent: Any = super()
         if cls.__ref_async__:
             return cls._ref_get_async(parent, pk)
-        token = _reading.set(True)
+        token = _reading.set(_Opener(cls, True))
         try:
             return parent.get(pk)
         finally:
@@ -596,7 +642,7 @@ class EncryptedModel:
 
     @classmethod
     async def _ref_get_async(cls, parent: Any, pk: Any) -> Any:
-        token = _reading.set(True)
+        token = _reading.set(_Opener(cls, True))
         try:
             return await parent.get(pk)
         finally:
@@ -605,7 +651,7 @@ class EncryptedModel:
     @classmethod
     def from_redis(cls, res: Any, knn: Any = None) -> Any:
         """redis-om's ``from_redis`` (``find()`` results), marked as a read from Redis."""
-        token = _reading.set(True)
+        token = _reading.set(_Opener(cls, True))
         try:
             return typing.cast(Any, super()).from_redis(res, knn)
         finally:
@@ -695,14 +741,23 @@ class EncryptedModel:
     def _ref_may_hold_masks(self) -> bool:
         # The common case, told at once: top-level fields that hold secrets (EncryptedStr, which
         # a mask never is: validation makes masks KeepExisting) or None.
-        facts = _facts_for(type(self))
+        cls = type(self)
+        facts = _facts.get(cls) or _facts_for(cls)
         if not facts.flat:
             return True
         values = self.__dict__
-        return not all(
-            value is None or type(value) is EncryptedStr
-            for value in (values.get(name) for name in facts.plan)
-        )
+        for name in facts.plan:
+            value = values.get(name)
+            if value is not None and type(value) is not EncryptedStr:
+                return True
+        return False
+
+    def check(self) -> None:
+        """redis-om's ``check()``, which ``save()`` runs: the instance's values validated again, in
+        one pass (redis-om's own builds a second instance through ``__init__``, so that the
+        model is validated twice)."""
+        cls: Any = type(self)
+        cls.__pydantic_validator__.validate_python(self.__dict__, self_instance=cls.__new__(cls))
 
     def _ref_resolve_masks(self) -> Steps[None]:
         cls = type(self)
@@ -761,20 +816,30 @@ class EncryptedModel:
 
     @classmethod
     def _ref_key(cls, pk: Any) -> str:
+        prefix = cls._ref_key_prefix()
+        if prefix is not None:
+            return f"{prefix}{pk}"
         model: Any = cls
-        keys = _facts_for(cls).keys
-        if keys is not None:
-            # redis-om's own make_primary_key, worked out once: valid while _meta still holds
-            # the same prefix and pattern objects it was worked out from. (``cls._meta`` itself
-            # is not read here: on a pydantic model class that read costs more than the rest.)
-            meta, global_prefix, model_prefix, pattern, prefix = keys
-            if (
-                meta.global_key_prefix is global_prefix
-                and meta.model_key_prefix is model_prefix
-                and meta.primary_key_pattern is pattern
-            ):
-                return f"{prefix}{pk}"
         return str(model.make_primary_key(pk))
+
+    @classmethod
+    def _ref_key_prefix(cls) -> str | None:
+        """What every record key of this class starts with, when redis-om makes its keys its own
+        way (``prefix + pk``); ``None`` otherwise."""
+        keys = (_facts.get(cls) or _facts_for(cls)).keys
+        if keys is None:
+            return None
+        # Worked out once: valid while _meta still holds the same prefix and pattern objects it
+        # was worked out from. (``cls._meta`` itself is not read here: on a pydantic model class
+        # that read costs more than the rest.)
+        meta, global_prefix, model_prefix, pattern, prefix = keys
+        if (
+            meta.global_key_prefix is global_prefix
+            and meta.model_key_prefix is model_prefix
+            and meta.primary_key_pattern is pattern
+        ):
+            return prefix
+        return None
 
     def _ref_db(self) -> Any:
         return typing.cast(Any, self).db()
