@@ -169,7 +169,7 @@ class _Opener:
 
     def record(self, raw: dict[str, Any], facts: _Facts) -> dict[str, Any]:
         """A record's input with the values at its encrypted paths opened (a new dict)."""
-        pk = raw.get(facts.pk_name)
+        pk = raw.get(facts.pk_name) if facts.pk_name is not None else None
         record_key = None
         if pk not in (None, ""):
             prefix = self._prefix
