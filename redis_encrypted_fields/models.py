@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import os
 import types
@@ -196,6 +197,28 @@ class _Opener:
                 if out.get(name) == "":
                     out[name] = None
         return out
+
+    def page(self, res: dict[str, Any], facts: _Facts, knn: Any) -> dict[str, Any]:
+        """An FT.SEARCH reply (redis-py's dict of results) with the records' values opened,
+        as ``from_redis`` reads it: a JSON document is given parsed, as a hash's fields are,
+        which redis-om builds the same way. What this does not read is left as it is, for
+        the validation of each record to open."""
+        results = res.get("results")
+        if type(results) is not list:
+            return res
+        page = []
+        for item in results:
+            fields = item.get("extra_attributes") if type(item) is dict else None
+            if type(fields) is dict:
+                document = fields.get("$")
+                if document is None:
+                    item = {**item, "extra_attributes": self.record(fields, facts)}
+                elif document and type(document) is str and knn is None:
+                    parsed = json.loads(document)
+                    if type(parsed) is dict:
+                        item = {**item, "extra_attributes": self.record(parsed, facts)}
+            page.append(item)
+        return {**res, "results": page}
 
     def open_current(self, raw: str, field: str, record_key: str) -> str:
         """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited."""
@@ -398,13 +421,14 @@ class _Sealer:
         self._keyring: KeyRing | None = None
         self._auditing: bool | None = None
 
-    def seal(self, value: str, mask: Mask, path: FieldPath) -> str:
+    def seal(self, value: str, mask: Mask, field: str) -> str:
+        """``value`` sealed bound to this record and ``field`` (a dotted path)."""
         if type(value) is not EncryptedStr and (
             isinstance(value, KeepExisting)
             or (not isinstance(value, EncryptedStr) and mask.could_be_mask(value))
         ):
             raise MaskedSecretError(
-                f"{dotted(path)} of {self.record_key} holds a mask, not a secret; save() keeps "
+                f"{field} of {self.record_key} holds a mask, not a secret; save() keeps "
                 "the stored secret for a mask, model_dump() cannot"
             )
         record_part = self._record_part
@@ -413,7 +437,6 @@ class _Sealer:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
-        field = dotted(path)
         envelope = seal(value, keyring, record_part + _field_binding(field))
         auditing = self._auditing
         if auditing is None:
@@ -428,7 +451,7 @@ class _Sealer:
         items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
         for slot, value in list(items):
             if isinstance(value, Pending):
-                obj[slot] = self.seal(value.value, value.mask, (*path, slot))
+                obj[slot] = self.seal(value.value, value.mask, dotted((*path, slot)))
             elif isinstance(value, (dict, list)):
                 self.tree(value, (*path, slot))
 
@@ -447,7 +470,8 @@ class _Facts:
     # Encrypted fields that model_dump() may seal straight from the instance (see there), or
     # None when the class has anything that could change how they dump.
     direct: frozenset[str] | None
-    order: tuple[str, ...]  # the fields, in dump order
+    # The fields in dump order, each with its Leaf if model_dump() seals it from the instance.
+    layout: tuple[tuple[str, Leaf | None], ...]
     search: SearchSpec  # blind indexes
     # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
     # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
@@ -498,7 +522,7 @@ def _facts_for(cls: Any) -> _Facts:
             pk_name=None if embedded or meta is None else str(meta.primary_key.name),
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
             direct=direct,
-            order=tuple(fields),
+            layout=tuple((n, typing.cast(Leaf | None, plan.get(n))) for n in fields),
             keys=_key_parts(cls, meta),
             search=_search_spec(plan),
         )
@@ -650,9 +674,14 @@ class EncryptedModel:
 
     @classmethod
     def from_redis(cls, res: Any, knn: Any = None) -> Any:
-        """redis-om's ``from_redis`` (``find()`` results), marked as a read from Redis."""
-        token = _reading.set(_Opener(cls, True))
+        """redis-om's ``from_redis`` (a page of ``find()`` results), marked as a read from Redis:
+        the page's envelopes are opened in one pass, before redis-om builds the records."""
+        opener = _Opener(cls, True)
+        token = _reading.set(opener)
         try:
+            facts = _facts.get(cls) or _facts_for(cls)
+            if facts.opens and type(res) is dict:
+                res = opener.page(res, facts, knn)
             return typing.cast(Any, super()).from_redis(res, knn)
         finally:
             _reading.reset(token)
@@ -663,7 +692,7 @@ class EncryptedModel:
         """In python mode (what redis-om stores), envelopes bound to this record and field."""
         parent: Any = super()
         cls = type(self)
-        facts = _facts_for(cls)
+        facts = _facts.get(cls) or _facts_for(cls)
         if mode != "python" or facts.embedded or not facts.plan:
             return parent.model_dump(mode=mode, context=context, **kwargs)
         if facts.direct is not None and context is None and not kwargs:
@@ -688,20 +717,16 @@ class EncryptedModel:
         # field; the fields keep their order.
         cls = type(self)
         rest = parent.model_dump(exclude=facts.direct)
-        sealer = _Sealer(cls.__name__, cls._ref_key(self._ref_pk()))
+        sealer = _Sealer(cls.__name__, cls._ref_key(getattr(self, facts.pk_name)))  # type: ignore[arg-type]
         values = self.__dict__
         data: dict[str, Any] = {}
-        for name in facts.order:
-            node = facts.plan.get(name)
-            if node is None:
+        for name, leaf in facts.layout:
+            if leaf is None:
                 if name in rest:
                     data[name] = rest[name]
-                continue
-            value = values.get(name)
-            if value is None:
-                data[name] = None
             else:
-                data[name] = sealer.seal(value, node.mask, (name,))  # type: ignore[union-attr]
+                value = values.get(name)
+                data[name] = None if value is None else sealer.seal(value, leaf.mask, name)
         if len(data) < len(rest) + len(facts.plan):
             data.update((k, v) for k, v in rest.items() if k not in data)  # computed fields
         return data
