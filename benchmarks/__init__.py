@@ -36,4 +36,5 @@ BENCHMARKS: dict[str, Spec] = {
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
     "cluster": Spec("benchmarks.cluster", "7. Rotation on a Redis Cluster"),
     "search": Spec("benchmarks.search", "8. Search on an encrypted field (blind index)"),
+    "memory": Spec("benchmarks.memory", "9. Peak memory of `find().all()`"),
 }

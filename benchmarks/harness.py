@@ -24,6 +24,7 @@ __all__ = [
     "Section",
     "Settings",
     "compare",
+    "fmt_bytes",
     "fmt_ratio",
     "fmt_time",
     "table",
@@ -58,6 +59,8 @@ class Settings:
     search_records: int = 100_000
     search_rounds: int = 101
     search_batch: int = 20
+    memory_records: int = 100_000
+    memory_rounds: int = 3
 
     @classmethod
     def for_run(
@@ -80,6 +83,8 @@ class Settings:
                 search_records=300,
                 search_rounds=3,
                 search_batch=5,
+                memory_records=2000,
+                memory_rounds=1,
             )
             if quick
             else cls()
@@ -112,6 +117,8 @@ class Comparison:
     goal: float | None = None
     # Seconds per operation of AES-GCM work that any envelope scheme needs (see floor.py).
     floor: float | None = None
+    # How a figure is shown (seconds by default; the memory benchmark measures bytes).
+    fmt: Callable[[float], str] = field(default=lambda value: fmt_time(value))
 
     @property
     def encrypted_median(self) -> float:
@@ -142,6 +149,16 @@ class Comparison:
         return (self.plain_median + self.floor) / self.plain_median
 
     @property
+    def glue_per_floor(self) -> float | None:
+        """What the library adds beyond the AES-GCM floor, in units of the floor: (ratio - floor
+        ratio) / (floor ratio - 1). At most 1 when the library costs no more than the
+        cryptography it runs."""
+        floor_ratio = self.floor_ratio
+        if floor_ratio is None or floor_ratio <= 1:
+            return None
+        return (self.ratio - floor_ratio) / (floor_ratio - 1)
+
+    @property
     def met(self) -> bool | None:
         return None if self.goal is None else self.ratio <= self.goal
 
@@ -159,8 +176,8 @@ class Comparison:
         met = {None: "-", True: "yes", False: "**no**"}[self.met]
         return [
             self.label,
-            f"{fmt_time(self.encrypted_median)}/{unit}",
-            f"{fmt_time(self.plain_median)}/{unit}",
+            f"{self.fmt(self.encrypted_median)}/{unit}",
+            f"{self.fmt(self.plain_median)}/{unit}",
             f"{fmt_time(self.overhead, signed=True)}",
             fmt_ratio(self.ratio),
             "-" if self.floor_ratio is None else fmt_ratio(self.floor_ratio),
@@ -246,6 +263,16 @@ def fmt_time(seconds: float, *, signed: bool = False) -> str:
 
 def fmt_ratio(ratio: float) -> str:
     return f"{ratio:.3f}"
+
+
+def fmt_bytes(n: float) -> str:
+    """``512 KiB``, ``83.4 MiB``, ``1.21 GiB``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            value = n / size
+            digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+            return f"{value:.{digits}f} {unit}"
+    return f"{n:.0f} B"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -1,12 +1,14 @@
 """Benchmark 6: instructions per operation, counted by valgrind (callgrind), not timed.
 
 Timings on a shared two-core machine move by 10 to 40% between runs; instruction counts do not.
-The same operations as benchmarks 2 and 5 (no network: the model's part of a read and a write,
-the envelope's seal and open, the public API round trip) run in a child process under
-``valgrind --tool=callgrind``, each inside its own ``sorted()`` call: callgrind counts only
-inside ``sorted`` (``--toggle-collect``) and writes one part per call (``--dump-after``), so
-one child run counts every workload, without the imports. An empty workload gives the per-call
-cost of the counting loop, which is subtracted.
+The operations of benchmarks 1 to 3 and 5 (the envelope's seal and open, the public API round
+trip, the model's part of a read and a write, ``save()`` + ``get()``, ``add()`` and
+``find().all()`` per record) run in a child process under ``valgrind --tool=callgrind``, each
+inside its own ``math.fsum()`` call (a function nothing else here calls): callgrind counts only
+inside it (``--toggle-collect``) and writes one part per call (``--dump-after``), so one child
+run counts every workload, without the imports. An empty workload gives the per-call cost of the
+counting loop, which is subtracted. The garbage collector is off while a workload is counted (its
+work depends on where a collection happens to fall, not on the operation).
 
 Skipped (reported as such) where valgrind is not installed.
 """
@@ -28,21 +30,31 @@ from .harness import BenchmarkError, Section, Settings, table
 
 __all__ = ["run"]
 
-# (workload, its baseline, what it is); baselines are workloads too.
+# (workload, its baseline, what it is, the AES-GCM floor it includes); baselines and floors are
+# workloads too.
 PAIRS = [
-    ("api", "inline", "`encrypt_secret` + `decrypt_secret` vs inline AES-GCM (benchmark 2)"),
-    ("seal2", "inline_seal2", "`seal` of 2 secrets, bound, vs inline"),
-    ("open2", "inline_open2", "`open_envelope` of 2 secrets, bound, vs inline"),
-    ("read", "read_plain", "a record built from stored fields, as `get`/`find` do"),
-    ("write", "write_plain", "`model_dump()` of a record, as `save` does"),
-    ("round_trip_hash", "round_trip_hash_plain", "`save()` + `get()`, HashModel (client side)"),
-    ("round_trip_json", "round_trip_json_plain", "`save()` + `get()`, JsonModel (client side)"),
+    ("api", "inline", "`encrypt_secret` + `decrypt_secret` vs inline AES-GCM (benchmark 2)", None),
+    ("seal2", "inline_seal2", "`seal` of 2 secrets, bound, vs inline", "inline_seal2"),
+    ("open2", "inline_open2", "`open_envelope` of 2 secrets, bound, vs inline", "inline_open2"),
+    ("read", "read_plain", "a record built from stored fields, as `get` does", "inline_open2"),
+    ("write", "write_plain", "`model_dump()` of a record, as `save` does", "inline_seal2"),
+    ("round_trip_hash", "round_trip_hash_plain", "`save()` + `get()`, HashModel", "inline_both"),
+    ("round_trip_json", "round_trip_json_plain", "`save()` + `get()`, JsonModel", "inline_both"),
+    ("add_hash", "add_hash_plain", "`add()`, per record, HashModel", "inline_seal2"),
+    ("add_json", "add_json_plain", "`add()`, per record, JsonModel", "inline_seal2"),
+    ("find_hash", "find_hash_plain", "`find().all()`, per record, HashModel", "inline_open2"),
+    ("find_json", "find_json_plain", "`find().all()`, per record, JsonModel", "inline_open2"),
 ]
 _PART = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
+# add() and find().all() run on this many records at a time; counted per record.
+BULK_RECORDS = 100
 
 
-def _workloads() -> dict[str, Callable[[], Any]]:
-    """The operations, set up once; run in the child process."""
+def _workloads(bulk: int) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The operations, set up once, each with the number of records one call handles; run in
+    the child process."""
+    import asyncio
+
     from redis_encrypted_fields import decrypt_secret, encrypt_secret, get_keyring
     from redis_encrypted_fields.envelope import binding, open_envelope, seal
     from redis_encrypted_fields.models import _reading
@@ -53,9 +65,11 @@ def _workloads() -> dict[str, Callable[[], Any]]:
         SyncHashPlain,
         SyncJsonEncrypted,
         SyncJsonPlain,
+        ensure_indexes,
         secret_values,
     )
 
+    asyncio.run(ensure_indexes())  # find() needs this process's indexes
     enc, plain = SyncHashEncrypted(**secret_values(0)), SyncHashPlain(**secret_values(0))
 
     def stored(instance: Any) -> dict[str, str]:
@@ -68,7 +82,7 @@ def _workloads() -> dict[str, Callable[[], Any]]:
         def build() -> Any:
             token = _reading.set(True)
             try:
-                return model(**fields)
+                return model.model_validate(fields)
             finally:
                 _reading.reset(token)
 
@@ -84,7 +98,6 @@ def _workloads() -> dict[str, Callable[[], Any]]:
         # Against the benchmark's Redis server: what the server does is not counted, only this
         # process's work (redis-om, redis-py, pydantic and the library).
         instance = model(**secret_values(0))
-        _ROUND_TRIP_RECORDS.append(model.make_primary_key(instance.pk))
 
         def op() -> Any:
             instance.save()
@@ -92,9 +105,17 @@ def _workloads() -> dict[str, Callable[[], Any]]:
 
         return op
 
+    def add(model: Any) -> Callable[[], Any]:
+        instances = [model(**secret_values(i)) for i in range(1, bulk + 1)]
+        model.add(instances)  # the records find() reads
+        return lambda: model.add(instances)
+
+    def find(model: Any) -> Callable[[], Any]:
+        return lambda: model.find().all()
+
     unbound = inline_ops(master_aead(), *record_aad(b""))
     bound = inline_ops(master_aead(), *record_aad(url))
-    return {
+    one = {
         "empty": lambda: None,
         "api": lambda: decrypt_secret(encrypt_secret(SECRET)),
         "inline": unbound["round_trip"],
@@ -105,6 +126,12 @@ def _workloads() -> dict[str, Callable[[], Any]]:
             open_envelope(sealed_password, ring, password),
         ),
         "inline_open2": lambda: (bound["decrypt"](), bound["decrypt"]()),
+        "inline_both": lambda: (
+            bound["encrypt"](),
+            bound["encrypt"](),
+            bound["decrypt"](),
+            bound["decrypt"](),
+        ),
         "read": read(SyncHashEncrypted, enc_fields),
         "read_plain": read(SyncHashPlain, plain_fields),
         "write": enc.model_dump,
@@ -114,27 +141,45 @@ def _workloads() -> dict[str, Callable[[], Any]]:
         "round_trip_json": round_trip(SyncJsonEncrypted),
         "round_trip_json_plain": round_trip(SyncJsonPlain),
     }
+    many = {
+        "add_hash": add(SyncHashEncrypted),
+        "add_hash_plain": add(SyncHashPlain),
+        "add_json": add(SyncJsonEncrypted),
+        "add_json_plain": add(SyncJsonPlain),
+        "find_hash": find(SyncHashEncrypted),
+        "find_hash_plain": find(SyncHashPlain),
+        "find_json": find(SyncJsonEncrypted),
+        "find_json_plain": find(SyncJsonPlain),
+    }
+    # find().all() also returns the round trip's record.
+    return {
+        **{name: (op, 1) for name, op in one.items()},
+        **{name: (op, len(op()) if name.startswith("find") else bulk) for name, op in many.items()},
+    }
 
 
-_ROUND_TRIP_RECORDS: list[str] = []
+def _child(n: int, n_bulk: int, bulk: int) -> None:
+    """Run every workload inside its own ``math.fsum()`` call (what callgrind counts)."""
+    import gc
+    import math
 
-
-def _child(n: int) -> None:
-    """Run every workload inside its own ``sorted()`` call (what callgrind counts)."""
-    from .models import delete_keys
+    from .models import cleanup
 
     try:
-        for name, op in _workloads().items():
-            for _ in range(50):  # caches, lazily built schemas
+        for name, (op, records) in _workloads(bulk).items():
+            calls = n if records == 1 else n_bulk
+            for _ in range(50 if records == 1 else 2):  # caches, lazily built schemas
                 op()
-            print(name, flush=True)
-            # A constant key: sorted() only compares equal ints, the same for every workload.
-            sorted(range(n), key=lambda _: (op(), 0)[1])
+            print(name, calls, records, flush=True)
+            gc.collect()
+            gc.disable()
+            math.fsum((op(), 0.0)[1] for _ in range(calls))
+            gc.enable()
     finally:
-        delete_keys(_ROUND_TRIP_RECORDS)
+        cleanup()
 
 
-def _count(n: int) -> dict[str, float]:
+def _count(n: int, n_bulk: int, bulk: int) -> dict[str, float]:
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise FileNotFoundError("valgrind")
@@ -145,14 +190,16 @@ def _count(n: int) -> dict[str, float]:
                 valgrind,
                 "--tool=callgrind",
                 "--collect-atstart=no",
-                "--toggle-collect=builtin_sorted",
-                "--dump-after=builtin_sorted",
+                "--toggle-collect=math_fsum",
+                "--dump-after=math_fsum",
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 "-m",
                 "benchmarks.instructions",
                 "--child",
                 str(n),
+                str(n_bulk),
+                str(bulk),
             ],
             capture_output=True,
             text=True,
@@ -161,52 +208,72 @@ def _count(n: int) -> dict[str, float]:
         )
         if proc.returncode != 0:
             raise BenchmarkError(f"valgrind run failed: {proc.stderr[-2000:]}")
-        names = proc.stdout.split()
-        # One part per sorted() call, numbered in order: cg.out.1, cg.out.2, ... The workloads'
-        # calls are the last ones (imports may sort things before them).
+        lines = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+        names = [name for name, _, _ in lines]
+        calls = {name: int(c) for name, c, _ in lines}
+        records = {name: int(r) for name, _, r in lines}
+        # One part per fsum() call, numbered in order: cg.out.1, cg.out.2, ...
         parts = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
-        if len(parts) < len(names):
+        if len(parts) != len(names):
             raise BenchmarkError(f"expected {len(names)} callgrind parts, found {len(parts)}")
-        texts = [p.read_text() for p in parts[len(parts) - len(names) :]]
+        texts = [p.read_text() for p in parts]
         counts = [int(_PART.search(t).group(1)) for t in texts]  # type: ignore[union-attr]
-    per_op = {name: count / n for name, count in zip(names, counts, strict=True)}
-    empty = per_op.pop("empty")
-    return {name: value - empty for name, value in per_op.items()}
+    # The counting loop's own cost, per call, out of every workload's count; then per record.
+    total = dict(zip(names, counts, strict=True))
+    empty = total.pop("empty") / calls["empty"]
+    return {
+        name: (count - empty * calls[name]) / (calls[name] * records[name])
+        for name, count in total.items()
+    }
 
 
 async def run(settings: Settings) -> Section:
     section = Section("instructions", BENCHMARKS["instructions"].title)
-    n = 200 if settings.quick else 2000
+    n, n_bulk, bulk = (200, 2, 20) if settings.quick else (2000, 10, BULK_RECORDS)
     try:
-        counts = _count(n)
+        counts = _count(n, n_bulk, bulk)
     except FileNotFoundError:
         section.body.append("Skipped: valgrind is not installed on this machine.")
         return section
     rows = []
-    for name, base, what in PAIRS:
+    for name, base, what, floor_name in PAIRS:
         a, b = counts[name], counts[base]
-        rows.append([what, f"{a:,.0f}", f"{b:,.0f}", f"{a - b:+,.0f}", f"{a / b:.2f}"])
-    floor_open, floor_seal = counts["inline_open2"], counts["inline_seal2"]
-    read_gap = counts["read"] - counts["read_plain"]
-    write_gap = counts["write"] - counts["write_plain"]
+        row = [what, f"{a:,.0f}", f"{b:,.0f}", f"{a - b:+,.0f}", f"{a / b:.2f}", "-", "-"]
+        if floor_name is not None:
+            floor = counts[floor_name]
+            glue = a - b if name in ("seal2", "open2") else a - b - floor
+            row[5:] = [f"{floor:,.0f}", f"{glue / floor:.2f}"]
+        rows.append(row)
+    header = [
+        "operation",
+        "library",
+        "baseline",
+        "difference",
+        "ratio",
+        "AES-GCM floor",
+        "glue / floor",
+    ]
     section.body += [
         f"Instructions per operation (x86-64, CPython {sys.version.split()[0]}), counted by "
-        f"callgrind over {n:,} operations each, the counting loop's own cost subtracted. "
-        "Deterministic: these figures do not move with the machine's load.",
+        f"callgrind over {n:,} operations each ({n_bulk} calls of `add()` and of `find().all()` "
+        f"on {bulk} records, counted per record), the counting loop's own cost subtracted, the "
+        "garbage collector off. Deterministic: these figures do not move with the machine's "
+        "load. The round trips, `add()` and `find()` count this process only (the server's work "
+        "and the kernel's are not instructions of this process): the client's side of the "
+        "ratios of sections 1 and 3.",
         "",
-        *table(["operation", "library", "baseline", "difference", "ratio"], rows),
+        "AES-GCM floor: the same AES-GCM work written inline (two seals, two opens, or both per "
+        "record); glue / floor: the difference to the baseline less that floor, over the floor "
+        "(for `seal` and `open_envelope`, the difference to the inline work over it). The glue "
+        "is the library's Python: the validator hook, record binding, key ring, base64 and "
+        "`EncryptedStr` construction; where it is negative, the library spares redis-om work "
+        "the plain model does (`check()` validates an instance once, where redis-om validates "
+        "it twice).",
         "",
-        f"Reading a record with two secrets costs {read_gap:,.0f} instructions more than the "
-        f"plain record, of which the AES-GCM floor of two opens is {floor_open:,.0f} "
-        f"({floor_open / read_gap:.0%}); writing one costs {write_gap:,.0f} more, of which the "
-        f"floor of two seals is {floor_seal:,.0f} ({floor_seal / write_gap:.0%}). The rest is "
-        "the library's Python: the validator hook, record binding, key ring, base64 and "
-        "`EncryptedStr` construction. The round trips count this process only (the server's "
-        "work and the kernel's are not instructions of this process): the client's side of "
-        "the round trip ratio of section 1.",
+        *table(header, rows),
     ]
     return section
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
-    _child(int(sys.argv[2]))
+    _child(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

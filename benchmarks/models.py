@@ -32,7 +32,8 @@ __all__ = [
     "secret_values",
 ]
 
-RUN_PREFIX = f"bench-{os.getpid()}-{secrets.token_hex(3)}"
+# A child process of a benchmark (memory) works on its parent's records: it is given their prefix.
+RUN_PREFIX = os.environ.get("REF_BENCH_RUN_PREFIX") or f"bench-{os.getpid()}-{secrets.token_hex(3)}"
 URL_MASK = Mask("**********")
 
 # Optional[...] rather than "X | None": redis-om maps the "" a HashModel stores for None back to
