@@ -1,8 +1,9 @@
-"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status``."""
+"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | keys``."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -172,6 +173,78 @@ def rotate(
 def status(target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500) -> None:
     """Count values per model and field: plaintext, origin v1, per key id, undecryptable."""
     _run(ops.Operation.STATUS, target, url, True, batch_size)
+
+
+# --- keys: the key store (redis_encrypted_fields.keystore) ------------------------------------
+
+keys_app = typer.Typer(
+    help="Master keys in the key store, wrapped by the KMS key $REDIS_SRE_KMS_KEY_ID, kept in "
+    "$REDIS_SRE_KEYSTORE_URL (default: $REDIS_OM_URL). See docs/keys.md.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@contextmanager
+def _key_errors() -> Iterator[None]:
+    try:
+        yield
+    except EncryptionError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@keys_app.command("create")
+def keys_create() -> None:
+    """Create a new active master key (the active one becomes decrypt-only); print its key id."""
+    from .keystore import KeyStore
+
+    with _key_errors():
+        record = KeyStore.from_env().create()
+    err.print("# the new active key; running processes use it within REDIS_SRE_KEY_CACHE_TTL")
+    print(record.key_id)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List the keys: key id, state, creation time, KMS key."""
+    from .keystore import KeyStore
+
+    with _key_errors():
+        records = KeyStore.from_env().records()
+    if as_json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    table = Table("key id", "state", "created at", "KMS key")
+    for r in records:
+        table.add_row(r.key_id, r.state.value, r.created_at, r.kms_key_id)
+    out.print(table)
+
+
+@keys_app.command("retire")
+def keys_retire(
+    key_id: Annotated[str, typer.Argument(help="The key id (16 hex digits).", show_default=False)],
+    target: TargetArg,
+    url: UrlOpt = None,
+    batch_size: BatchOpt = 500,
+) -> None:
+    """Retire a decrypt-only key for good (its wrapped key is deleted).
+
+    Refused while a value of the models in TARGET is under it (run rotate first), or if it is
+    the active key.
+    """
+    from .keystore import KeyStore
+
+    if url:
+        os.environ["REDIS_OM_URL"] = url
+    with _key_errors():
+        models = load_models(target)
+        record = KeyStore.from_env().retire(
+            key_id, models, client=_client(url), batch_size=batch_size
+        )
+    print(f"retired {record.key_id}")
 
 
 def main() -> None:
