@@ -432,7 +432,7 @@ class StoreKeyRing(KeyRing):
         # Read without a lock on the hot path; replaced whole (copy on write) under _lock.
         self._entries: dict[bytes, _Entry] = {k: (v, math.inf) for k, v in self._by_id.items()}
         self._active: _Entry | None = None
-        self._flights: dict[bytes, Future[MasterKey]] = {}
+        self._flights: dict[bytes, Future[_Entry]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -450,7 +450,7 @@ class StoreKeyRing(KeyRing):
         active = self._active
         if active is not None and active[1] > _monotonic():
             return active[0]
-        return self._fly(_CURRENT, self._load_active)
+        return self._fly(_CURRENT, self._load_active)[0]
 
     @property
     def keys(self) -> tuple[MasterKey, ...]:
@@ -462,13 +462,13 @@ class StoreKeyRing(KeyRing):
         entry = self._entries.get(key_id)
         if entry is not None and entry[1] > _monotonic():
             return entry[0]
-        return self._fly(key_id, lambda: self._load(key_id))
+        return self._fly(key_id, lambda: self._load(key_id))[0]
 
     def __contains__(self, key_id: object) -> bool:
         entry = self._entries.get(key_id) if isinstance(key_id, bytes) else None
         return entry is not None and entry[1] > _monotonic()
 
-    def _fly(self, slot: bytes, load: Callable[[], MasterKey]) -> MasterKey:
+    def _fly(self, slot: bytes, load: Callable[[], _Entry]) -> _Entry:
         """One load per slot at a time: the first caller loads, the others wait for its result."""
         with self._lock:
             flight = self._flights.get(slot)
@@ -479,22 +479,23 @@ class StoreKeyRing(KeyRing):
             # No timeout needed: the leader's Redis and KMS calls have theirs.
             return flight.result()
         try:
-            key = load()
+            entry = load()
         except BaseException as exc:
             flight.set_exception(exc)
             raise
         else:
-            flight.set_result(key)
-            return key
+            flight.set_result(entry)
+            return entry
         finally:
             with self._lock:
                 del self._flights[slot]
 
-    def _load(self, key_id: bytes) -> MasterKey:
+    def _load(self, key_id: bytes, record: KeyRecord | None = None) -> _Entry:
         entry = self._entries.get(key_id)
         if entry is not None and entry[1] > _monotonic():
-            return entry[0]  # loaded by a flight that ended just before this one began
-        record = self.store.record(key_id)
+            return entry  # loaded by a flight that ended just before this one began
+        if record is None:
+            record = self.store.record(key_id)
         if record is None:
             raise DecryptionError(
                 f"Decryption failed: no configured master key has id {key_id.hex()} (not in the "
@@ -502,20 +503,18 @@ class StoreKeyRing(KeyRing):
             )
         if record.state is KeyState.RETIRED:
             raise DecryptionError(f"Decryption failed: master key {key_id.hex()} is retired")
-        return self._keep(key_id, self.store.unwrap(record))[0]
+        return self._keep(key_id, self.store.unwrap(record))
 
-    def _load_active(self) -> MasterKey:
+    def _load_active(self) -> _Entry:
         active = self._active
         if active is not None and active[1] > _monotonic():
-            return active[0]
+            return active
         record = self.store.active()
         key_id = bytes.fromhex(record.key_id)
-        entry = self._entries.get(key_id)
-        if entry is None or entry[1] <= _monotonic():
-            entry = self._keep(key_id, self.store.unwrap(record))
-        # Re-read which key is active when this key's cache lifetime ends.
-        self._active = entry
-        return entry[0]
+        # Through the key id's own flight: a thread decrypting with this key meanwhile shares
+        # the KMS call. Which key is active is re-read when this key's lifetime ends.
+        self._active = self._fly(key_id, lambda: self._load(key_id, record))
+        return self._active
 
     def _keep(self, key_id: bytes, key: MasterKey) -> _Entry:
         entry = (key, _monotonic() + self.ttl)
