@@ -34,4 +34,7 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "profile": Spec("benchmarks.hotspots", "5. Where the time goes"),
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
+    "keystore": Spec(
+        "benchmarks.keystore", "7. Master keys from the key store (KMS) vs the environment"
+    ),
 }

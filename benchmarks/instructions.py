@@ -134,7 +134,9 @@ def _child(n: int) -> None:
         delete_keys(_ROUND_TRIP_RECORDS)
 
 
-def _count(n: int) -> dict[str, float]:
+def _count(n: int, module: str = "benchmarks.instructions") -> dict[str, float]:
+    """Instructions per operation of each workload ``python -m MODULE --child N`` runs (its
+    names on stdout, each in its own ``sorted()`` call), less those of its ``empty`` one."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise FileNotFoundError("valgrind")
@@ -150,7 +152,7 @@ def _count(n: int) -> dict[str, float]:
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 "-m",
-                "benchmarks.instructions",
+                module,
                 "--child",
                 str(n),
             ],
