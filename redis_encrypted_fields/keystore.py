@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -414,7 +415,7 @@ class StoreKeyRing(KeyRing):
     ``current`` raises ``MasterKeyError`` (a ``KeyStoreError`` or ``KmsError``).
     """
 
-    __slots__ = ("_active", "_entries", "_flights", "_lock", "store", "ttl")
+    __slots__ = ("__weakref__", "_active", "_entries", "_flights", "_lock", "store", "ttl")
 
     def __init__(
         self,
@@ -434,6 +435,7 @@ class StoreKeyRing(KeyRing):
         self._active: _Entry | None = None
         self._flights: dict[bytes, Future[_Entry]] = {}
         self._lock = threading.Lock()
+        _rings.add(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreKeyRing:
@@ -526,6 +528,12 @@ class StoreKeyRing(KeyRing):
             self._entries = entries
         return entry
 
+    def _after_fork(self) -> None:
+        # A flight led by a thread of the parent would never end in the child: its waiters
+        # would wait forever. The child starts with no flight and a free lock.
+        self._lock = threading.Lock()
+        self._flights = {}
+
     def __repr__(self) -> str:
         now = _monotonic()
         cached = ", ".join(
@@ -536,3 +544,15 @@ class StoreKeyRing(KeyRing):
             f"StoreKeyRing({self.store!r}, ttl={self.ttl:g}, cached=[{cached}], "
             f"decrypt_only=[{env}])"
         )
+
+
+_rings: weakref.WeakSet[StoreKeyRing] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for ring in list(_rings):
+        ring._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

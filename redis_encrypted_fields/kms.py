@@ -17,6 +17,7 @@ Cloud KMS, Azure Key Vault, Vault Transit) is one class with the same three meth
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -110,6 +111,9 @@ class AwsKms:
             raise KmsError("AwsKms needs a KMS key id, ARN or alias")
         self._key_id = key_id.strip()
         self._client = client
+        # The process that made the client: a forked child makes its own (boto3 clients share
+        # their connection pool's sockets with the parent otherwise).
+        self._pid = os.getpid() if client is None else None
         self._config = {
             "connect_timeout": connect_timeout,
             "read_timeout": read_timeout,
@@ -125,10 +129,11 @@ class AwsKms:
     def client(self) -> Any:
         """The boto3 KMS client, made on first use."""
         client = self._client
-        if client is None:
+        if client is None or (self._pid is not None and self._pid != os.getpid()):
             with self._lock:
-                if self._client is None:
+                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
                     self._client = self._make_client()
+                    self._pid = os.getpid()
                 client = self._client
         return client
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -768,3 +769,34 @@ def test_kms_calls_and_key_store_changes_are_audit_events(kms: KmsKey, vaults: N
     assert all(e.kms_key_id in (kms.alias, kms.arn) for e in events)
     assert "DisabledException" in (events[-1].reason or "")
     assert all(e.model is None and e.record is None for e in events)
+
+
+def test_a_forked_child_makes_its_own_kms_client_and_waits_for_no_flight_of_its_parent(
+    kms: KmsKey, store_url: str
+) -> None:
+    """Servers that fork workers (gunicorn --preload) must not hang on a KMS call the parent had
+    in progress, nor share its KMS connections."""
+    slow = LocalKms(delay=1.0)
+    c = redis.Redis.from_url(store_url, decode_responses=True)
+    record = KeyStore(c, slow).create()
+    ring = StoreKeyRing(KeyStore(c, slow))
+    aws = AwsKms(kms.alias)
+    parents_client = aws.client
+    leader = threading.Thread(target=lambda: ring.current)
+    leader.start()
+    deadline = time.monotonic() + 30
+    while slow.calls["unwrap"] < 2:  # create()'s own check, then the leader's call
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pid = os.fork()
+    if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
+        code = 1
+        try:
+            signal.alarm(20)
+            if ring.current.key_id_hex == record.key_id and aws.client is not parents_client:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    leader.join()
+    assert os.waitstatus_to_exitcode(status) == 0
