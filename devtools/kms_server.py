@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from devtools.redis_stack import _free_port, _set_pdeathsig, _tail
+from devtools.redis_stack import _free_port, _set_pdeathsig, _tail, stop_process
 
 if TYPE_CHECKING:
     from typing import Self
@@ -152,13 +152,7 @@ class KmsServer:
     def stop(self) -> None:
         """Stop the server (its keys are gone with it) and remove its files."""
         proc, self._proc, self.port = self._proc, None, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 10)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
