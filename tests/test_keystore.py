@@ -724,6 +724,14 @@ def test_the_library_does_not_import_boto3_without_a_kms(vaults: None) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_without_boto3_the_error_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what `import boto3` finds uninstalled
+    with pytest.raises(KmsError, match=r"pip install 'redis-encrypted-fields\[aws\]'"):
+        _ = AwsKms("alias/anything").client
+
+
 def test_another_kms_is_one_class(store_url: str, vaults: None) -> None:
     local = LocalKms()
     c = redis.Redis.from_url(store_url, decode_responses=True)
