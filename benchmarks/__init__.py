@@ -34,7 +34,9 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "profile": Spec("benchmarks.hotspots", "5. Where the time goes"),
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
+    "cluster": Spec("benchmarks.cluster", "7. Rotation on a Redis Cluster"),
+    "search": Spec("benchmarks.search", "8. Search on an encrypted field (blind index)"),
     "keystore": Spec(
-        "benchmarks.keystore", "7. Master keys from the key store (KMS) vs the environment"
+        "benchmarks.keystore", "9. Master keys from the key store (KMS) vs the environment"
     ),
 }

@@ -55,6 +55,9 @@ class Settings:
     component_batch: int = 50
     floor_rounds: int = 31
     floor_batch: int = 500
+    search_records: int = 100_000
+    search_rounds: int = 101
+    search_batch: int = 20
 
     @classmethod
     def for_run(
@@ -74,6 +77,9 @@ class Settings:
                 component_batch=30,
                 floor_rounds=3,
                 floor_batch=50,
+                search_records=300,
+                search_rounds=3,
+                search_batch=5,
             )
             if quick
             else cls()
@@ -85,6 +91,7 @@ class Settings:
                 envelope_rounds=rounds,
                 bulk_rounds=rounds,
                 component_rounds=rounds,
+                search_rounds=rounds,
             )
         if records is not None:
             changes["bulk_records"] = records

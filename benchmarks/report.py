@@ -185,8 +185,8 @@ def render(
         "`devtools/redis_stack.py` starts a throwaway Redis Stack server for the run (or uses "
         "`REDIS_OM_URL` if set). `REDIS_SRE_MASTER_KEY` is generated for the run when unset. "
         "Options: `python -m benchmarks [roundtrip envelope bulk rotation profile instructions "
-        "keystore] "
-        "[--quick] [--out FILE] [--rounds N] [--records N]`; the full run writes `BENCHMARKS.md`; "
+        "cluster search keystore] [--quick] [--out FILE] [--rounds N] [--records N]`; the full "
+        "run writes `BENCHMARKS.md`; "
         "`instructions` needs valgrind and is skipped without it.",
         "",
         "## Machine",

@@ -15,7 +15,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import redis_om
 
@@ -63,25 +63,31 @@ def _sizes(settings: Settings) -> tuple[int, int, int]:
 
 
 def _plant(n: int, model: type[RotationRecord] = RotationRecord) -> list[str]:
-    keys = []
     with client() as c:
-        pipe = c.pipeline(transaction=False)
-        for i in range(n):
-            pk = f"r{i:07d}"
-            key = model.make_primary_key(pk)
-            keys.append(key)
-            pipe.hset(
-                key,
-                mapping={
-                    "pk": pk,
-                    "name": f"instance-{i}",
-                    "connection_url": f"redis://app:pw-{i}@db-{i % 97}.internal:6379/0",
-                    "admin_password": f"admin-password-{i}",
-                },
-            )
-            if len(pipe) >= 2000:
-                pipe.execute()
-        pipe.execute()
+        return plant(c, model.make_primary_key(""), n)
+
+
+def plant(c: Any, prefix: str, n: int) -> list[str]:
+    """``n`` plaintext records with two secrets under ``prefix``, written through ``c`` (a
+    standalone or a cluster client); their keys."""
+    keys = []
+    pipe = c.pipeline(transaction=False)
+    for i in range(n):
+        pk = f"r{i:07d}"
+        key = f"{prefix}{pk}"
+        keys.append(key)
+        pipe.hset(
+            key,
+            mapping={
+                "pk": pk,
+                "name": f"instance-{i}",
+                "connection_url": f"redis://app:pw-{i}@db-{i % 97}.internal:6379/0",
+                "admin_password": f"admin-password-{i}",
+            },
+        )
+        if len(pipe) >= 2000:
+            pipe.execute()
+    pipe.execute()
     return keys
 
 
@@ -101,7 +107,8 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _peak(fn: Callable[[], object]) -> int:
+def peak(fn: Callable[[], object]) -> int:
+    """Peak Python memory (tracemalloc) of ``fn()``."""
     tracemalloc.start()
     try:
         fn()
@@ -146,17 +153,17 @@ async def run(settings: Settings) -> Section:
         _check(keys, ring)
         ring = KeyRing(MasterKey.generate(), ring.keys)
         set_keyring(ring)
-        peak_all = _peak(lambda: ops.rotate(RotationRecord, batch_size=1000))
+        peak_all = peak(lambda: ops.rotate(RotationRecord, batch_size=1000))
         ring = KeyRing(MasterKey.generate(), ring.keys)
         set_keyring(ring)
-        peak_naive = _peak(lambda: _naive(sample))
+        peak_naive = peak(lambda: _naive(sample))
         # The same data set a tenth the size, alone in the database as the full one was.
         delete_keys(keys)
         keys = _plant(tenth, SmallRotationRecord)
         ops.migrate(SmallRotationRecord, batch_size=1000)
         ring = KeyRing(MasterKey.generate(), ring.keys)
         set_keyring(ring)
-        peak_tenth = _peak(lambda: ops.rotate(SmallRotationRecord, batch_size=1000))
+        peak_tenth = peak(lambda: ops.rotate(SmallRotationRecord, batch_size=1000))
     finally:
         set_keyring(None)
         delete_keys(keys)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
+    "RedisStackCluster",
     "RedisStackError",
     "RedisStackServer",
     "ensure_runtime_libs",
@@ -348,6 +349,7 @@ class RedisStackServer:
         *,
         startup_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         env_cache = os.environ.get("REDIS_STACK_CACHE_DIR")
         self.cache_dir = Path(
@@ -355,6 +357,8 @@ class RedisStackServer:
         )
         self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
+        self.extra_args = list(extra_args)
+        self.bus_port: int | None = None  # a cluster node's bus port
         self.port: int | None = None
         self.workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -406,6 +410,7 @@ class RedisStackServer:
         ]  # fmt: skip
         for module in modules:
             cmd += ["--loadmodule", str(module)]
+        cmd += self.extra_args
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -437,6 +442,16 @@ class RedisStackServer:
             f"--- {self.log_path} (tail) ---\n{_tail(self.log_path)}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, for fault tests); ``stop()`` still cleans up."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _terminate(self) -> None:
         proc, self._proc, self.port = self._proc, None, None
         stop_process(proc, self.shutdown_timeout)
@@ -449,6 +464,157 @@ class RedisStackServer:
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# A cluster of the same servers
+# --------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+
+
+def _command(port: int, *args: str | int, timeout: float = 5.0) -> bytes:
+    """Send one command (RESP) and return the raw reply: the standard library only."""
+    parts = [str(a).encode() for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            reply += chunk
+            if not chunk or _complete(reply):
+                return reply
+
+
+def _complete(reply: bytes) -> bool:
+    if reply[:1] in (b"+", b"-", b":"):
+        return reply.endswith(b"\r\n")
+    if reply[:1] == b"$":
+        head, _, rest = reply.partition(b"\r\n")
+        return int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2
+    return reply.endswith(b"\r\n")
+
+
+class RedisStackCluster:
+    """A Redis Cluster of private ``redis-server`` nodes on loopback (same binary and modules).
+
+    ``primaries`` nodes share the slots (``CLUSTER ADDSLOTSRANGE``), joined with ``CLUSTER
+    MEET``; each gets ``replicas_per_primary`` replicas (``CLUSTER REPLICATE``). ``url`` names the
+    first primary; any node leads a cluster client to all of them.
+    """
+
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas_per_primary: int = 0,
+        *,
+        node_timeout_ms: int = 1000,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.primaries_count = primaries
+        self.replicas_per_primary = replicas_per_primary
+        self.node_timeout_ms = node_timeout_ms
+        self.startup_timeout = startup_timeout
+        self.nodes: list[RedisStackServer] = []
+        self.primaries: list[RedisStackServer] = []
+        self.replicas: list[RedisStackServer] = []
+
+    @property
+    def url(self) -> str:
+        return self.primaries[0].url
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _node(self) -> RedisStackServer:
+        bus = _free_port()
+        args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # The bus port is given: the default (port + 10000) needs a port below 55536.
+            "--cluster-port", str(bus),
+            # A replica takes over at once, whatever its replication offset: these are
+            # throwaway test nodes.
+            "--cluster-replica-validity-factor", "0",
+        ]  # fmt: skip
+        node = RedisStackServer(extra_args=args)
+        node.start()
+        node.bus_port = bus
+        self.nodes.append(node)
+        return node
+
+    def _start(self) -> None:
+        self.primaries = [self._node() for _ in range(self.primaries_count)]
+        self.replicas = [
+            self._node() for _ in range(self.primaries_count * self.replicas_per_primary)
+        ]
+        for i, node in enumerate(self.primaries):
+            low = i * CLUSTER_SLOTS // self.primaries_count
+            high = (i + 1) * CLUSTER_SLOTS // self.primaries_count - 1
+            self._ok(_command(self._port(node), "CLUSTER", "ADDSLOTSRANGE", low, high))
+        first = self.primaries[0]
+        for node in self.nodes[1:]:
+            assert first.bus_port is not None
+            meet = ("CLUSTER", "MEET", "127.0.0.1", self._port(first), first.bus_port)
+            self._ok(_command(self._port(node), *meet))
+        self._wait(lambda: all(self._knows_all(n) for n in self.nodes), "the nodes to meet")
+        for i, replica in enumerate(self.replicas):
+            primary = self.primaries[i % self.primaries_count]
+            node_id = _command(self._port(primary), "CLUSTER", "MYID").split(b"\r\n")[1]
+            self._ok(_command(self._port(replica), "CLUSTER", "REPLICATE", node_id.decode()))
+        self._wait(lambda: all(self.state_ok(n) for n in self.nodes), "cluster_state:ok")
+
+    def state_ok(self, node: RedisStackServer) -> bool:
+        try:
+            info = _command(self._port(node), "CLUSTER", "INFO")
+        except OSError:
+            return False
+        return b"cluster_state:ok" in info and b"cluster_slots_ok:16384" in info
+
+    def _knows_all(self, node: RedisStackServer) -> bool:
+        info = _command(self._port(node), "CLUSTER", "INFO")
+        return f"cluster_known_nodes:{len(self.nodes)}".encode() in info
+
+    def _wait(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise RedisStackError(f"cluster: timed out waiting for {what}")
+
+    @staticmethod
+    def _port(node: RedisStackServer) -> int:
+        assert node.port is not None
+        return node.port
+
+    @staticmethod
+    def _ok(reply: bytes) -> None:
+        if not reply.startswith(b"+OK"):
+            raise RedisStackError(f"cluster set-up failed: {reply[:200]!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes, self.primaries, self.replicas = [], [], []
 
     def __enter__(self) -> Self:
         return self.start()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from .api import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
 from .audit import AuditEvent, add_audit_hook, remove_audit_hook
+from .blind_index import BlindIndex, IndexPlan, plan_index
 from .errors import (
+    BlindIndexError,
+    ConfigurationError,
     DecryptionError,
     EncryptionError,
     KeyStoreError,
@@ -12,6 +15,8 @@ from .errors import (
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    StoredMaskError,
+    UnsupportedQueryError,
 )
 from .fields import EncryptedStr, Mask, UrlMask
 from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
@@ -22,10 +27,14 @@ from .models import EncryptedModel, set_plaintext_reads
 __all__ = [
     "AuditEvent",
     "AwsKms",
+    "BlindIndex",
+    "BlindIndexError",
+    "ConfigurationError",
     "DecryptionError",
     "EncryptedModel",
     "EncryptedStr",
     "EncryptionError",
+    "IndexPlan",
     "KeyRing",
     "KeyStore",
     "KeyStoreError",
@@ -37,6 +46,8 @@ __all__ = [
     "MasterKeyError",
     "PlaintextSecretError",
     "StoreKeyRing",
+    "StoredMaskError",
+    "UnsupportedQueryError",
     "UrlMask",
     "add_audit_hook",
     "decrypt_secret",
@@ -45,6 +56,7 @@ __all__ = [
     "get_keyring",
     "get_secret_value",
     "is_encrypted",
+    "plan_index",
     "remove_audit_hook",
     "set_keyring",
     "set_plaintext_reads",

@@ -10,7 +10,7 @@ import logging
 
 from .audit import audit_enabled, track
 from .envelope import PREFIX, decode, is_envelope, looks_like_envelope, open_blob, seal
-from .errors import DecryptionError
+from .errors import DecryptionError, located
 from .keys import get_keyring
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy
 
@@ -50,7 +50,9 @@ def decrypt_stored(
             plaintext = open_legacy(value, keyring)
     except DecryptionError as exc:
         track("decrypt", model=model, field=field, record=record, envelope=value, error=exc)
-        raise
+        if model is None and field is None and record is None:
+            raise
+        raise located(exc, model, field, record) from None
     if audit_enabled():
         track("decrypt", model=model, field=field, record=record, envelope=value)
     return plaintext

@@ -1,33 +1,61 @@
-"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | keys``."""
+"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | plan-index |
+keys``."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
-from rich.table import Table
 
-from . import ops
+from . import __version__, ops
 from .errors import EncryptionError
-from .keys import generate_master_key, get_keyring
+from .keys import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
+from .models import ENV_REJECT_PLAINTEXT
+
+ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
+
+# Exit statuses, as --help lists them.
+EXIT_OK = 0
+EXIT_NOT_OK = 1
+EXIT_ERROR = 2
+
+_HELP = f"""Migrate, rotate and inspect EncryptedStr fields of redis-om models.
+
+Exit status: {EXIT_OK} when every value is in the wanted state (a dry run: when nothing failed;
+changes it would make are not failures); {EXIT_NOT_OK} when some are not (plaintext, values under
+a previous or unknown key, undecryptable or masked values, records skipped as changed meanwhile);
+{EXIT_ERROR} when the run could not be done (bad usage, unreachable Redis, missing or malformed
+master keys, a cluster the tool cannot see whole, an unexpected error).
+
+Environment: {ENV_MASTER_KEY} (the current master key, standard base64 of 32 bytes);
+{ENV_PREVIOUS_MASTER_KEYS} (older keys, comma-separated, decrypt only); REDIS_OM_URL (the Redis URL
+of models without Meta.database, as redis-om uses it; --url overrides); {ENV_REJECT_PLAINTEXT} (1:
+the application refuses plaintext read from Redis); {ENV_DEBUG} (1: tracebacks, like --debug).
+"""
 
 app = typer.Typer(
     name="redis-encrypted-fields",
-    help="Migrate, rotate and inspect EncryptedStr fields of redis-om models.",
+    help=_HELP,
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+# Progress only; messages are printed as plain lines, never wrapped (they are grepped and piped).
 err = Console(stderr=True)
-out = Console()
+
+_debug = False
 
 TargetArg = Annotated[
     str,
@@ -39,7 +67,11 @@ TargetArg = Annotated[
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="Redis URL (default: $REDIS_OM_URL, as redis-om uses it)."),
+    typer.Option(
+        "--url",
+        help="Redis URL, for every model (default: each model's own database, as redis-om "
+        "resolves it: Meta.database, else REDIS_OM_URL). Any node of a cluster will do.",
+    ),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Write nothing; report what would change.")
@@ -47,6 +79,66 @@ DryRunOpt = Annotated[
 BatchOpt = Annotated[
     int, typer.Option("--batch-size", min=1, help="Records per SCAN page and pipelined batch.")
 ]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")
+]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"redis-encrypted-fields {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"Show tracebacks of errors (or set {ENV_DEBUG}=1).")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug or os.environ.get(ENV_DEBUG, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_ERROR)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Every failure as one line on stderr and exit status 2; a traceback only with --debug."""
+    import redis
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _debug:
+            traceback.print_exc()
+        if isinstance(exc, EncryptionError):
+            _fail(str(exc))
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            # Every record is written by one atomic compare-and-set: a run cut short leaves
+            # nothing half-done, and running it again completes it.
+            _fail(
+                f"cannot reach Redis: {exc}; nothing is half-written: run it again once the "
+                f"server (or cluster) is reachable{_hint()}"
+            )
+        if isinstance(exc, redis.RedisError):
+            _fail(f"Redis answered: {type(exc).__name__}: {exc}{_hint()}")
+        _fail(f"unexpected {type(exc).__name__}: {exc}{_hint()}")
+
+
+def _hint() -> str:
+    return "" if _debug else f" (--debug or {ENV_DEBUG}=1 shows the traceback)"
 
 
 def load_models(target: str) -> list[type[BaseModel]]:
@@ -54,7 +146,7 @@ def load_models(target: str) -> list[type[BaseModel]]:
     import aredis_om
     import redis_om
 
-    from .models import plan_for
+    from .plan import plan_for
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -86,12 +178,16 @@ def load_models(target: str) -> list[type[BaseModel]]:
     return found
 
 
-def _client(url: str | None) -> Any:
+def client_for_url(url: str) -> Any:
+    """A client for ``url``: a cluster client when the server says it is a cluster node."""
     import redis
+    from redis.cluster import RedisCluster
 
-    return redis.Redis.from_url(
-        url or os.environ.get("REDIS_OM_URL") or "redis://localhost:6379", decode_responses=True
-    )
+    plain = redis.Redis.from_url(url, decode_responses=True)
+    if str(plain.info("cluster").get("cluster_enabled", 0)) == "1":
+        plain.close()
+        return RedisCluster.from_url(url, decode_responses=True)
+    return plain
 
 
 @contextmanager
@@ -105,93 +201,182 @@ def _progress(label: str) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _run(operation: ops.Operation, target: str, url: str | None, dry_run: bool, batch: int) -> None:
-    if url:
-        # redis-om binds a model's connection from REDIS_OM_URL when the class is defined.
-        os.environ["REDIS_OM_URL"] = url
-    try:
+def _is_async(model: type[BaseModel]) -> bool:
+    import aredis_om
+
+    return issubclass(model, aredis_om.RedisModel)
+
+
+def _run_models(
+    operation: ops.Operation,
+    models: list[type[BaseModel]],
+    client: Any,
+    dry_run: bool,
+    batch: int,
+) -> ops.Report:
+    total = ops.Report(operation, dry_run)
+    sync = [m for m in models if client is not None or not _is_async(m)]
+    for model in sync:
+        with _progress(f"{operation.value} {model.__name__}") as advance:
+            if operation is ops.Operation.STATUS:
+                report = ops.status(model, client=client, batch_size=batch, progress=advance)
+            else:
+                run = ops.migrate if operation is ops.Operation.MIGRATE else ops.rotate
+                report = run(
+                    model, client=client, dry_run=dry_run, batch_size=batch, progress=advance
+                )
+        total.merge(report)
+    rest = [m for m in models if m not in sync]
+    if rest:
+        # aredis_om models on their own (asyncio) databases: one event loop for all of them.
+        total.merge(asyncio.run(_arun_models(operation, rest, dry_run, batch)))
+    return total
+
+
+async def _arun_models(
+    operation: ops.Operation, models: list[type[BaseModel]], dry_run: bool, batch: int
+) -> ops.Report:
+    total = ops.Report(operation, dry_run)
+    for model in models:
+        with _progress(f"{operation.value} {model.__name__}") as advance:
+            if operation is ops.Operation.STATUS:
+                report = await ops.astatus(model, batch_size=batch, progress=advance)
+            else:
+                run = ops.amigrate if operation is ops.Operation.MIGRATE else ops.arotate
+                report = await run(model, dry_run=dry_run, batch_size=batch, progress=advance)
+        total.merge(report)
+    return total
+
+
+def _run(
+    operation: ops.Operation,
+    target: str,
+    url: str | None,
+    dry_run: bool,
+    batch: int,
+    as_json: bool,
+) -> None:
+    with _errors():
+        if url:
+            # redis-om binds a model's connection from REDIS_OM_URL when the class is defined.
+            os.environ["REDIS_OM_URL"] = url
         models = load_models(target)
-        client = _client(url)
-        total = ops.Report(operation, dry_run)
-        for model in models:
-            with _progress(f"{operation.value} {model.__name__}") as advance:
-                if operation is ops.Operation.STATUS:
-                    report = ops.status(model, client=client, batch_size=batch, progress=advance)
-                else:
-                    run = ops.migrate if operation is ops.Operation.MIGRATE else ops.rotate
-                    report = run(
-                        model, client=client, dry_run=dry_run, batch_size=batch, progress=advance
-                    )
-            total.merge(report)
-    except EncryptionError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    if operation is ops.Operation.STATUS:
-        _print_states(total)
-    for failure in total.failures:
-        # Plain lines (no wrapping): one failure a line, for grep.
-        print(f"failed: {failure.key} {failure.field}: {failure.reason}", file=sys.stderr)
-    print(total.summary())
-    raise typer.Exit(0 if total.ok else 1)
+        client = client_for_url(url) if url else None
+        total = _run_models(operation, models, client, dry_run, batch)
+    for scanned in total.scanned:
+        if not scanned.records:
+            print(
+                f"warning: no records of {scanned.model} found on {scanned.server} (keys "
+                f"matching {scanned.pattern!r}): check the server and database (--url, "
+                "REDIS_OM_URL, Meta.database) and the model's key prefix",
+                file=sys.stderr,
+            )
+    if as_json:
+        print(json.dumps(total.as_dict(), indent=2))
+    else:
+        _print_text(total)
+    raise typer.Exit(EXIT_OK if total.ok else EXIT_NOT_OK)
 
 
-def _print_states(report: ops.Report) -> None:
-    current = ops.key_state(get_keyring().current.key_id)
-    states = sorted({s for counts in report.states.values() for s in counts if counts[s]})
-    headers = [f"{s} (current)" if s == current else s for s in states]
-    table = Table("field", *headers)
-    for name, counts in sorted(report.states.items()):
-        table.add_row(name, *(str(counts[s]) for s in states))
-    out.print(table)
+def _print_text(report: ops.Report) -> None:
+    groups = report.groups()
+    if report.operation is ops.Operation.STATUS:
+        # One line per field and state (and key id): counts, never one line per value.
+        for group in groups:
+            print(group.line())
+    else:
+        for group in groups:
+            if group.failed:
+                print(f"failed: {group.line()}", file=sys.stderr)
+    keys = report.keys_in_use()
+    if keys:
+        shown = ", ".join(f"{k} ({role}): {n} values" for k, role, n in keys)
+        print(f"keys in use: {shown}")
+    print(report.summary())
 
 
 @app.command()
 def keygen() -> None:
     """Print a new master key: standard base64 of 32 random bytes."""
-    err.print("# a new value for REDIS_SRE_MASTER_KEY; keep it in a secrets manager", markup=False)
+    print(f"# a new value for {ENV_MASTER_KEY}; keep it in a secrets manager", file=sys.stderr)
     print(generate_master_key())
 
 
 @app.command()
 def migrate(
-    target: TargetArg, url: UrlOpt = None, dry_run: DryRunOpt = False, batch_size: BatchOpt = 500
+    target: TargetArg,
+    url: UrlOpt = None,
+    dry_run: DryRunOpt = False,
+    batch_size: BatchOpt = 500,
+    as_json: JsonOpt = False,
 ) -> None:
     """Encrypt plaintext values and upgrade origin v1 envelopes. Safe to run again."""
-    _run(ops.Operation.MIGRATE, target, url, dry_run, batch_size)
+    _run(ops.Operation.MIGRATE, target, url, dry_run, batch_size, as_json)
 
 
 @app.command()
 def rotate(
-    target: TargetArg, url: UrlOpt = None, dry_run: DryRunOpt = False, batch_size: BatchOpt = 500
+    target: TargetArg,
+    url: UrlOpt = None,
+    dry_run: DryRunOpt = False,
+    batch_size: BatchOpt = 500,
+    as_json: JsonOpt = False,
 ) -> None:
     """Re-wrap every value under the current master key (old keys in
     REDIS_SRE_PREVIOUS_MASTER_KEYS); plaintext and v1 values are encrypted on the way."""
-    _run(ops.Operation.ROTATE, target, url, dry_run, batch_size)
+    _run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json)
 
 
 @app.command()
-def status(target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500) -> None:
-    """Count values per model and field: plaintext, origin v1, per key id, undecryptable."""
-    _run(ops.Operation.STATUS, target, url, True, batch_size)
+def status(
+    target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500, as_json: JsonOpt = False
+) -> None:
+    """Count values per model and field: plaintext, origin v1, per key id (current, previous,
+    unknown), undecryptable. Exit status 0 only when every value decrypts and is under the
+    current key."""
+    _run(ops.Operation.STATUS, target, url, True, batch_size, as_json)
 
 
-# --- keys: the key store (redis_encrypted_fields.keystore) ------------------------------------
+@app.command("plan-index")
+def plan_index(
+    records: Annotated[
+        int,
+        typer.Option("--records", min=1, help="Records the model will hold.", show_default=False),
+    ],
+    distinct: Annotated[
+        int | None,
+        typer.Option("--distinct", min=1, help="Distinct values of the field (default: records)."),
+    ] = None,
+) -> None:
+    """The safe range of BlindIndex(bits=...) for a field, by the AWS Database Encryption SDK's
+    rule for beacon lengths: sqrt(X) < 2^bits < X/2 for X distinct values."""
+    from .blind_index import DEFAULT_BITS, PLAN_RULE
+    from .blind_index import plan_index as plan_bits
+
+    with _errors():
+        plan = plan_bits(records, distinct)
+    print(f"{plan.records:,} records, {plan.distinct:,} distinct values")
+    print(f"rule: {PLAN_RULE}")
+    print("bits  distinct values per companion  records fetched per query")
+    for bits in range(plan.min_bits, plan.max_bits + 1):
+        shared, fetched = plan.values_per_companion(bits), plan.candidates(bits)
+        print(f"{bits:>4}  {shared:>29,.1f}  {fetched:>25,.1f}")
+    default = "" if plan.min_bits <= DEFAULT_BITS <= plan.max_bits else ", outside this range"
+    print(
+        f"safe: {plan.min_bits} to {plan.max_bits} bits; recommended: "
+        f"BlindIndex(bits={plan.recommended}) (the default is {DEFAULT_BITS}{default})"
+    )
+
+
+# --- keys: master keys in the key store (redis_encrypted_fields.keystore) ----------------------
 
 keys_app = typer.Typer(
     help="Master keys in the key store, wrapped by the KMS key $REDIS_SRE_KMS_KEY_ID, kept in "
     "$REDIS_SRE_KEYSTORE_URL (default: $REDIS_OM_URL). See docs/keys.md.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(keys_app, name="keys")
-
-
-@contextmanager
-def _key_errors() -> Iterator[None]:
-    try:
-        yield
-    except EncryptionError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
 
 
 @keys_app.command("create")
@@ -199,9 +384,12 @@ def keys_create() -> None:
     """Create a new active master key (the active one becomes decrypt-only); print its key id."""
     from .keystore import KeyStore
 
-    with _key_errors():
+    with _errors():
         record = KeyStore.from_env().create()
-    err.print("# the new active key; running processes use it within REDIS_SRE_KEY_CACHE_TTL")
+    print(
+        "# the new active key; running processes use it within REDIS_SRE_KEY_CACHE_TTL",
+        file=sys.stderr,
+    )
     print(record.key_id)
 
 
@@ -212,15 +400,16 @@ def keys_list(
     """List the keys: key id, state, creation time, KMS key."""
     from .keystore import KeyStore
 
-    with _key_errors():
+    with _errors():
         records = KeyStore.from_env().records()
     if as_json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return
-    table = Table("key id", "state", "created at", "KMS key")
-    for r in records:
-        table.add_row(r.key_id, r.state.value, r.created_at, r.kms_key_id)
-    out.print(table)
+    rows = [("key id", "state", "created at", "KMS key")]
+    rows += [(r.key_id, r.state.value, r.created_at, r.kms_key_id) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])
 
 
 @keys_app.command("retire")
@@ -232,21 +421,26 @@ def keys_retire(
 ) -> None:
     """Retire a decrypt-only key for good (its wrapped key is deleted).
 
-    Refused while a value of the models in TARGET is under it (run rotate first), or if it is
-    the active key.
+    Refused while status finds a value of the models in TARGET under it (run rotate first), or if
+    it is the active key.
     """
     from .keystore import KeyStore
 
-    if url:
-        os.environ["REDIS_OM_URL"] = url
-    with _key_errors():
+    with _errors():
+        store = KeyStore.from_env()
+        store.retirable(key_id)  # before the data is read: a wrong id fails at once
+        if url:
+            os.environ["REDIS_OM_URL"] = url
         models = load_models(target)
-        record = KeyStore.from_env().retire(
-            key_id, models, client=_client(url), batch_size=batch_size
-        )
+        client = client_for_url(url) if url else None
+        report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
+        record = store.retire(key_id, report)
     print(f"retired {record.key_id}")
 
 
 def main() -> None:
     """Console entry point."""
     app()
+
+
+__all__ = ["app", "client_for_url", "load_models", "main"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from aredis_om.model.model import QueryNotSupportedError as _AsyncQueryNotSupportedError
+from redis_om.model.model import QueryNotSupportedError as _QueryNotSupportedError
+
 __all__ = [
+    "BlindIndexError",
+    "ConfigurationError",
     "DecryptionError",
     "EncryptionError",
     "KeyStoreError",
@@ -10,6 +15,8 @@ __all__ = [
     "MaskedSecretError",
     "MasterKeyError",
     "PlaintextSecretError",
+    "StoredMaskError",
+    "UnsupportedQueryError",
 ]
 
 
@@ -18,7 +25,48 @@ class EncryptionError(Exception):
 
     Deliberately not a ``ValueError``: pydantic turns ``ValueError``s raised in validators into
     ``ValidationError``s, and callers must be able to catch these by their own type.
+
+    An error about one stored value names it in its message and in three attributes: ``model``
+    (the class name), ``record`` (the record's Redis key) and ``field`` (the field's dotted path,
+    list items by index: ``replicas.0.password``); ``None`` where not known.
     """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        model: str | None = None,
+        record: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.model = model
+        self.record = record
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only attributes survive pickling (multiprocessing, task queues).
+        return (_rebuild, (type(self), str(self), self.model, self.record, self.field))
+
+
+def located(
+    exc: EncryptionError, model: str | None, field: str | None, record: str | None
+) -> EncryptionError:
+    """``exc`` again, of the same type, naming the value it is about in message and attributes."""
+    where = ".".join(p for p in (model, field) if p) or "a value"
+    if record:
+        where += f" of {record}"
+    return type(exc)(f"{exc} ({where})", model=model, record=record, field=field)
+
+
+def _rebuild(
+    cls: type[EncryptionError],
+    message: str,
+    model: str | None,
+    record: str | None,
+    field: str | None,
+) -> EncryptionError:
+    return cls(message, model=model, record=record, field=field)
 
 
 class MasterKeyError(EncryptionError):
@@ -35,6 +83,10 @@ class KmsError(KeyStoreError):
     that does not unwrap). Names the key id and the KMS's error."""
 
 
+class ConfigurationError(EncryptionError):
+    """A setting of the library (an environment switch, an argument) has an invalid value."""
+
+
 class DecryptionError(EncryptionError):
     """A stored value could not be decrypted: wrong key, tampered, truncated or misplaced."""
 
@@ -45,3 +97,23 @@ class PlaintextSecretError(DecryptionError):
 
 class MaskedSecretError(EncryptionError):
     """A mask (such as ``***``) would have been stored in place of a secret."""
+
+
+class StoredMaskError(PlaintextSecretError, MaskedSecretError):
+    """A mask was read from Redis where a secret belongs (the origin's bug stored masks): the
+    secret is lost. Raised on reads while plaintext reads are disabled; a warning otherwise."""
+
+
+class BlindIndexError(ConfigurationError):
+    """A ``BlindIndex`` argument or normalize function is unusable, or the planner was given a
+    population it cannot plan for."""
+
+
+class UnsupportedQueryError(
+    EncryptionError,
+    _QueryNotSupportedError,  # type: ignore[misc]  # redis_om (sync) is untyped
+    _AsyncQueryNotSupportedError,
+):
+    """A query on an encrypted field that cannot be answered exactly (``!=``, ranges, prefixes,
+    full text, a field without a blind index); ``model`` and ``field`` name it. Also a
+    redis-om ``QueryNotSupportedError``, of both flavours."""

@@ -127,11 +127,47 @@ class UrlMask(Mask):
                 f"a masked URL ({self.render(value)!r}) was given to keep the existing secret, "
                 "but there is no stored secret for it; send the full URL"
             )
+        difference = self._difference(value, existing)
         raise MaskedSecretError(
-            f"a masked URL ({self.render(value)!r}) keeps the stored secret only when sent back "
-            f"exactly as shown ({self.render(existing)!r}); to change the URL, send it in full "
-            "with its credentials (a literal '*' in a credential is written %2A)"
+            f"a masked URL keeps the stored secret only when sent back exactly as shown "
+            f"({self.render(existing)!r}); the one sent differs in {difference}. "
+            "To change the URL, send it in full with its credentials (a literal '*' in a "
+            "credential is written %2A)"
         )
+
+    def _difference(self, value: str, existing: str) -> str:
+        """Where ``value`` (a masked URL) differs from ``existing``'s rendering, told without a
+        credential: names of parts, and only the parts a rendering shows."""
+        sent, stored = _url_parts(value), _url_parts(existing, stored=True)
+        if sent is None:
+            return "its form: it does not parse as a URL (shown here as the plain mask)"
+        if stored is None or self._render_url(existing) is None:
+            return "its form: the stored value is shown as the plain mask, not as a URL"
+        found = []
+        for part in ("scheme", "host", "port", "path"):
+            if sent[part] != stored[part]:
+                found.append(
+                    f"its {part} ({sent[part]!r} where the stored URL has {stored[part]!r})"
+                )
+        if sent["userinfo"] != stored["userinfo"]:
+            if stored["userinfo"] is None:
+                found.append("its credentials (the stored URL has none)")
+            elif sent["userinfo"] is None:
+                found.append("its credentials (missing; shown as '***:***')")
+            else:
+                found.append("its credentials (not exactly '***:***' as shown)")
+        sent_query, stored_query = sent["query"], stored["query"]
+        if [name for name, _ in sent_query] != [name for name, _ in stored_query]:
+            names = ", ".join(repr(name) for name, _ in sent_query) or "none"
+            stored_names = ", ".join(repr(name) for name, _ in stored_query) or "none"
+            found.append(f"its query parameters ({names} where the stored URL has {stored_names})")
+        else:
+            for (name, shown), (_, expected) in zip(sent_query, stored_query, strict=True):
+                if shown != expected and "<value>" not in (shown, expected) and name == "db":
+                    found.append(f"its db= ({shown!r} where the stored URL has {expected!r})")
+                elif shown != expected:
+                    found.append(f"the value of its query parameter {name!r} (not as shown)")
+        return ", ".join(found) or "its form"
 
     def __repr__(self) -> str:
         return f"UrlMask({self.text!r}, schemes={self.schemes!r})"
@@ -172,6 +208,34 @@ class UrlMask(Mask):
                 params.append(f"{name}={value if visible else '***'}")
             shown += "?" + "&".join(params)
         return shown
+
+
+def _url_parts(url: str, *, stored: bool = False) -> dict[str, Any] | None:
+    """A URL's parts, credential-free: user info and query values other than ``db`` are
+    ``***`` where they are exactly the mask (or, ``stored``, where a rendering would show it),
+    else a placeholder; ``None`` when absent."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    userinfo, at, _host = parts.netloc.rpartition("@")
+    query = []
+    for param in parts.query.split("&") if parts.query else ():
+        name, _, value = param.partition("=")
+        visible = name == "db" and _URL_DIGITS.fullmatch(value) is not None
+        masked = stored or value == "***"
+        query.append((name, value if visible else ("***" if masked else "<value>")))
+    return {
+        "scheme": parts.scheme,
+        "userinfo": ("***:***" if stored or userinfo == "***:***" else "<credentials>")
+        if at
+        else None,
+        "host": parts.hostname or "",
+        "port": port,
+        "path": parts.path,
+        "query": query,
+    }
 
 
 class EncryptedStr(str):

@@ -10,7 +10,9 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import DecryptionError, MasterKeyError
 
@@ -21,6 +23,7 @@ __all__ = [
     "KEY_ID_SIZE",
     "KeyRing",
     "MasterKey",
+    "env_keys",
     "generate_master_key",
     "get_keyring",
     "set_keyring",
@@ -40,10 +43,22 @@ _MISSING_MESSAGE = (
 )
 
 
-def _length_message(where: str) -> str:
+_NEW_KEY_ADVICE = "Generate a new one with `redis-encrypted-fields keygen`."
+_CURRENT_ADVICE = (
+    "Data already encrypted needs the key it was encrypted with (a new key cannot read it); "
+    "for a new deployment, generate one with `redis-encrypted-fields keygen`."
+)
+_PREVIOUS_ADVICE = (
+    "Fix that entry or remove it: a previous key is one that data was encrypted with, so a newly "
+    "generated key cannot stand in for it."
+)
+
+
+def _length_message(where: str, problem: str = "", advice: str = _NEW_KEY_ADVICE) -> str:
+    found = f": {problem}" if problem else ""
     return (
-        f"Master key must be 32 bytes (256 bits), given as standard base64, in {where}. "
-        "Generate a new one with `redis-encrypted-fields keygen`."
+        f"Master key must be 32 bytes (256 bits), given as standard base64, in {where}{found}. "
+        f"{advice}"
     )
 
 
@@ -56,22 +71,33 @@ class MasterKey:
 
     __slots__ = ("_material", "aead", "key_id")
 
-    def __init__(self, material: bytes, *, where: str = "the given key") -> None:
-        if not isinstance(material, bytes) or len(material) != KEY_SIZE:
-            raise MasterKeyError(_length_message(where))
+    def __init__(
+        self, material: bytes, *, where: str = "the given key", advice: str = _NEW_KEY_ADVICE
+    ) -> None:
+        if not isinstance(material, bytes):
+            raise MasterKeyError(_length_message(where, "it is not bytes", advice))
+        if len(material) != KEY_SIZE:
+            raise MasterKeyError(_length_message(where, f"it is {len(material)} bytes", advice))
         self._material = material
         # The AES-256-GCM instance for this key, built once (construction is not free).
         self.aead = AESGCM(material)
         self.key_id = hmac.digest(material, _KEY_ID_LABEL, hashlib.sha256)[:KEY_ID_SIZE]
 
     @classmethod
-    def from_base64(cls, text: str, *, where: str = "the given key") -> MasterKey:
+    def from_base64(
+        cls, text: str, *, where: str = "the given key", advice: str = _NEW_KEY_ADVICE
+    ) -> MasterKey:
         """Parse standard base64 of exactly 32 bytes."""
         try:
             material = base64.b64decode(text.strip().encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError):
-            raise MasterKeyError(_length_message(where)) from None
-        return cls(material, where=where)
+        except (binascii.Error, UnicodeEncodeError, ValueError, AttributeError):
+            raise MasterKeyError(
+                _length_message(where, "it is not standard base64", advice)
+            ) from None
+        if len(material) != KEY_SIZE:
+            problem = f"it decodes to {len(material)} bytes"
+            raise MasterKeyError(_length_message(where, problem, advice))
+        return cls(material, where=where, advice=advice)
 
     @classmethod
     def generate(cls) -> MasterKey:
@@ -81,6 +107,13 @@ class MasterKey:
     @property
     def key_id_hex(self) -> str:
         return self.key_id.hex()
+
+    def derive(self, info: bytes) -> bytes:
+        """A 32-byte subkey for the purpose ``info`` names (HKDF-SHA256), independent of this key
+        and of every other purpose's subkey: for uses other than wrapping data keys."""
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(
+            self._material
+        )
 
     def to_base64(self) -> str:
         """The key in the form ``REDIS_SRE_MASTER_KEY`` takes. Handle with care."""
@@ -113,9 +146,20 @@ class KeyRing:
     @classmethod
     def from_base64(cls, current: str, previous: Iterable[str] = ()) -> KeyRing:
         """Build a ring from base64 keys, as ``REDIS_SRE_MASTER_KEY`` holds them."""
+        entries = list(previous)
+        where = "previous key {n} of {count} given to KeyRing.from_base64"
         return cls(
-            MasterKey.from_base64(current, where=ENV_MASTER_KEY),
-            [MasterKey.from_base64(p, where=ENV_PREVIOUS_MASTER_KEYS) for p in previous],
+            MasterKey.from_base64(
+                current,
+                where="the current key given to KeyRing.from_base64",
+                advice=_CURRENT_ADVICE,
+            ),
+            [
+                MasterKey.from_base64(
+                    text, where=where.format(n=n, count=len(entries)), advice=_PREVIOUS_ADVICE
+                )
+                for n, text in enumerate(entries, 1)
+            ],
         )
 
     @classmethod
@@ -129,6 +173,11 @@ class KeyRing:
     def keys(self) -> tuple[MasterKey, ...]:
         """Every key, current first."""
         return (self.current, *self.previous)
+
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
+        """The hex ids of the decrypt-only keys (what ``status`` calls previous keys)."""
+        return tuple(k.key_id_hex for k in self.previous)
 
     def get(self, key_id: bytes) -> MasterKey:
         """The key with this id; no trial decryption with the others."""
@@ -151,8 +200,35 @@ class KeyRing:
 def _parse_env(current: str | None, previous: str | None) -> KeyRing:
     if not current or not current.strip():
         raise MasterKeyError(_MISSING_MESSAGE)
-    parts = [p for p in (previous or "").split(",") if p.strip()]
-    return KeyRing.from_base64(current, parts)
+    return KeyRing(_parse_current(current), _parse_previous(previous))
+
+
+def _parse_current(current: str) -> MasterKey:
+    return MasterKey.from_base64(current, where=ENV_MASTER_KEY, advice=_CURRENT_ADVICE)
+
+
+def _parse_previous(previous: str | None) -> list[MasterKey]:
+    # Empty entries (a trailing comma, ",," left by an edit) are skipped but still counted, so
+    # that "entry 3" is the third comma-separated entry the operator sees.
+    entries = (previous or "").split(",")
+    return [
+        MasterKey.from_base64(
+            text,
+            where=f"entry {n} (of {len(entries)}, comma-separated) of {ENV_PREVIOUS_MASTER_KEYS}",
+            advice=_PREVIOUS_ADVICE,
+        )
+        for n, text in enumerate(entries, 1)
+        if text.strip()
+    ]
+
+
+def env_keys(environ: Mapping[str, str] | None = None) -> list[MasterKey]:
+    """``REDIS_SRE_MASTER_KEY`` then ``REDIS_SRE_PREVIOUS_MASTER_KEYS``, those that are set (the
+    decrypt-only keys of a key store's ring)."""
+    env = os.environ if environ is None else environ
+    current = env.get(ENV_MASTER_KEY) or ""
+    first = [_parse_current(current)] if current.strip() else []
+    return [*first, *_parse_previous(env.get(ENV_PREVIOUS_MASTER_KEYS))]
 
 
 def generate_master_key() -> str:

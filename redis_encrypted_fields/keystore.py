@@ -30,13 +30,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .audit import track
-from .errors import DecryptionError, KeyStoreError, MasterKeyError
+from .errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
 from .keys import (
     ENV_KMS_KEY_ID,
     ENV_MASTER_KEY,
@@ -44,11 +44,12 @@ from .keys import (
     KEY_ID_SIZE,
     KeyRing,
     MasterKey,
+    env_keys,
 )
 from .kms import AwsKms, KmsProvider, WrappedKey
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    from .report import Report
 
 __all__ = [
     "DEFAULT_CACHE_TTL",
@@ -114,6 +115,10 @@ class KeyRecord:
     created_at: str  # ISO 8601, UTC
     kms_key_id: str  # the KMS key that wrapped it
     wrapped: bytes = field(default=b"", repr=False)
+
+    @property
+    def is_active(self) -> bool:
+        return self.state is KeyState.ACTIVE
 
     def as_dict(self) -> dict[str, str]:
         """What ``keys list --json`` prints for it."""
@@ -212,9 +217,10 @@ class KeyStore:
         raw = self._redis(lambda: self.client.hget(self.key, hex_id))
         return None if raw is None else KeyRecord.from_json(hex_id, _text(raw))
 
-    def active(self) -> KeyRecord:
-        """The active key's record. Raises ``KeyStoreError`` if there is none."""
-        active = [r for r in self.records() if r.state is KeyState.ACTIVE]
+    def active(self, records: Iterable[KeyRecord] | None = None) -> KeyRecord:
+        """The active key's record (of ``records``, else of the store). Raises
+        ``KeyStoreError`` if there is none."""
+        active = [r for r in (self.records() if records is None else records) if r.is_active]
         if not active:
             raise KeyStoreError(
                 "the key store has no active master key: create one with "
@@ -274,7 +280,7 @@ class KeyStore:
             updates = {record.key_id: record.to_json()}
             for k, v in stored.items():
                 old = KeyRecord.from_json(_text(k), _text(v))
-                if old.state is KeyState.ACTIVE:
+                if old.is_active:
                     updates[old.key_id] = replace(old, state=KeyState.DECRYPT_ONLY).to_json()
             pipe.multi()
             pipe.hset(self.key, mapping=updates)
@@ -285,51 +291,48 @@ class KeyStore:
 
     # --- retirement ----------------------------------------------------------------------------
 
-    def retire(
-        self,
-        key_id: str,
-        models: Sequence[type[BaseModel]],
-        *,
-        client: Any = None,
-        batch_size: int = 500,
-    ) -> KeyRecord:
-        """Retire a decrypt-only key: its wrapped key is deleted, so nothing under it can be
-        decrypted any more. Refused (``KeyStoreError``) if it is active, or while ``ops.status``
-        finds a value of ``models`` under it (or one it cannot decrypt, whose key is unknown).
-        ``client`` is passed to ``ops.status``."""
-        from . import ops
-
-        kid = _parse_key_id(key_id)
-        record = self.record(kid)
+    def retirable(self, key_id: str) -> KeyRecord:
+        """The record of a key that may be retired once no value is under it (or is already):
+        ``KeyStoreError`` for a malformed or unknown key id, or the active key."""
+        record = self.record(_parse_key_id(key_id))
         if record is None:
             raise KeyStoreError(f"no master key {key_id} in the key store")
         _refuse_active(record)
+        return record
+
+    def retire(self, key_id: str, *reports: Report) -> KeyRecord:
+        """Retire a decrypt-only key: its wrapped key is deleted, so nothing under it can be
+        decrypted any more (irreversible).
+
+        ``reports``: fresh ``ops.status`` (or ``astatus``) reports of every model whose values
+        may be under the key. Refused (``KeyStoreError``) without one, while they count a value
+        under the key (decrypted or not), or if the key is active.
+        """
+        from .report import Operation, key_state
+
+        record = self.retirable(key_id)
+        kid = bytes.fromhex(key_id)
         if record.state is KeyState.RETIRED:
             return record
-        if self.kms is None:
+        if not reports or any(r.operation is not Operation.STATUS for r in reports):
             raise KeyStoreError(
-                f"set {ENV_KMS_KEY_ID}: retiring a key needs the data checked, which needs the keys"
+                f"not retiring master key {key_id} unchecked: give the status of every model "
+                "whose values may be under it"
             )
         under: dict[str, int] = {}
-        unknown = 0
-        state = ops.key_state(kid)
-        for model in models:
-            report = ops.status(model, client=client, batch_size=batch_size)
+        for report in reports:
             for name, counts in report.states.items():
-                if counts[state]:
-                    under[name] = under.get(name, 0) + counts[state]
-                unknown += counts[ops.UNDECRYPTABLE]
+                if counts[key_state(kid)]:
+                    under[name] = under.get(name, 0) + counts[key_state(kid)]
+            for failure in report.failures:
+                if failure.key_id == key_id:  # under the key, and not decrypted
+                    name = f"{failure.model}.{failure.field}" if failure.model else failure.field
+                    under[name] = under.get(name, 0) + 1
         if under:
             where = ", ".join(f"{n} in {name}" for name, n in sorted(under.items()))
             raise KeyStoreError(
                 f"master key {key_id} still wraps {sum(under.values())} values ({where}): run "
                 "`redis-encrypted-fields rotate TARGET`, then retire it"
-            )
-        if unknown:
-            raise KeyStoreError(
-                f"not retiring master key {key_id}: {unknown} values cannot be decrypted, so "
-                "which key wraps them is unknown (`redis-encrypted-fields status TARGET` lists "
-                "them)"
             )
         retired: list[KeyRecord] = []
 
@@ -383,20 +386,8 @@ def cache_ttl(environ: Mapping[str, str] | None = None) -> float:
     except ValueError:
         ttl = math.nan
     if not (ttl > 0 and math.isfinite(ttl)):
-        raise MasterKeyError(f"{ENV_KEY_CACHE_TTL} must be a number of seconds above 0")
+        raise ConfigurationError(f"{ENV_KEY_CACHE_TTL} must be a number of seconds above 0")
     return ttl
-
-
-def _env_keys(env: Mapping[str, str]) -> list[MasterKey]:
-    """``REDIS_SRE_MASTER_KEY`` and ``REDIS_SRE_PREVIOUS_MASTER_KEYS``, if set: decrypt only."""
-    keys = []
-    current = env.get(ENV_MASTER_KEY) or ""
-    if current.strip():
-        keys.append(MasterKey.from_base64(current, where=ENV_MASTER_KEY))
-    for text in (env.get(ENV_PREVIOUS_MASTER_KEYS) or "").split(","):
-        if text.strip():
-            keys.append(MasterKey.from_base64(text, where=ENV_PREVIOUS_MASTER_KEYS))
-    return keys
 
 
 _Entry = tuple[MasterKey, float]  # a key and the monotonic time its cache lifetime ends
@@ -415,7 +406,16 @@ class StoreKeyRing(KeyRing):
     ``current`` raises ``MasterKeyError`` (a ``KeyStoreError`` or ``KmsError``).
     """
 
-    __slots__ = ("__weakref__", "_active", "_entries", "_flights", "_lock", "store", "ttl")
+    __slots__ = (
+        "__weakref__",
+        "_active",
+        "_entries",
+        "_flights",
+        "_lock",
+        "_stored",
+        "store",
+        "ttl",
+    )
 
     def __init__(
         self,
@@ -425,7 +425,7 @@ class StoreKeyRing(KeyRing):
         decrypt_only: Iterable[MasterKey] = (),
     ) -> None:
         if not (ttl > 0 and math.isfinite(ttl)):
-            raise MasterKeyError("the key cache lifetime must be a number of seconds above 0")
+            raise ConfigurationError("the key cache lifetime must be a number of seconds above 0")
         self.store = store
         self.ttl = ttl
         self.previous = tuple(decrypt_only)
@@ -433,6 +433,7 @@ class StoreKeyRing(KeyRing):
         # Read without a lock on the hot path; replaced whole (copy on write) under _lock.
         self._entries: dict[bytes, _Entry] = {k: (v, math.inf) for k, v in self._by_id.items()}
         self._active: _Entry | None = None
+        self._stored: tuple[bytes, ...] = ()  # the store's decrypt-only key ids, read with _active
         self._flights: dict[bytes, Future[_Entry]] = {}
         self._lock = threading.Lock()
         _rings.add(self)
@@ -444,7 +445,7 @@ class StoreKeyRing(KeyRing):
         store = KeyStore.from_env(env)
         if store.kms is None:
             raise MasterKeyError(f"{ENV_KMS_KEY_ID} is not set")
-        return cls(store, ttl=cache_ttl(env), decrypt_only=_env_keys(env))
+        return cls(store, ttl=cache_ttl(env), decrypt_only=env_keys(env))
 
     @property
     def current(self) -> MasterKey:  # type: ignore[override]
@@ -456,9 +457,21 @@ class StoreKeyRing(KeyRing):
 
     @property
     def keys(self) -> tuple[MasterKey, ...]:
-        """The keys at hand without a KMS call, tried on origin v1 values (which name no key
-        and were written with an environment key): the ``decrypt_only`` keys."""
-        return self.previous
+        """Every key, current first: the store's active and decrypt-only keys (each unwrapped
+        once per cache lifetime), then the ``decrypt_only`` ones. What a blind-index query looks
+        under, and what origin v1 values (which name no key) are tried with."""
+        current = self.current
+        stored = [self.get(k) for k in self._stored if k != current.key_id]
+        seen = {current.key_id, *self._stored}
+        return (current, *stored, *(k for k in self.previous if k.key_id not in seen))
+
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
+        """The decrypt-only keys' ids: the store's and the ``decrypt_only`` ones (no KMS call)."""
+        current = self.current.key_id
+        ids = [k.hex() for k in self._stored if k != current]
+        ids += [k.key_id_hex for k in self.previous if k.key_id_hex not in ids]
+        return tuple(ids)
 
     def get(self, key_id: bytes) -> MasterKey:
         entry = self._entries.get(key_id)
@@ -511,7 +524,11 @@ class StoreKeyRing(KeyRing):
         active = self._active
         if active is not None and active[1] > _monotonic():
             return active
-        record = self.store.active()
+        records = self.store.records()
+        record = self.store.active(records)
+        self._stored = tuple(
+            bytes.fromhex(r.key_id) for r in records if r.state is KeyState.DECRYPT_ONLY
+        )
         key_id = bytes.fromhex(record.key_id)
         # Through the key id's own flight: a thread decrypting with this key meanwhile shares
         # the KMS call. Which key is active is re-read when this key's lifetime ends.

@@ -8,7 +8,9 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
   or refused (``set_plaintext_reads(False)``);
 - ``model_dump()`` in python mode (what redis-om persists): values are sealed bound to the record;
 - ``save()``: masks are replaced by the stored secrets before anything is written; a ``None``
-  encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind.
+  encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind;
+  a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``);
+- ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``search``).
 """
 
 from __future__ import annotations
@@ -19,24 +21,31 @@ import logging
 import os
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import aredis_om
 import redis_om
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .audit import audit_enabled, track
+from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
 from .envelope import PREFIX, binding_part, decode, looks_like_envelope, open_blob, seal
-from .errors import DecryptionError, MaskedSecretError, PlaintextSecretError
+from .errors import (
+    ConfigurationError,
+    DecryptionError,
+    EncryptionError,
+    MaskedSecretError,
+    PlaintextSecretError,
+    StoredMaskError,
+    located,
+)
 from .fields import (
-    DEFAULT_MASK,
     DEFER,
     EncryptedStr,
     KeepExisting,
@@ -45,8 +54,22 @@ from .fields import (
     is_star_mask,
     model_scope,
 )
+from .keep import has_masks, resolve_masks
 from .keys import KeyRing, get_keyring
 from .legacy import parse_legacy
+from .plan import (
+    FieldPath,
+    Leaf,
+    Many,
+    Node,
+    Plan,
+    check_not_indexed,
+    declared_index_flags,
+    dotted,
+    encrypted_paths,
+    forget,
+    plan_for,
+)
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -60,128 +83,6 @@ log = logging.getLogger("redis_encrypted_fields")
 
 ENV_REJECT_PLAINTEXT = "REDIS_SRE_REJECT_PLAINTEXT"
 
-FieldPath = tuple[str | int, ...]
-
-
-# --- where the encrypted values are: a plan per model class, from its annotations -------------
-
-
-@dataclass(frozen=True, slots=True)
-class Leaf:
-    mask: Mask
-
-
-@dataclass(frozen=True, slots=True)
-class Nested:
-    model: type[BaseModel]
-
-
-@dataclass(frozen=True, slots=True)
-class Many:
-    item: Node
-
-
-Node = Leaf | Nested | Many
-Plan = dict[str, Node]
-
-_plans: dict[type[BaseModel], Plan] = {}
-_building: set[type[BaseModel]] = set()
-
-
-def _mentions_encrypted(annotation: Any) -> bool:
-    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
-        return True
-    return any(_mentions_encrypted(arg) for arg in typing.get_args(annotation))
-
-
-def _node(annotation: Any, metadata: Sequence[Any], where: str) -> Node | None:
-    mask = next((m for m in metadata if isinstance(m, Mask)), None)
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        inner, *extra = typing.get_args(annotation)
-        return _node(inner, [*metadata, *extra], where)
-    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
-        return Leaf(mask or DEFAULT_MASK)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _node(args[0], metadata, where)
-    elif origin in (list, Sequence, typing.Sequence, typing.List):  # noqa: UP006
-        (item,) = typing.get_args(annotation) or (Any,)
-        inner = _node(item, metadata, where)
-        return Many(inner) if inner is not None else None
-    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return Nested(annotation) if plan_for(annotation) else None
-    if _mentions_encrypted(annotation):
-        raise TypeError(
-            f"{where}: EncryptedStr is supported as a field, Optional, in a list, or inside a "
-            "nested model; not in this position"
-        )
-    return None
-
-
-def plan_for(model: type[BaseModel]) -> Plan:
-    """The encrypted fields of ``model``, by field name, including nested models and lists."""
-    plan = _plans.get(model)
-    if plan is not None:
-        return plan
-    if model in _building:  # a self-referencing model: its own entry is being made
-        return {}
-    _building.add(model)
-    try:
-        plan = {}
-        for name, field in model.model_fields.items():
-            node = _node(field.annotation, field.metadata, f"{model.__name__}.{name}")
-            if node is not None:
-                plan[name] = node
-    finally:
-        _building.discard(model)
-    _plans[model] = plan
-    return plan
-
-
-def encrypted_paths(model: type[BaseModel]) -> list[str]:
-    """Dotted paths of the encrypted fields (``[]`` marks a list), e.g. ``["creds[].password"]``."""
-
-    def walk(node: Node, prefix: str) -> Iterator[str]:
-        if isinstance(node, Leaf):
-            yield prefix
-        elif isinstance(node, Many):
-            yield from walk(node.item, prefix + "[]")
-        else:
-            for name, sub in plan_for(node.model).items():
-                yield from walk(sub, f"{prefix}.{name}")
-
-    return [p for name, node in plan_for(model).items() for p in walk(node, name)]
-
-
-def _index_flags(field: FieldInfo) -> list[str]:
-    infos: list[Any] = [field, *field.metadata]
-    flags = [
-        flag
-        for flag in ("index", "full_text_search", "sortable")
-        if any(getattr(info, flag, None) is True for info in infos)
-    ]
-    if any(getattr(info, "vector_options", None) is not None for info in infos):
-        flags.append("vector_options")
-    return flags
-
-
-def _check_not_indexed(model: type[BaseModel], plan: Plan, prefix: str = "") -> None:
-    for name, node in plan.items():
-        while isinstance(node, Many):
-            node = node.item
-        where = f"{prefix}{name}"
-        if isinstance(node, Nested):
-            _check_not_indexed(node.model, plan_for(node.model), f"{where}.")
-            continue
-        flags = _index_flags(model.model_fields[name])
-        if flags:
-            raise TypeError(
-                f"{where}: an EncryptedStr field cannot be indexed ({'=, '.join(flags)}=True); "
-                "an index of ciphertexts finds nothing. Remove the option from its Field()."
-            )
-
 
 # --- policy: plaintext found in Redis ---------------------------------------------------------
 
@@ -192,17 +93,32 @@ def set_plaintext_reads(allowed: bool | None) -> None:
     """Accept plaintext read from Redis (migration) or refuse it; ``None``: from the environment.
 
     By default plaintext is accepted with a warning unless ``REDIS_SRE_REJECT_PLAINTEXT`` is
-    ``1``/``true``/``yes``.
+    ``1``/``true``/``yes``/``on``; another value than those and ``0``/``false``/``no``/``off``
+    raises ``ConfigurationError`` when the switch is consulted.
     """
     global _plaintext_reads
     _plaintext_reads = allowed
 
 
+_ON = frozenset(("1", "true", "yes", "on"))
+_OFF = frozenset(("", "0", "false", "no", "off"))
+
+
 def _plaintext_allowed() -> bool:
     if _plaintext_reads is not None:
         return _plaintext_reads
-    flag = os.environ.get(ENV_REJECT_PLAINTEXT, "").strip().lower()
-    return flag not in ("1", "true", "yes", "on")
+    text = os.environ.get(ENV_REJECT_PLAINTEXT, "")
+    flag = text.strip().lower()
+    if flag in _ON:
+        return False
+    if flag not in _OFF:
+        # A typo must not silently leave plaintext reads on. (The value is a switch, not a
+        # secret: it may be shown.)
+        raise ConfigurationError(
+            f"{ENV_REJECT_PLAINTEXT}={text[:40]!r} is not a valid switch: use 1, true, yes or on "
+            "to refuse plaintext read from Redis; 0, false, no, off or unset to accept it"
+        )
+    return True
 
 
 # --- the mixin --------------------------------------------------------------------------------
@@ -211,12 +127,11 @@ def _plaintext_allowed() -> bool:
 _reading: contextvars.ContextVar[bool] = contextvars.ContextVar("ref_reading", default=False)
 # The instance whose save() is running: its model_dump() then writes what a save must write.
 _saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
-
-
-def _dotted(path: FieldPath) -> str:
-    if len(path) == 1 and type(path[0]) is str:
-        return path[0]  # a top-level field, the common case
-    return ".".join(str(p) for p in path)
+# Plaintexts that search has just decrypted (and audited) to filter candidates, by (record key,
+# field, envelope): the records it returns are built without opening those values again.
+opened: contextvars.ContextVar[Mapping[tuple[str, str, str], str] | None] = contextvars.ContextVar(
+    "ref_opened", default=None
+)
 
 
 class _Opener:
@@ -238,6 +153,11 @@ class _Opener:
 
         The common case, kept short: one key ring lookup and one record binding half per record.
         """
+        known = opened.get()
+        if known is not None:
+            plaintext = known.get((record_key, field, raw))
+            if plaintext is not None:
+                return plaintext
         record_part = self._record_part
         if record_part is None:
             record_part = self._record_part = binding_part(record_key)
@@ -249,7 +169,7 @@ class _Opener:
         except DecryptionError as exc:
             model = self.model.__name__
             track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
-            raise
+            raise located(exc, model, field, record_key) from None
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
@@ -294,41 +214,72 @@ class _Opener:
             return raw
         record_key = self.record_key
         if record_key is not None and raw.startswith(PREFIX):
-            return EncryptedStr(self.open_current(raw, _dotted(path), record_key))
+            return EncryptedStr(self.open_current(raw, dotted(path), record_key))
         legacy = parse_legacy(raw) is not None
         if legacy and self.reading and not _plaintext_allowed():
             # Origin v1 values carry no record binding: once migration is declared finished,
             # they are refused like plaintext (an old backup's values could be planted anywhere).
-            raise PlaintextSecretError(
-                f"Decryption failed: {self.where(path)} of {self.record_key} is stored in the "
-                "origin's v1 format (not bound to its record) and plaintext reads are disabled; "
-                "run `redis-encrypted-fields migrate`"
+            raise self.error(
+                PlaintextSecretError,
+                path,
+                "Decryption failed: {where} is stored in the origin's v1 format (not bound to its "
+                "record) and plaintext reads are disabled; run `redis-encrypted-fields migrate`",
             )
         if legacy or looks_like_envelope(raw):
-            if self.record_key is None and not legacy:
-                raise DecryptionError(
-                    f"Decryption failed: {self.where(path)} holds an envelope but the record "
-                    "has no primary key to check it against"
+            if record_key is None and not legacy:
+                raise self.error(
+                    DecryptionError,
+                    path,
+                    f"Decryption failed: {{where}} was given a value starting with {PREFIX!r}, the "
+                    "prefix of this library's envelopes, without the primary key of the record it "
+                    "was encrypted for, so it cannot be checked against it. Pass the pk with it "
+                    f"(a secret itself cannot start with {PREFIX!r})",
                 )
-            return EncryptedStr(open_stored(raw, self.model.__name__, path, self.record_key))
+            return EncryptedStr(open_stored(raw, self.model.__name__, path, record_key))
         if leaf.mask.could_be_mask(raw):
+            if self.reading:
+                self.stored_mask(raw, leaf, path)
             return KeepExisting(raw)
         if self.reading:
             if not _plaintext_allowed():
-                raise PlaintextSecretError(
-                    f"Decryption failed: {self.where(path)} of {self.record_key} is stored as "
-                    "plaintext and plaintext reads are disabled; run `redis-encrypted-fields "
-                    "migrate`"
+                raise self.error(
+                    PlaintextSecretError,
+                    path,
+                    "Decryption failed: {where} is stored as plaintext and plaintext reads are "
+                    "disabled; run `redis-encrypted-fields migrate`",
                 )
             log.warning(
                 "%s of %s is stored as plaintext; it will be encrypted on the next save",
                 self.where(path),
-                self.record_key,
+                record_key,
             )
         return EncryptedStr(raw)
 
+    def stored_mask(self, raw: str, leaf: Leaf, path: FieldPath) -> None:
+        """A mask read from Redis: the origin's bug stored masks as secrets, which are lost."""
+        # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
+        shown = raw if is_star_mask(raw) else leaf.mask.render(raw)
+        message = (
+            f"{{where}} holds a mask ({shown!r}), not a secret: the secret was lost when the "
+            "mask was stored in its place. Set the real secret on this record"
+        )
+        if not _plaintext_allowed():
+            raise self.error(StoredMaskError, path, f"Decryption failed: {message}")
+        log.warning(message.format(where=self.located(path)))
+
+    def error(self, kind: type[EncryptionError], path: FieldPath, message: str) -> EncryptionError:
+        """An error about the value at ``path`` of this record, naming it."""
+        model, field, record = self.model.__name__, dotted(path), self.record_key
+        return kind(
+            message.format(where=self.located(path)), model=model, record=record, field=field
+        )
+
+    def located(self, path: FieldPath) -> str:
+        where = self.where(path)
+        return f"{where} of {self.record_key}" if self.record_key else where
+
     def where(self, path: FieldPath) -> str:
-        return f"{self.model.__name__}.{_dotted(path)}"
+        return f"{self.model.__name__}.{dotted(path)}"
 
 
 def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
@@ -336,7 +287,7 @@ def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -
 
     ``record_key`` is ``None`` only for an origin v1 value, which is not bound to a record.
     """
-    field = _dotted(path)
+    field = dotted(path)
     context = _bound(record_key, field) if record_key is not None else b""
     return decrypt_stored(raw, context=context, model=model, field=field, record=record_key)
 
@@ -419,7 +370,7 @@ class _Sealer:
             or (not isinstance(value, EncryptedStr) and mask.could_be_mask(value))
         ):
             raise MaskedSecretError(
-                f"{_dotted(path)} of {self.record_key} holds a mask, not a secret; save() keeps "
+                f"{dotted(path)} of {self.record_key} holds a mask, not a secret; save() keeps "
                 "the stored secret for a mask, model_dump() cannot"
             )
         record_part = self._record_part
@@ -428,7 +379,7 @@ class _Sealer:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
-        field = _dotted(path)
+        field = dotted(path)
         envelope = seal(value, keyring, record_part + _field_binding(field))
         auditing = self._auditing
         if auditing is None:
@@ -448,58 +399,6 @@ class _Sealer:
                 self.tree(value, (*path, slot))
 
 
-@dataclass(slots=True)
-class _Slot:
-    """Where one encrypted value lives in a model instance."""
-
-    holder: Any  # a model instance (attribute) or a list (index)
-    key: str | int
-    path: FieldPath
-    value: Any
-    leaf: Leaf
-
-    def set(self, value: EncryptedStr) -> None:
-        if isinstance(self.holder, list):
-            self.holder[self.key] = value  # type: ignore[index]
-        else:
-            # Straight into __dict__: no validate_assignment round, and not a user change.
-            self.holder.__dict__[self.key] = value
-
-
-def _slots(holder: Any, node: Node, key: str | int, value: Any, path: FieldPath) -> Iterator[_Slot]:
-    if isinstance(node, Leaf):
-        yield _Slot(holder, key, path, value, node)
-    elif isinstance(node, Many):
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from _slots(value, node.item, i, item, (*path, i))
-    elif isinstance(value, BaseModel):
-        for name, sub in plan_for(type(value)).items():
-            yield from _slots(value, sub, name, value.__dict__.get(name), (*path, name))
-
-
-def _is_mask(slot: _Slot) -> bool:
-    value = slot.value
-    if isinstance(value, KeepExisting):
-        return True
-    return (
-        isinstance(value, str)
-        and not isinstance(value, EncryptedStr)
-        and slot.leaf.mask.could_be_mask(value)
-    )
-
-
-def _stored_at(doc: Any, path: FieldPath) -> Any:
-    for part in path:
-        if isinstance(doc, dict) and isinstance(part, str):
-            doc = doc.get(part)
-        elif isinstance(doc, list) and isinstance(part, int) and part < len(doc):
-            doc = doc[part]
-        else:
-            return None
-    return doc
-
-
 @dataclass(frozen=True, slots=True)
 class _Facts:
     """What the hooks ask of a model class on every call, worked out once per class."""
@@ -514,6 +413,7 @@ class _Facts:
     # None when the class has anything that could change how they dump.
     direct: frozenset[str] | None
     order: tuple[str, ...]  # the fields, in dump order
+    search: SearchSpec  # blind indexes
     # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
     # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
     keys: tuple[Any, Any, Any, Any, str] | None
@@ -564,9 +464,15 @@ def _facts_for(cls: Any) -> _Facts:
             direct=direct,
             order=tuple(fields),
             keys=_key_parts(cls, meta),
+            search=_search_spec(plan),
         )
         _facts[cls] = facts
     return facts
+
+
+def _search_spec(plan: Plan) -> SearchSpec:
+    blind = {n: x.blind for n, x in plan.items() if isinstance(x, Leaf) and x.blind is not None}
+    return SearchSpec.of(blind, plan)
 
 
 def _dumps_plainly(cls: Any, plan: Plan) -> bool:
@@ -583,7 +489,7 @@ def _dumps_plainly(cls: Any, plan: Plan) -> bool:
         field = cls.model_fields[name]
         if not isinstance(node, Leaf) or field.exclude or field.serialization_alias or field.alias:
             return False
-        if any(not isinstance(m, Mask) for m in field.metadata):
+        if any(not isinstance(m, (Mask, BlindIndex)) for m in field.metadata):
             return False
     return True
 
@@ -611,15 +517,20 @@ class EncryptedModel:
     model_config: ClassVar[ConfigDict] = ConfigDict(hide_input_in_errors=True)
 
     __ref_async__: ClassVar[bool] = False
+    __ref_index_flags__: ClassVar[dict[str, list[str]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        cls.__ref_index_flags__ = declared_index_flags(dict(vars(cls)))
+        super().__init_subclass__(**kwargs)
 
     @classmethod
     def __pydantic_on_complete__(cls) -> None:
         # Called once the fields are resolved: at class definition, or at the rebuild that
         # resolves a forward reference.
         model = typing.cast(type[BaseModel], cls)
-        _plans.pop(model, None)
+        forget(model)
         _facts.pop(model, None)
-        _check_not_indexed(model, plan_for(model))
+        check_not_indexed(model, plan_for(model), declared=cls.__ref_index_flags__)
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
         typing.cast(Any, super()).__pydantic_on_complete__()
 
@@ -632,6 +543,10 @@ class EncryptedModel:
         try:
             if isinstance(data, dict):
                 facts = _facts_for(cls)
+                companions = facts.search.companions
+                if companions and any(c in data for c in companions):
+                    # Read beside the fields, never accepted as input.
+                    data = {k: v for k, v in data.items() if k not in companions}
                 if facts.plan and not facts.embedded and _needs_opening(data, facts.plan):
                     pk = data.get(facts.pk_name)
                     record_key = cls._ref_key(pk) if pk not in (None, "") else None
@@ -709,12 +624,16 @@ class EncryptedModel:
             data = self._ref_dump_direct(parent, facts)
         else:
             data = self._ref_dump_deferred(parent, mode, context, kwargs)
-        if facts.is_hash and _saving.get() is self:
-            # HSET skips None; an empty string overwrites the old secret, and redis-om reads it
-            # back as None for an Optional field.
-            for name in facts.plan:
-                if name in data and data[name] is None:
-                    data[name] = ""
+        if _saving.get() is self:
+            if facts.search.blind:
+                key_prefix, clear = cls._ref_key(""), "" if facts.is_hash else None
+                write_companions(data, self.__dict__, facts.search.blind, key_prefix, cls, clear)
+            if facts.is_hash:
+                # HSET skips None; an empty string overwrites the old secret, and redis-om reads
+                # it back as None for an Optional field.
+                for name in facts.plan:
+                    if name in data and data[name] is None:
+                        data[name] = ""
         return data
 
     def _ref_dump_direct(self, parent: Any, facts: _Facts) -> dict[str, Any]:
@@ -788,48 +707,51 @@ class EncryptedModel:
     def _ref_resolve_masks(self) -> Steps[None]:
         cls = type(self)
         plan = plan_for(typing.cast(Any, cls))
-        slots = [
-            slot
-            for name, node in plan.items()
-            for slot in _slots(self, node, name, self.__dict__.get(name), (name,))
-            if _is_mask(slot)
-        ]
-        if not slots:
+        values = self.__dict__
+        masked = [name for name, node in plan.items() if has_masks(values.get(name), node)]
+        if not masked:
             return
         record_key = cls._ref_key(self._ref_pk())
         if _facts_for(cls).is_hash:
-            names = [str(slot.path[0]) for slot in slots]
-            values = yield lambda r: r.hmget(record_key, names)
-            stored: Any = dict(zip(names, values, strict=True))
+            found = yield lambda r: r.hmget(record_key, masked)
+            stored: Any = dict(zip(masked, found, strict=True))
         else:
             stored = yield lambda r: r.json().get(record_key)
-        for slot in slots:
-            raw = _stored_at(stored, slot.path)
-            if isinstance(raw, bytes):
-                raw = raw.decode("utf-8")
-            where = f"{cls.__name__}.{_dotted(slot.path)}"
-            existing: str | None = None
-            if isinstance(raw, str) and raw and not slot.leaf.mask.could_be_mask(raw):
-                if looks_like_envelope(raw) or parse_legacy(raw) is not None:
-                    existing = open_stored(raw, cls.__name__, slot.path, record_key)
-                else:
-                    existing = raw
-            value = str.__str__(slot.value)
-            try:
-                keep = slot.leaf.mask.is_mask_of(value, existing)
-            except MaskedSecretError as exc:
-                raise MaskedSecretError(f"{where} of {record_key}: {exc}") from None
-            if not keep:
-                slot.set(EncryptedStr(value))
-            elif existing is None:
-                # Only a star mask gets here; anything else is shown as rendered, never as is.
-                shown = value if is_star_mask(value) else slot.leaf.mask.render(value)
-                raise MaskedSecretError(
-                    f"{where}: a mask ({shown!r}) was given to keep the existing secret, but "
-                    f"{record_key} has no stored secret for it; send the real value"
-                )
-            else:
-                slot.set(EncryptedStr(existing))
+        name = cls.__name__
+
+        def opener(raw: str, path: FieldPath) -> str:
+            return open_stored(raw, name, path, record_key)
+
+        resolve_masks(typing.cast(BaseModel, self), plan, stored, name, record_key, opener)
+
+    # -- search --------------------------------------------------------------------------------
+
+    @classmethod
+    def find(cls, *expressions: Any, knn: Any = None) -> Any:
+        """redis-om's ``find``; blind-indexed fields searchable, results exact, ``values()`` and
+        ``only()`` in plaintext (see ``search``)."""
+        if not _facts_for(cls).plan:
+            return typing.cast(Any, super()).find(*expressions, knn=knn)
+        from .search import find_query
+
+        return find_query(cls, expressions, knn, cls.__ref_async__)
+
+    @classmethod
+    def redisearch_schema(cls) -> str:
+        """redis-om's index schema, with a TAG attribute per companion (``Migrator`` creates it)."""
+        schema: str = typing.cast(Any, super()).redisearch_schema()
+        if not cls.__dict__.get("__pydantic_complete__"):
+            return schema  # JsonModel's check while the class is being built
+        is_json = issubclass(cls, (aredis_om.JsonModel, redis_om.JsonModel))
+        return with_companions(schema, _facts_for(cls).search.blind, is_json)
+
+    @classmethod
+    def _ref_search_spec(cls) -> SearchSpec:
+        facts = _facts.get(cls)
+        if facts is not None:
+            return facts.search
+        # From the plan alone: ops also runs on models redis-om has not completed (no pk).
+        return _search_spec(plan_for(typing.cast(Any, cls)))
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ model instances, so they run at the speed of Redis rather than of validation.
 
 from __future__ import annotations
 
-import enum
 import functools
+import inspect
 import json
 import typing
 from collections import Counter
@@ -23,8 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._driver import Steps, Submit, Wait, run_async, run_sync
+from ._driver import Request, Steps, Submit, Wait, run_async, run_sync
 from .audit import audit_enabled, track
+from .blind_index import (
+    INDEX_MISSING,
+    INDEX_OUTDATED,
+    INDEX_SUFFIX,
+    BlindIndex,
+    companion_name,
+    companion_state,
+    domain,
+)
 from .envelope import (
     KEY_ID_SLICE,
     PREFIX,
@@ -38,12 +47,29 @@ from .errors import DecryptionError, EncryptionError
 from .fields import is_star_mask
 from .keys import KeyRing, get_keyring
 from .legacy import open_legacy, parse_legacy
-from .models import EncryptedModel, FieldPath, Leaf, Many, Nested, Node, encrypted_paths, plan_for
+from .models import EncryptedModel
+from .plan import FieldPath, Leaf, Many, Nested, Node, dotted, encrypted_paths, plan_for
+from .report import (
+    EMPTY,
+    LEGACY,
+    MASKED,
+    PLAINTEXT,
+    UNDECRYPTABLE,
+    Failure,
+    Group,
+    Operation,
+    Report,
+    Scanned,
+    key_state,
+)
+from .topology import Script, TopologyError, check, describe, evaluate, fingerprint, nodes
 
 __all__ = [
     "Failure",
+    "Group",
     "Operation",
     "Report",
+    "Scanned",
     "amigrate",
     "arotate",
     "astatus",
@@ -58,7 +84,8 @@ ProgressCallback = Callable[[int], None]
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
 # n, then n triples. One call per batch: a call per record costs more than the work it does.
 # Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
-# has hash field expiration. JSON triples: path, expected string, new value as JSON text.
+# has hash field expiration. JSON triples: path, expected string, new value as JSON text. A
+# missing field (JSON: or null) is expected as "" (a blind index's companion not written yet).
 _HASH_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
@@ -70,7 +97,7 @@ for k = 1, #KEYS do
   end
   local current = redis.call('HMGET', key, unpack(fields))
   for j = 1, n do
-    if current[j] ~= ARGV[a + 3 * j - 1] then ok = 0 break end
+    if (current[j] or '') ~= ARGV[a + 3 * j - 1] then ok = 0 break end
   end
   if ok == 1 then
     local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', n, unpack(fields))
@@ -93,7 +120,10 @@ for k = 1, #KEYS do
   local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
   for i = a + 1, a + 3 * n, 3 do
     local current = redis.call('JSON.GET', key, ARGV[i])
-    if not current or cjson.decode(current)[1] ~= ARGV[i + 1] then ok = 0 break end
+    if not current then ok = 0 break end
+    local value = cjson.decode(current)[1]
+    if value == nil or value == cjson.null then value = '' end
+    if value ~= ARGV[i + 1] then ok = 0 break end
   end
   if ok == 1 then
     for i = a + 1, a + 3 * n, 3 do redis.call('JSON.SET', key, ARGV[i], ARGV[i + 2]) end
@@ -120,101 +150,6 @@ return out
 _RETRIES = 3
 
 
-class Operation(enum.StrEnum):
-    MIGRATE = "migrate"
-    ROTATE = "rotate"
-    STATUS = "status"
-
-
-# What a stored value is, as status counts it.
-PLAINTEXT = "plaintext"
-LEGACY = "origin-v1"
-MASKED = "masked"
-UNDECRYPTABLE = "undecryptable"
-EMPTY = "empty"
-
-
-_key_states: dict[bytes, str] = {}
-
-
-def key_state(key_id: bytes) -> str:
-    state = _key_states.get(key_id)
-    if state is None:
-        state = _key_states.setdefault(key_id, f"key:{key_id.hex()}")
-    return state
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A value left untouched because it cannot be brought to the wanted state."""
-
-    key: str
-    field: str
-    reason: str
-
-
-@dataclass(slots=True)
-class Report:
-    """What an operation found and did. Never holds a secret."""
-
-    operation: Operation
-    dry_run: bool = False
-    records: int = 0
-    encrypted: int = 0  # plaintext values encrypted
-    upgraded: int = 0  # origin v1 values rewritten in the current format
-    rewrapped: int = 0  # data keys re-wrapped under the current master key
-    unchanged: int = 0
-    conflicts: int = 0  # records skipped because the application changed them meanwhile
-    failures: list[Failure] = field(default_factory=list)
-    # Per model and field path: how many values are in each state (``status``), or were found
-    # in each state before the operation (``migrate``/``rotate``).
-    states: dict[str, Counter[str]] = field(default_factory=dict)
-
-    @property
-    def changed(self) -> int:
-        return self.encrypted + self.upgraded + self.rewrapped
-
-    @property
-    def ok(self) -> bool:
-        """Every value is (or, in a dry run, would be) in the wanted state."""
-        if self.failures or self.conflicts:
-            return False
-        if self.operation is Operation.STATUS:
-            return not any(
-                c[PLAINTEXT] or c[LEGACY] or c[MASKED] or c[UNDECRYPTABLE]
-                for c in self.states.values()
-            )
-        return True
-
-    def merge(self, other: Report) -> None:
-        self.records += other.records
-        self.encrypted += other.encrypted
-        self.upgraded += other.upgraded
-        self.rewrapped += other.rewrapped
-        self.unchanged += other.unchanged
-        self.conflicts += other.conflicts
-        self.failures.extend(other.failures)
-        for name, counts in other.states.items():
-            self.states.setdefault(name, Counter()).update(counts)
-
-    def summary(self) -> str:
-        """One line for the end of a run."""
-        verb = "would change" if self.dry_run else "changed"
-        head = f"{self.operation.value}: {self.records} records"
-        if self.operation is Operation.STATUS:
-            totals: Counter[str] = Counter()
-            for counts in self.states.values():
-                totals.update(counts)
-            parts = ", ".join(f"{n} {state}" for state, n in sorted(totals.items()))
-            return f"{head}; {parts or 'no values'}; {'OK' if self.ok else 'NOT OK'}"
-        return (
-            f"{head}; {verb} {self.changed} values ({self.encrypted} encrypted, "
-            f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped), "
-            f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
-            f"{len(self.failures)} failed; {'OK' if self.ok else 'NOT OK'}"
-        )
-
-
 # --- the model's stored layout ----------------------------------------------------------------
 
 
@@ -226,6 +161,7 @@ class _Layout:
     is_json: bool
     bound: bool
     plan: dict[str, Node]
+    blind: dict[str, BlindIndex]  # top-level fields with a blind index (bound models only)
 
     @classmethod
     def of(cls, model: type[BaseModel]) -> _Layout:
@@ -247,6 +183,7 @@ class _Layout:
             is_json=issubclass(model, (redis_om.JsonModel, aredis_om.JsonModel)),
             bound=issubclass(model, EncryptedModel),
             plan=plan,
+            blind=m._ref_search_spec().blind if issubclass(model, EncryptedModel) else {},
         )
 
     @functools.cached_property
@@ -310,10 +247,14 @@ class _Decision:
     new: str | None = None  # the value to write, if any
     outcome: str = "unchanged"  # encrypted / upgraded / rewrapped / unchanged / failed
     reason: str = ""
-    verified: bool = False  # decrypted to check it (status)
+    verified: bool = False  # decrypted to check it
+    key_id: bytes | None = None  # of a value that failed: the key its envelope names
 
 
 def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decision:
+    """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
+    its data opened), so that what cannot be decrypted is reported by every operation, not
+    only by ``status``: an operator must not learn of it after dropping a key."""
     if raw is None or raw == "":
         return _Decision(EMPTY)
     if not isinstance(raw, str):
@@ -321,22 +262,18 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
     if raw.startswith(PREFIX):
         try:
             blob = decode(raw)
-        except DecryptionError:
-            return _Decision(UNDECRYPTABLE, outcome="failed", reason="malformed envelope")
+        except DecryptionError as exc:
+            return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
         key_id = blob[KEY_ID_SLICE]
-        state = key_state(key_id)
-        if op is Operation.STATUS:
-            try:
-                open_blob(blob, keyring, context)
-            except DecryptionError as exc:
-                return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
-            return _Decision(state, verified=True)
-        if op is Operation.ROTATE and key_id != keyring.current.key_id:
-            try:
-                return _Decision(state, rewrap_blob(raw, blob, keyring, context), "rewrapped")
-            except DecryptionError as exc:
-                return _Decision(state, outcome="failed", reason=_reason(exc))
-        return _Decision(state)
+        try:
+            if op is Operation.ROTATE and key_id != keyring.current.key_id:
+                # rewrap_blob opens the data too before vouching for it under the new key.
+                new = rewrap_blob(raw, blob, keyring, context)
+                return _Decision(key_state(key_id), new, "rewrapped")
+            open_blob(blob, keyring, context)
+        except DecryptionError as exc:
+            return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc), key_id=key_id)
+        return _Decision(key_state(key_id), verified=True)
     if parse_legacy(raw) is not None:
         try:
             plaintext = open_legacy(raw, keyring)
@@ -380,24 +317,28 @@ class _Planned:
     # values n, then n triples).
     send_keys: list[str] = field(default_factory=list)
     send_args: list[Any] = field(default_factory=list)
+    send_starts: list[int] = field(default_factory=list)  # where each record's ARGV begins
     # Per record written, what its values count as; the whole batch's tally.
     send_tallies: list[tuple[_Tally, ...]] = field(default_factory=list)
     tally: Counter[_Tally] = field(default_factory=Counter)
 
 
-def _read_request(sha: str, layout: _Layout, keys: Sequence[str]) -> Callable[[Any], Any]:
-    fields = [] if layout.is_json else list(layout.plan)
-    return lambda client: client.evalsha(sha, len(keys), *keys, *fields)
+def _read_request(script: Script, layout: _Layout, keys: Sequence[str]) -> Request:
+    fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
+    return evaluate(script, keys, fields)
 
 
-def _write_request(sha: str, keys: Sequence[str], args: Sequence[Any]) -> Callable[[Any], Any]:
-    return lambda client: client.evalsha(sha, len(keys), *keys, *args)
+def _write_request(
+    script: Script, keys: Sequence[str], args: Sequence[Any], starts: Sequence[int] = ()
+) -> Request:
+    return evaluate(script, keys, (), args, starts)
 
 
 def _plan_record(
     op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, planned: _Planned
 ) -> None:
     values: Iterable[tuple[FieldPath, Any]]
+    companions: dict[str, Any] = {}
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
         # registered its response callbacks on the client.
@@ -405,10 +346,16 @@ def _plan_record(
         if doc is None:
             return  # deleted since the scan
         values = list(_values(doc, layout.plan, ()))
+        if layout.blind and isinstance(doc, dict):
+            companions = {name: doc.get(companion_name(name)) for name in layout.blind}
     else:
         if stored is None or stored.count(None) == len(stored):
             return  # deleted since the scan
-        values = zip(layout.hash_paths, stored, strict=True)
+        paths = layout.hash_paths
+        if layout.blind:
+            companions = dict(zip(layout.blind, map(_text, stored[len(paths) :]), strict=True))
+            stored = stored[: len(paths)]
+        values = zip(paths, stored, strict=True)
     planned.records += 1
     args = planned.send_args
     start = len(args)
@@ -418,7 +365,8 @@ def _plan_record(
     record = binding_part(key) if layout.bound else None
     for path, value in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
-        d = _decide(op, raw, keyring, b"" if record is None else record + _field_part(path))
+        context = b"" if record is None else record + _field_part(path)
+        d = _decide(op, raw, keyring, context)
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
         kind = (_name(layout.name, path), d.state, d.outcome)
@@ -429,14 +377,83 @@ def _plan_record(
             else:
                 args += [path[0], raw, d.new]
         elif d.outcome == "failed":
-            planned.report.failures.append(Failure(key, ".".join(map(str, path)), d.reason))
+            kid = d.key_id.hex() if d.key_id is not None else None
+            failure = Failure(key, dotted(path), d.reason, layout.name, d.state, kid)
+            planned.report.failures.append(failure)
+        if layout.blind and len(path) == 1 and path[0] in layout.blind:
+            name = str(path[0])
+            old = companions.get(name)
+            kind, detail = _reindex(op, layout, name, raw, d, old, keyring, context)
+            tally.append(_tallies.setdefault(kind, kind))
+            if kind[2] == "indexed":
+                if d.new is None:  # the value is compared too: the companion goes beside it
+                    if layout.is_json:
+                        args += [_json_path(path), raw or "", json.dumps(raw)]
+                    else:
+                        args += [name, raw or "", raw or ""]
+                if layout.is_json:
+                    args += [_json_path((companion_name(name),)), old or "", json.dumps(detail)]
+                else:
+                    args += [companion_name(name), old or "", detail]
+            elif kind[2] == "failed" and d.outcome != "failed":
+                where = f"{name}{INDEX_SUFFIX}"
+                planned.report.failures.append(Failure(key, where, detail, layout.name))
     planned.tally.update(tally)
     if len(args) > start + 1:
         args[start] = (len(args) - start - 1) // 3
         planned.send_keys.append(key)
+        planned.send_starts.append(start)
         planned.send_tallies.append(tuple(tally))
     else:
         del args[start]
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_name(model: str, field: str) -> str:
+    """What status counts a blind index's companions under."""
+    return f"{model}.{field}{INDEX_SUFFIX}"
+
+
+def _reindex(
+    op: Operation,
+    layout: _Layout,
+    name: str,
+    raw: Any,
+    d: _Decision,
+    stored: Any,
+    keyring: KeyRing,
+    context: bytes,
+) -> tuple[_Tally, str]:
+    """How the companion of a blind-indexed value stands, and the companion the operation
+    writes ("indexed": ``migrate`` when it is missing or outdated, ``rotate`` also when it is
+    under an old key), or why it cannot be made ("failed"). The value has just been decrypted
+    (and audited) by ``_decide``; it is opened again here for its plaintext."""
+    counted = _index_name(layout.name, name)
+    if d.outcome == "failed":
+        return (counted, d.state, "failed"), d.reason
+    index = layout.blind[name]
+    try:
+        if d.state == EMPTY:
+            plaintext = None
+        elif d.state == PLAINTEXT:
+            plaintext = raw
+        elif d.state == LEGACY:
+            plaintext = open_legacy(raw, keyring)
+        else:
+            plaintext = open_blob(decode(raw), keyring, context)
+        info = domain(layout.prefix, name, index.definition)
+        where = f"{layout.name}.{name}"
+        old = stored if stored is None or isinstance(stored, str) else "?"
+        state, expected = companion_state(index, keyring, info, plaintext, old, where)
+    except EncryptionError as exc:
+        return (counted, UNDECRYPTABLE, "failed"), _reason(exc)
+    if state == EMPTY or op is Operation.STATUS:
+        write = False
+    elif op is Operation.ROTATE:
+        write = state != key_state(keyring.current.key_id)
+    else:
+        write = state in (INDEX_MISSING, INDEX_OUTDATED)
+    return (counted, state, "indexed" if write else "index-ok"), expected
 
 
 _AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
@@ -455,7 +472,7 @@ def _audit(
         error = DecryptionError(d.reason)
         track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
     elif d.outcome == "unchanged" and (d.state == LEGACY or d.verified):
-        # status decrypts to check; migrate and rotate do not open envelopes they leave alone.
+        # Every operation decrypts the envelopes it leaves alone, to check them.
         track("decrypt", envelope=raw, **common)
 
 
@@ -468,7 +485,7 @@ def _plan_batch(
     return planned
 
 
-_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "unchanged")
+_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "indexed", "unchanged")
 
 
 def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
@@ -497,37 +514,41 @@ def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[R
     return report, [k for k in planned.keys if k in conflicted]
 
 
-def _writes(op: Operation, planned: _Planned, sha: str | None, dry_run: bool) -> bool:
+def _writes(op: Operation, planned: _Planned, script: Script | None, dry_run: bool) -> bool:
     return (
-        bool(planned.send_keys) and sha is not None and not dry_run and op is not Operation.STATUS
+        bool(planned.send_keys)
+        and script is not None
+        and not dry_run
+        and op is not Operation.STATUS
     )
 
 
-def _send(sha: str, planned: _Planned) -> Steps[Any]:
-    return (yield _write_request(sha, planned.send_keys, planned.send_args))
+def _send(script: Script, planned: _Planned) -> Steps[Any]:
+    request = _write_request(script, planned.send_keys, planned.send_args, planned.send_starts)
+    return (yield request)
 
 
 def _batch(
     op: Operation,
     layout: _Layout,
     keys: Sequence[str],
-    shas: tuple[str, str | None],
+    scripts: tuple[Script, Script | None],
     keyring: KeyRing,
     dry_run: bool,
     attempts: int = _RETRIES,
 ) -> Steps[Report]:
     """One batch, read then written, with retries of the records that changed meanwhile."""
-    read_sha, sha = shas
+    read, write = scripts
     report = Report(op, dry_run)
     pending = list(keys)
     for _ in range(attempts):
         if not pending:
             return report
-        stored = yield _read_request(read_sha, layout, pending)
+        stored = yield _read_request(read, layout, pending)
         planned = _plan_batch(op, layout, pending, stored, keyring)
         results: Any = []
-        if _writes(op, planned, sha, dry_run):
-            results = yield from _send(typing.cast(str, sha), planned)
+        if _writes(op, planned, write, dry_run):
+            results = yield from _send(typing.cast(Script, write), planned)
         done, pending = _settle(planned, results, dry_run)
         report.merge(done)
     report.conflicts += len(pending)
@@ -541,38 +562,72 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _scan_request(cursor: Any, match: str, count: int, kind: str) -> Callable[[Any], Any]:
-    return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
+def _scan_request(cursor: Any, match: str, count: int, kind: str, node: Any) -> Request:
+    if node is None:
+        return lambda c: c.scan(cursor, match=match, count=count, _type=kind)
+
+    def on_node(c: Any) -> Any:
+        # A cluster client answers ({node name: cursor}, keys) for the node it is sent to.
+        reply = c.scan(cursor, match=match, count=count, _type=kind, target_nodes=node)
+        if inspect.isawaitable(reply):
+            return _node_cursor_async(reply, node)
+        return _node_cursor(reply, node)
+
+    return on_node
+
+
+def _node_cursor(reply: Any, node: Any) -> tuple[Any, Any]:
+    cursors, keys = reply
+    return (cursors[node.name] if isinstance(cursors, dict) else cursors), keys
+
+
+async def _node_cursor_async(reply: Any, node: Any) -> tuple[Any, Any]:
+    return _node_cursor(await reply, node)
 
 
 class _Scanner:
-    """The model's keys from ``SCAN``, a batch at a time."""
+    """The model's keys from ``SCAN``, a batch at a time: on a cluster, from every primary."""
 
-    __slots__ = ("count", "cursor", "finished", "keys", "kind", "match")
+    __slots__ = ("count", "cursor", "finished", "keys", "kind", "match", "nodes")
 
-    def __init__(self, match: str, count: int, kind: str) -> None:
+    def __init__(self, match: str, count: int, kind: str, nodes: Sequence[Any]) -> None:
         self.match, self.count, self.kind = match, count, kind
+        self.nodes = list(nodes)
         self.cursor: Any = 0
-        self.finished = False
+        self.finished = not self.nodes
         self.keys: list[str] = []
 
     def next_batch(self) -> Steps[list[str]]:
         # SCAN pages hold few of the model's keys when others share the database: fill whole
         # batches (at most two pages' worth of keys are held).
         while not self.finished and len(self.keys) < self.count:
-            cursor, found = yield _scan_request(self.cursor, self.match, self.count, self.kind)
+            node = self.nodes[0]
+            request = _scan_request(self.cursor, self.match, self.count, self.kind, node)
+            cursor, found = yield request
             self.keys += [_text(k) for k in found]
             self.cursor = cursor
-            self.finished = int(cursor) == 0
+            if int(cursor) == 0:
+                # This node is done; on to the next primary of a cluster.
+                self.nodes.pop(0)
+                self.cursor = 0
+                self.finished = not self.nodes
         batch, self.keys = self.keys[: self.count], self.keys[self.count :]
         return batch
 
 
-def _read_next(scanner: _Scanner, layout: _Layout, read_sha: str) -> Steps[tuple[list[str], Any]]:
+def _read_next(scanner: _Scanner, layout: _Layout, read: Script) -> Steps[tuple[list[str], Any]]:
     keys = yield from scanner.next_batch()
     if not keys:
         return keys, []
-    return keys, (yield _read_request(read_sha, layout, keys))
+    return keys, (yield _read_request(read, layout, keys))
+
+
+def _the_client(client: Any) -> Any:
+    return client
+
+
+# A pass over the keyspace that saw the cluster's slots move is made again, this many at most.
+_PASSES = 3
 
 
 def _steps(
@@ -587,44 +642,82 @@ def _steps(
         raise EncryptionError("batch_size must be at least 1")
     layout = _Layout.of(model)
     ring = keyring or get_keyring()
-    report = Report(op, dry_run)
-    for path in encrypted_paths(model):
-        report.states.setdefault(f"{layout.name}.{path}", Counter())
-    read_script = _JSON_READ if layout.is_json else _HASH_READ
-    read_sha = _text((yield lambda c: c.script_load(read_script)))
-    sha: str | None = None
+    client = yield _the_client
+    yield from check(client)  # the whole keyspace is in sight, or nothing is done
+    read = Script(_JSON_READ if layout.is_json else _HASH_READ)
+    read.sha = _text((yield lambda c: c.script_load(read.text)))
+    write: Script | None = None
     if op is not Operation.STATUS and not dry_run:
-        script = _JSON_CAS if layout.is_json else _HASH_CAS
-        sha = _text((yield lambda c: c.script_load(script)))
-    shas = (read_sha, sha)
+        write = Script(_JSON_CAS if layout.is_json else _HASH_CAS)
+        text = write.text
+        write.sha = _text((yield lambda c: c.script_load(text)))
+    scripts = (read, write)
+    report: Report | None = None
+    for attempt in range(_PASSES):
+        before = yield from fingerprint(client)
+        this = yield from _pass(op, layout, client, scripts, ring, dry_run, batch_size, progress)
+        after = yield from fingerprint(client)
+        report = this if report is None else report.then(this)
+        if before == after:
+            return report
+        if attempt == _PASSES - 1:
+            raise TopologyError(
+                f"the slots of {describe(client)} moved during each of {_PASSES} passes "
+                "(resharding or failover), so no pass could see every record: nothing was lost "
+                "(every record is written atomically); run it again once the cluster is stable"
+            )
+    raise AssertionError("unreachable")
+
+
+def _pass(
+    op: Operation,
+    layout: _Layout,
+    client: Any,
+    scripts: tuple[Script, Script | None],
+    ring: KeyRing,
+    dry_run: bool,
+    batch_size: int,
+    progress: ProgressCallback | None,
+) -> Steps[Report]:
+    """One pass over the model's records on every node."""
+    read, write = scripts
+    report = Report(op, dry_run)
+    report.current_key = ring.current.key_id_hex
+    report.previous_keys = ring.previous_ids
+    for path in encrypted_paths(layout.model):
+        report.states.setdefault(f"{layout.name}.{path}", Counter())
+    for name in layout.blind:
+        report.states.setdefault(_index_name(layout.name, name), Counter())
     kind = "ReJSON-RL" if layout.is_json else "hash"
-    scanner = _Scanner(_glob_escape(layout.prefix) + "*", batch_size, kind)
+    match = _glob_escape(layout.prefix) + "*"
+    scanner = _Scanner(match, batch_size, kind, nodes(client))
     # Three stages overlap: while this process decides batch N, Redis runs the compare-and-set
     # of batch N-1 and the read of batch N+1 (each on its own connection). Memory holds at most
     # three batches, whatever the size of the data set.
-    reading = yield Submit(_read_next(scanner, layout, read_sha))
+    reading = yield Submit(_read_next(scanner, layout, read))
     writing: tuple[Any, _Planned] | None = None
     while True:
         keys, stored = yield Wait(reading)
         planned: _Planned | None = None
         if keys:
-            reading = yield Submit(_read_next(scanner, layout, read_sha))
+            reading = yield Submit(_read_next(scanner, layout, read))
             planned = _plan_batch(op, layout, keys, stored, ring)
         if writing is not None:
             handle, previous = writing
             results = (yield Wait(handle)) if handle is not None else []
             done, conflicted = _settle(previous, results, dry_run)
             if conflicted:
-                retried = _batch(op, layout, conflicted, shas, ring, dry_run, _RETRIES - 1)
+                retried = _batch(op, layout, conflicted, scripts, ring, dry_run, _RETRIES - 1)
                 done.merge((yield from retried))
             report.merge(done)
             if progress is not None:
                 progress(len(previous.keys))
         if planned is None:
+            report.scanned.append(Scanned(layout.name, describe(client), match, report.records))
             return report
         handle = None
-        if _writes(op, planned, sha, dry_run):
-            handle = yield Submit(_send(typing.cast(str, sha), planned))
+        if _writes(op, planned, write, dry_run):
+            handle = yield Submit(_send(typing.cast(Script, write), planned))
         writing = (handle, planned)
 
 

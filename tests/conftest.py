@@ -30,16 +30,32 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 if TYPE_CHECKING:
-    from devtools.redis_stack import RedisStackServer
+    from devtools.redis_stack import RedisStackCluster, RedisStackServer
 
 _server: RedisStackServer | None = None
+_cluster: RedisStackCluster | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server
-    from devtools.redis_stack import RedisStackError, RedisStackServer
+    global _server, _cluster
+    from devtools.redis_stack import RedisStackCluster, RedisStackError, RedisStackServer
 
-    if os.environ.get("REDIS_OM_URL") or config.getoption("help", False):
+    if config.getoption("help", False):
+        return
+    # A Redis Cluster (3 primaries) for the cluster tests, shared by the session; its models
+    # name it in Meta.database when their module is imported. REDIS_OM_CLUSTER_URL: your own.
+    if not os.environ.get("REDIS_OM_CLUSTER_URL"):
+        cluster = RedisStackCluster(primaries=3)
+        try:
+            cluster.start()
+        except RedisStackError as exc:
+            pytest.exit(
+                f"could not start a Redis Cluster for the tests: {exc}",
+                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            )
+        _cluster = cluster
+        os.environ["REDIS_OM_CLUSTER_URL"] = cluster.url
+    if os.environ.get("REDIS_OM_URL"):
         return
     # pytest-xdist controller: let each worker start (and FLUSHALL) its own server.
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
@@ -57,7 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    global _server
+    global _server, _cluster
+    if _cluster is not None:
+        os.environ.pop("REDIS_OM_CLUSTER_URL", None)
+        _cluster.stop()
+        _cluster = None
     if _server is not None:
         os.environ.pop("REDIS_OM_URL", None)
         _server.stop()
@@ -104,9 +124,13 @@ def master_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 async def _indexes() -> None:
-    """RediSearch indexes for every model the test modules define (sync and async registries)."""
+    """RediSearch indexes for every model the test modules define (sync and async registries),
+    on the standalone server: redis-om's migrator cannot create indexes through a cluster
+    client, and models on the test cluster are not searched (see README, Redis Cluster)."""
     import aredis_om
+    import redis.asyncio
     import redis_om
 
-    redis_om.Migrator().run()
-    await aredis_om.Migrator().run()
+    url = os.environ["REDIS_OM_URL"]
+    redis_om.Migrator(conn=redis.Redis.from_url(url, decode_responses=True)).run()
+    await aredis_om.Migrator(conn=redis.asyncio.Redis.from_url(url, decode_responses=True)).run()

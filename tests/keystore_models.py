@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import aredis_om
 import redis_om
 
-from redis_encrypted_fields import EncryptedModel, EncryptedStr
+from redis_encrypted_fields import BlindIndex, EncryptedModel, EncryptedStr
 
 
 class Vault(EncryptedModel, redis_om.HashModel, index=True):
@@ -22,3 +24,12 @@ class AsyncVault(EncryptedModel, aredis_om.JsonModel, index=True):
 
     class Meta:
         model_key_prefix = "ks.async-vault"
+
+
+class Member(EncryptedModel, redis_om.HashModel, index=True):
+    """Searchable by an encrypted field (blind index), under keys from the store."""
+
+    email: Annotated[EncryptedStr, BlindIndex(normalize="casefold")]
+
+    class Meta:
+        model_key_prefix = "ks.member"

@@ -134,7 +134,9 @@ async def test_a_failed_decrypt_names_the_key_id_and_the_reason(
     assert (event.operation, event.outcome, event.model) == ("decrypt", "failed", model.__name__)
     assert event.field == "connection_url"  # the first one read; reading stops there
     assert event.key_id == kid(master_key)  # the id the envelope names
-    assert event.reason == str(info.value)
+    # The exception also names the value (the event has model, field and record of its own).
+    assert str(info.value) == f"{event.reason} ({model.__name__}.connection_url of {key})"
+    assert (info.value.record, info.value.field) == (key, "connection_url")
     assert f"no configured master key has id {kid(master_key)}" in event.reason
 
     monkeypatch.setenv("REDIS_SRE_MASTER_KEY", master_key)
@@ -256,14 +258,15 @@ def test_operation_events_describe_decisions_even_when_a_write_loses_a_race(
 ) -> None:
     """migrate decides to encrypt a plaintext value and says so; the application saves the record
     before migrate writes; the compare-and-set refuses the stale write, the record is read and
-    decided again (now nothing to do). The first event stays: events describe decisions."""
+    decided again: the application's envelope is decrypted to check it, and left as it is. The
+    first event stays: events describe decisions."""
     wipe(SecAccount)
     key = SecAccount.make_primary_key("race")
     client().hset(key, mapping={"pk": "race", "name": "n", "password": secret("plain")})
     real = ops._write_request
 
-    def racing(sha: str, keys: Any, args: Any) -> Any:
-        send = real(sha, keys, args)
+    def racing(sha: Any, keys: Any, args: Any, *rest: Any) -> Any:
+        send = real(sha, keys, args, *rest)
 
         def request(c: Any) -> Any:
             SecAccount(pk="race", name="n", password=secret("app")).save()
@@ -277,6 +280,7 @@ def test_operation_events_describe_decisions_even_when_a_write_loses_a_race(
     assert [(e.operation, e.model, e.record) for e in events] == [
         ("encrypt", "SecAccount", key),  # migrate's decision, whose write lost the race
         ("encrypt", "SecAccount", key),  # the application's save, which won
+        ("decrypt", "SecAccount", key),  # migrate's retry checks what the application wrote
     ]
 
 

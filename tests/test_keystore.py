@@ -33,13 +33,14 @@ import redis
 from botocore.stub import Stubber
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from keystore_models import AsyncVault, Vault
+from keystore_models import AsyncVault, Member, Vault
 from support import client, raw, wipe
 
 from devtools.kms_server import KmsServer
 from redis_encrypted_fields import (
     AuditEvent,
     AwsKms,
+    ConfigurationError,
     DecryptionError,
     KeyStore,
     KeyStoreError,
@@ -51,6 +52,7 @@ from redis_encrypted_fields import (
     decrypt_secret,
     encrypt_secret,
     get_keyring,
+    ops,
     remove_audit_hook,
     set_keyring,
 )
@@ -322,7 +324,7 @@ def test_env_key_to_key_store_transition_end_to_end(
     assert rotated.returncode == 0, rotated.stderr
     status = cli("status", "keystore_models:Vault")
     assert status.returncode == 0, status.stderr
-    assert f"key:{store_id}" in status.stdout
+    assert f"Vault.secret: 6 under key {store_id} (current)" in status.stdout
     assert env_id not in status.stdout
 
     monkeypatch.delenv("REDIS_SRE_MASTER_KEY")  # the env key can go now
@@ -369,12 +371,32 @@ def test_a_store_backed_ring_set_in_code(kms: KmsKey, vaults: None) -> None:
     assert "s3cret" not in repr(ring)
 
 
+def test_search_by_an_encrypted_field_finds_records_under_every_store_key(kms: KmsKey) -> None:
+    wipe(Member)
+    try:
+        first = store().create()
+        early = Member(email="Ada@Example.org")
+        early.save()
+        second = store().create()
+        set_keyring(None)  # a process started after the new key
+        late = Member(email="ada@example.org")
+        late.save()
+        assert {key_id_of(Member, m.pk, "email") for m in (early, late)} == {
+            first.key_id,
+            second.key_id,
+        }
+        found = Member.find(Member.email == "ADA@example.org").all()
+        assert sorted(m.pk for m in found) == sorted([early.pk, late.pk])
+    finally:
+        wipe(Member)
+
+
 @pytest.mark.parametrize("ttl", ["0", "-5", "soon", "inf"])
-def test_a_bad_cache_lifetime_is_a_master_key_error(
+def test_a_bad_cache_lifetime_is_a_configuration_error(
     kms: KmsKey, monkeypatch: pytest.MonkeyPatch, ttl: str
 ) -> None:
     monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", ttl)
-    with pytest.raises(MasterKeyError, match="REDIS_SRE_KEY_CACHE_TTL must be a number"):
+    with pytest.raises(ConfigurationError, match="REDIS_SRE_KEY_CACHE_TTL must be a number"):
         get_keyring()
 
 
@@ -679,6 +701,9 @@ def test_keys_retire_after_rotate_end_to_end(kms: KmsKey, store_url: str, vaults
     active = cli("keys", "retire", new, "keystore_models:Vault")
     assert active.returncode != 0
     assert f"master key {new} is active" in active.stderr
+    status = cli("status", "keystore_models:Vault")
+    assert status.returncode == 1  # values under a previous key
+    assert f"Vault.secret: 3 under key {old} (previous)" in status.stdout
     in_use = cli("keys", "retire", old, "keystore_models:Vault")
     assert in_use.returncode != 0
     assert f"master key {old} still wraps 3 values (3 in Vault.secret)" in in_use.stderr
@@ -752,7 +777,10 @@ def test_kms_calls_and_key_store_changes_are_audit_events(kms: KmsKey, vaults: N
         new = store().create()
         ring = StoreKeyRing(store())
         ring.get(bytes.fromhex(old.key_id))
-        store().retire(old.key_id, [Vault])
+        remove_audit_hook(hook)  # status's own decrypt events are not the subject here
+        report = ops.status(Vault)
+        add_audit_hook(hook)
+        store().retire(old.key_id, report)
         refused = AwsKms(kms.alias)
         with Stubber(refused.client) as stub:
             stub.add_client_error("decrypt", service_error_code="DisabledException")

@@ -242,8 +242,8 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
     use_keys(monkeypatch, new_key(), master_key)
     real = ops._write_request
 
-    def racing(sha: str, keys: Any, args: Any) -> Any:
-        send = real(sha, keys, args)
+    def racing(sha: Any, keys: Any, args: Any, *rest: Any) -> Any:
+        send = real(sha, keys, args, *rest)
 
         def request(c: Any) -> Any:
             # The application saves a new password in the window between rotate's read and write.
