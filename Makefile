@@ -32,7 +32,8 @@ fuzz: venv
 lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
-	$(VPY) -m mypy --strict redis_encrypted_fields devtools/redis_stack.py
+	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/redis_stack.py \
+		devtools/kms_server.py
 
 demo: venv
 	$(WITH_REDIS) $(VPY) examples/redis_instance.py

@@ -36,5 +36,8 @@ BENCHMARKS: dict[str, Spec] = {
     "instructions": Spec("benchmarks.instructions", "6. Instructions per operation (valgrind)"),
     "cluster": Spec("benchmarks.cluster", "7. Rotation on a Redis Cluster"),
     "search": Spec("benchmarks.search", "8. Search on an encrypted field (blind index)"),
-    "memory": Spec("benchmarks.memory", "9. Peak memory of `find().all()`"),
+    "keystore": Spec(
+        "benchmarks.keystore", "9. Master keys from the key store (KMS) vs the environment"
+    ),
+    "memory": Spec("benchmarks.memory", "10. Peak memory of `find().all()`"),
 }

@@ -122,8 +122,8 @@ async def run(settings: Settings) -> Section:
     section.body += [
         f"{n:,} hash records with two encrypted fields on each; batch size 1,000; median of "
         f"{rounds} alternating rounds, each moving every record to a fresh master key. On the "
-        "cluster a batch is read and written with one script call per hash slot, sent in one "
-        "pipeline (redis-py sends each node its share).",
+        "cluster a batch is read and written with one script call per hash slot, each node's "
+        "calls sent in one pipeline on its own connection.",
         "",
         *table(["`ops.rotate` on", "records", "records/s", "per record"], rows),
         "",

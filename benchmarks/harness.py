@@ -234,20 +234,38 @@ async def compare(
     batch: int,
     goal: float | None = None,
     warmup: int | None = None,
+    setup: tuple[Callable[[], Any], Callable[[], Any]] | None = None,
 ) -> Comparison:
-    """Interleave ``rounds`` batches of each variant, alternating which one goes first."""
+    """Interleave ``rounds`` batches of each variant, alternating which one goes first.
+
+    ``setup``: a function per variant (encrypted, plain) run before each of its batches, untimed.
+    """
     result = Comparison(label, goal=goal)
     warm = max(50, batch) if warmup is None else warmup
-    await time_batch(encrypted, warm)
-    await time_batch(plain, warm)
+    before_encrypted, before_plain = setup or (_nothing, _nothing)
+
+    async def timed_encrypted(n: int) -> float:
+        before_encrypted()
+        return await time_batch(encrypted, n)
+
+    async def timed_plain(n: int) -> float:
+        before_plain()
+        return await time_batch(plain, n)
+
+    await timed_encrypted(warm)
+    await timed_plain(warm)
     for i in range(rounds):
         if i % 2 == 0:
-            result.encrypted.append(await time_batch(encrypted, batch))
-            result.plain.append(await time_batch(plain, batch))
+            result.encrypted.append(await timed_encrypted(batch))
+            result.plain.append(await timed_plain(batch))
         else:
-            result.plain.append(await time_batch(plain, batch))
-            result.encrypted.append(await time_batch(encrypted, batch))
+            result.plain.append(await timed_plain(batch))
+            result.encrypted.append(await timed_encrypted(batch))
     return result
+
+
+def _nothing() -> None:
+    pass
 
 
 def fmt_time(seconds: float, *, signed: bool = False) -> str:

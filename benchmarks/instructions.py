@@ -179,7 +179,10 @@ def _child(n: int, n_bulk: int, bulk: int) -> None:
         cleanup()
 
 
-def _count(n: int, n_bulk: int, bulk: int) -> dict[str, float]:
+def _count(args: list[int], module: str = "benchmarks.instructions") -> dict[str, float]:
+    """Instructions per record of each workload ``python -m MODULE --child ARGS...`` runs: it
+    prints ``name calls records`` for each and runs its calls in one ``math.fsum()`` call; the
+    counting loop's cost (its ``empty`` workload) is subtracted."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise FileNotFoundError("valgrind")
@@ -195,11 +198,9 @@ def _count(n: int, n_bulk: int, bulk: int) -> dict[str, float]:
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 "-m",
-                "benchmarks.instructions",
+                module,
                 "--child",
-                str(n),
-                str(n_bulk),
-                str(bulk),
+                *map(str, args),
             ],
             capture_output=True,
             text=True,
@@ -231,7 +232,7 @@ async def run(settings: Settings) -> Section:
     section = Section("instructions", BENCHMARKS["instructions"].title)
     n, n_bulk, bulk = (200, 2, 20) if settings.quick else (2000, 10, BULK_RECORDS)
     try:
-        counts = _count(n, n_bulk, bulk)
+        counts = _count([n, n_bulk, bulk])
     except FileNotFoundError:
         section.body.append("Skipped: valgrind is not installed on this machine.")
         return section

@@ -47,6 +47,7 @@ __all__ = [
     "ensure_runtime_libs",
     "find_redis_stack",
     "main",
+    "stop_process",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -308,6 +309,18 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; nothing if it is not running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
     """Linux: have the server receive SIGTERM if its parent dies abruptly."""
     with contextlib.suppress(Exception):  # best effort only
@@ -441,14 +454,7 @@ class RedisStackServer:
 
     def _terminate(self) -> None:
         proc, self._proc, self.port = self._proc, None, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=self.shutdown_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, self.shutdown_timeout)
 
     def stop(self) -> None:
         """Terminate the server (kill it if it doesn't stop) and clean up."""

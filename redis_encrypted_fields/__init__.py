@@ -10,6 +10,8 @@ from .errors import (
     ConfigurationError,
     DecryptionError,
     EncryptionError,
+    KeyStoreError,
+    KmsError,
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
@@ -18,10 +20,13 @@ from .errors import (
 )
 from .fields import EncryptedStr, Mask, UrlMask
 from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
+from .keystore import KeyStore, StoreKeyRing
+from .kms import AwsKms, KmsProvider
 from .models import EncryptedModel, set_plaintext_reads
 
 __all__ = [
     "AuditEvent",
+    "AwsKms",
     "BlindIndex",
     "BlindIndexError",
     "ConfigurationError",
@@ -31,11 +36,16 @@ __all__ = [
     "EncryptionError",
     "IndexPlan",
     "KeyRing",
+    "KeyStore",
+    "KeyStoreError",
+    "KmsError",
+    "KmsProvider",
     "Mask",
     "MaskedSecretError",
     "MasterKey",
     "MasterKeyError",
     "PlaintextSecretError",
+    "StoreKeyRing",
     "StoredMaskError",
     "UnsupportedQueryError",
     "UrlMask",

@@ -1,4 +1,6 @@
-"""Audit trail: one structured event per encrypt, decrypt, re-wrap and failed decrypt.
+"""Audit trail: one structured event per encrypt, decrypt, re-wrap and failed decrypt, and per
+KMS call and key store change (``kms_generate``, ``kms_encrypt``, ``kms_decrypt``, ``key_created``,
+``key_retired``; see ``keystore``).
 
 Events go to the ``redis_encrypted_fields.audit`` logger at INFO, which is set to WARNING here so
 that it stays silent until the application turns it on::
@@ -40,13 +42,14 @@ _log = logging.getLogger("redis_encrypted_fields")
 class AuditEvent:
     """What happened to one secret. Holds no secret."""
 
-    operation: str  # "encrypt", "decrypt", "rewrap"
+    operation: str  # "encrypt", "decrypt", "rewrap", "kms_decrypt", "key_created", ...
     outcome: str  # "ok" or "failed"
     model: str | None = None
     field: str | None = None
     record: str | None = None  # the record's Redis key
     key_id: str | None = None  # hex id of the master key involved
     reason: str | None = None  # why it failed: the library's own message
+    kms_key_id: str | None = None  # the KMS key of a KMS call or key store change
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,12 +93,13 @@ def emit(event: AuditEvent) -> None:
     if logger.isEnabledFor(logging.INFO):
         where = ".".join(p for p in (event.model, event.field) if p) or "-"
         logger.info(
-            "%s %s %s record=%s key=%s%s",
+            "%s %s %s record=%s key=%s%s%s",
             event.operation,
             event.outcome,
             where,
             event.record or "-",
             event.key_id or "-",
+            f" kms={event.kms_key_id}" if event.kms_key_id else "",
             f" reason={event.reason}" if event.reason else "",
             extra={"audit": event.as_dict()},
         )
@@ -116,6 +120,7 @@ def track(
     envelope: str | None = None,
     key_id: bytes | None = None,
     error: BaseException | None = None,
+    kms_key_id: str | None = None,
 ) -> None:
     """Build and deliver one event, if anything listens. The key id comes from ``key_id`` or is
     read from ``envelope`` (parsed only when someone listens)."""
@@ -131,5 +136,6 @@ def track(
             record=record,
             key_id=kid,
             reason=str(error) if error is not None else None,
+            kms_key_id=kms_key_id,
         )
     )

@@ -1,4 +1,5 @@
-"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | plan-index``."""
+"""The command line: ``redis-encrypted-fields keygen | migrate | rotate | status | plan-index |
+keys``."""
 
 from __future__ import annotations
 
@@ -365,6 +366,76 @@ def plan_index(
         f"safe: {plan.min_bits} to {plan.max_bits} bits; recommended: "
         f"BlindIndex(bits={plan.recommended}) (the default is {DEFAULT_BITS}{default})"
     )
+
+
+# --- keys: master keys in the key store (redis_encrypted_fields.keystore) ----------------------
+
+keys_app = typer.Typer(
+    help="Master keys in the key store, wrapped by the KMS key $REDIS_SRE_KMS_KEY_ID, kept in "
+    "$REDIS_SRE_KEYSTORE_URL (default: $REDIS_OM_URL). See docs/keys.md.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create() -> None:
+    """Create a new active master key (the active one becomes decrypt-only); print its key id."""
+    from .keystore import KeyStore
+
+    with _errors():
+        record = KeyStore.from_env().create()
+    print(
+        "# the new active key; running processes use it within REDIS_SRE_KEY_CACHE_TTL",
+        file=sys.stderr,
+    )
+    print(record.key_id)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List the keys: key id, state, creation time, KMS key."""
+    from .keystore import KeyStore
+
+    with _errors():
+        records = KeyStore.from_env().records()
+    if as_json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    rows = [("key id", "state", "created at", "KMS key")]
+    rows += [(r.key_id, r.state.value, r.created_at, r.kms_key_id) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])
+
+
+@keys_app.command("retire")
+def keys_retire(
+    key_id: Annotated[str, typer.Argument(help="The key id (16 hex digits).", show_default=False)],
+    target: TargetArg,
+    url: UrlOpt = None,
+    batch_size: BatchOpt = 500,
+) -> None:
+    """Retire a decrypt-only key for good (its wrapped key is deleted).
+
+    Refused while status finds a value of the models in TARGET under it (run rotate first), or if
+    it is the active key.
+    """
+    from .keystore import KeyStore
+
+    with _errors():
+        store = KeyStore.from_env()
+        store.retirable(key_id)  # before the data is read: a wrong id fails at once
+        if url:
+            os.environ["REDIS_OM_URL"] = url
+        models = load_models(target)
+        client = client_for_url(url) if url else None
+        report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
+        record = store.retire(key_id, report)
+    print(f"retired {record.key_id}")
 
 
 def main() -> None:

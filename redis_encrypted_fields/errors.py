@@ -10,6 +10,8 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "EncryptionError",
+    "KeyStoreError",
+    "KmsError",
     "MaskedSecretError",
     "MasterKeyError",
     "PlaintextSecretError",
@@ -69,6 +71,16 @@ def _rebuild(
 
 class MasterKeyError(EncryptionError):
     """The master key is missing or malformed."""
+
+
+class KeyStoreError(MasterKeyError):
+    """The key store cannot supply or change a master key (no active key, a record that does not
+    match its key id, a retirement refused). Names the key id."""
+
+
+class KmsError(KeyStoreError):
+    """A KMS call failed or was refused (unreachable, key disabled, access denied, a wrapped key
+    that does not unwrap). Names the key id and the KMS's error."""
 
 
 class ConfigurationError(EncryptionError):

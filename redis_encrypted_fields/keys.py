@@ -9,7 +9,6 @@ import hmac
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,11 +17,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import DecryptionError, MasterKeyError
 
 __all__ = [
+    "ENV_KMS_KEY_ID",
     "ENV_MASTER_KEY",
     "ENV_PREVIOUS_MASTER_KEYS",
     "KEY_ID_SIZE",
     "KeyRing",
     "MasterKey",
+    "env_keys",
     "generate_master_key",
     "get_keyring",
     "set_keyring",
@@ -173,6 +174,11 @@ class KeyRing:
         """Every key, current first."""
         return (self.current, *self.previous)
 
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
+        """The hex ids of the decrypt-only keys (what ``status`` calls previous keys)."""
+        return tuple(k.key_id_hex for k in self.previous)
+
     def get(self, key_id: bytes) -> MasterKey:
         """The key with this id; no trial decryption with the others."""
         key = self._by_id.get(key_id)
@@ -194,11 +200,18 @@ class KeyRing:
 def _parse_env(current: str | None, previous: str | None) -> KeyRing:
     if not current or not current.strip():
         raise MasterKeyError(_MISSING_MESSAGE)
-    key = MasterKey.from_base64(current, where=ENV_MASTER_KEY, advice=_CURRENT_ADVICE)
+    return KeyRing(_parse_current(current), _parse_previous(previous))
+
+
+def _parse_current(current: str) -> MasterKey:
+    return MasterKey.from_base64(current, where=ENV_MASTER_KEY, advice=_CURRENT_ADVICE)
+
+
+def _parse_previous(previous: str | None) -> list[MasterKey]:
     # Empty entries (a trailing comma, ",," left by an edit) are skipped but still counted, so
     # that "entry 3" is the third comma-separated entry the operator sees.
     entries = (previous or "").split(",")
-    older = [
+    return [
         MasterKey.from_base64(
             text,
             where=f"entry {n} (of {len(entries)}, comma-separated) of {ENV_PREVIOUS_MASTER_KEYS}",
@@ -207,7 +220,15 @@ def _parse_env(current: str | None, previous: str | None) -> KeyRing:
         for n, text in enumerate(entries, 1)
         if text.strip()
     ]
-    return KeyRing(key, older)
+
+
+def env_keys(environ: Mapping[str, str] | None = None) -> list[MasterKey]:
+    """``REDIS_SRE_MASTER_KEY`` then ``REDIS_SRE_PREVIOUS_MASTER_KEYS``, those that are set (the
+    decrypt-only keys of a key store's ring)."""
+    env = os.environ if environ is None else environ
+    current = env.get(ENV_MASTER_KEY) or ""
+    first = [_parse_current(current)] if current.strip() else []
+    return [*first, *_parse_previous(env.get(ENV_PREVIOUS_MASTER_KEYS))]
 
 
 def generate_master_key() -> str:
@@ -217,36 +238,44 @@ def generate_master_key() -> str:
 
 # The ring in force. Set in code with set_keyring(); otherwise read from the environment at use
 # time (the design note's rotation script changes os.environ in a running process) and parsed
-# again only when the variables' text changes.
+# again only when the variables' text changes. With REDIS_SRE_KMS_KEY_ID set, the environment
+# describes a key store (keystore.StoreKeyRing); kept per text, so that its cached keys survive
+# the variables changing and changing back.
+ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
 _lock = threading.Lock()
 _configured: KeyRing | None = None
 
 
 def set_keyring(keyring: KeyRing | None) -> None:
-    """Use this ring instead of the environment; ``None`` returns to the environment."""
-    global _configured
+    """Use this ring (a ``KeyRing``, or a ``keystore.StoreKeyRing``) instead of the environment;
+    ``None`` returns to the environment, read afresh."""
+    global _configured, _fast
     _configured = keyring
+    with _lock:
+        _env_rings.clear()
+        _fast = None
 
 
 # get_keyring() runs for every secret sealed or opened, and os.environ.get() costs ~1.7 us (key
 # encoding, Mapping machinery): twice that per secret. On POSIX, os.environ keeps its bytes in a
 # dict (``_data``) that every os.environ write updates with new bytes objects; the cache holds
-# that dict and the two bytes objects it had, and is valid while they are still there (identity
+# that dict and the bytes objects it had, and is valid while they are still there (identity
 # checks, ~0.1 us). The text is read through os.environ only when they changed.
-_RAW_KEYS = (os.fsencode(ENV_MASTER_KEY), os.fsencode(ENV_PREVIOUS_MASTER_KEYS))
+_RAW_KEYS = (
+    os.fsencode(ENV_MASTER_KEY),
+    os.fsencode(ENV_PREVIOUS_MASTER_KEYS),
+    os.fsencode(ENV_KMS_KEY_ID),
+)
 _POSIX = os.name == "posix"
+_ENV_RINGS_MAX = 8
 
-
-class _EnvCache(NamedTuple):
-    current: str | None
-    previous: str | None
-    ring: KeyRing
-
-
-_env_cache: _EnvCache | None = None
-_K_CURRENT, _K_PREVIOUS = _RAW_KEYS
-# The fast path: (os.environ's byte dict, the two values' bytes objects in it, their ring).
-_fast: tuple[dict[bytes, bytes], object, object, KeyRing] | None = None
+# Rings by the text of the variables that made them.
+_env_rings: dict[tuple[str | None, ...], KeyRing] = {}
+_K_CURRENT, _K_PREVIOUS, _K_KMS = _RAW_KEYS
+# The fast path: (os.environ's byte dict, the three values' bytes objects in it, the key store's
+# variables and their bytes objects (None without a key store), their ring).
+_StoreRaw = tuple[tuple[bytes, object], ...]
+_fast: tuple[dict[bytes, bytes], object, object, object, _StoreRaw | None, KeyRing] | None = None
 
 
 def get_keyring() -> KeyRing:
@@ -256,28 +285,49 @@ def get_keyring() -> KeyRing:
         return configured
     fast = _fast
     if fast is not None:
-        data, raw_current, raw_previous, ring = fast
+        data, raw_current, raw_previous, raw_kms, store_raw, ring = fast
         try:
             same = os.environ._data is data  # type: ignore[attr-defined]
         except AttributeError:  # os.environ replaced by a plain mapping
             same = False
-        if same and data.get(_K_CURRENT) is raw_current and data.get(_K_PREVIOUS) is raw_previous:
+        if (
+            same
+            and data.get(_K_CURRENT) is raw_current
+            and data.get(_K_PREVIOUS) is raw_previous
+            and data.get(_K_KMS) is raw_kms
+            and (store_raw is None or all(data.get(k) is v for k, v in store_raw))
+        ):
             return ring
     return _read_environ()
 
 
 def _read_environ() -> KeyRing:
-    global _env_cache, _fast
+    global _fast
     data = getattr(os.environ, "_data", None) if _POSIX else None
-    raw = (data.get(_K_CURRENT), data.get(_K_PREVIOUS)) if type(data) is dict else None
-    current = os.environ.get(ENV_MASTER_KEY)
-    previous = os.environ.get(ENV_PREVIOUS_MASTER_KEYS)
-    cached = _env_cache
-    if cached is not None and cached.current == current and cached.previous == previous:
-        ring = cached.ring
-    else:
-        ring = _parse_env(current, previous)
+    names: tuple[str, ...] = (ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, ENV_KMS_KEY_ID)
+    if (os.environ.get(ENV_KMS_KEY_ID) or "").strip():
+        from .keystore import ENVIRONMENT
+
+        names += ENVIRONMENT
+    raw_names = [os.fsencode(n) for n in names]
+    # The bytes before the text: if the environment changes in between, the cache is stale at once.
+    raw = [data.get(n) for n in raw_names] if type(data) is dict else None
+    texts = tuple(os.environ.get(n) for n in names)
+    ring = _env_rings.get(texts)
+    if ring is None:
+        if texts[2] is not None and texts[2].strip():
+            from .keystore import StoreKeyRing
+
+            ring = StoreKeyRing.from_env()
+        else:
+            ring = _parse_env(texts[0], texts[1])
     with _lock:
-        _env_cache = _EnvCache(current, previous, ring)
-        _fast = (data, *raw, ring) if raw is not None else None  # type: ignore[assignment]
+        if len(_env_rings) >= _ENV_RINGS_MAX:
+            _env_rings.clear()
+        _env_rings[texts] = ring
+        if raw is None:
+            _fast = None
+        else:
+            store_raw = tuple(zip(raw_names[3:], raw[3:], strict=True)) if len(names) > 3 else None
+            _fast = (data, raw[0], raw[1], raw[2], store_raw, ring)  # type: ignore[assignment]
     return ring

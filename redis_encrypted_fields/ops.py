@@ -683,7 +683,7 @@ def _pass(
     read, write = scripts
     report = Report(op, dry_run)
     report.current_key = ring.current.key_id_hex
-    report.previous_keys = tuple(k.key_id_hex for k in ring.previous)
+    report.previous_keys = ring.previous_ids
     for path in encrypted_paths(layout.model):
         report.states.setdefault(f"{layout.name}.{path}", Counter())
     for name in layout.blind:

@@ -1,0 +1,575 @@
+"""The key store: master keys kept in Redis wrapped by a KMS, and the cached key ring over it.
+
+The hierarchy (see docs/keys.md)::
+
+    KMS key (never leaves the KMS)
+      └─ wraps master keys: one Redis hash, one field per key id, each key wrapped by the KMS
+           └─ wrap data keys: one per secret, in each envelope (docs/format.md)
+
+A master key from the store is an ordinary ``MasterKey``: 32 bytes (from KMS ``GenerateDataKey``)
+whose key id, derived from them, is what envelopes carry. The store holds, per key id, the wrapped
+key, its state (``active``, ``decrypt-only``, ``retired``), its creation time and the KMS key that
+wrapped it. The KMS encryption context binds the wrapped key to its key id and purpose, and an
+unwrapped key must also have the id of the record it came from.
+
+``StoreKeyRing`` is the key ring a process uses: the store's active key as ``current``, re-read at
+most every ``ttl`` seconds; any other key id unwrapped from the store on first use and kept for
+``ttl`` seconds; concurrent first uses share one KMS call. ``get_keyring()`` returns one when
+``REDIS_SRE_KMS_KEY_ID`` is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import enum
+import json
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .audit import track
+from .errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
+from .keys import (
+    ENV_KMS_KEY_ID,
+    ENV_MASTER_KEY,
+    ENV_PREVIOUS_MASTER_KEYS,
+    KEY_ID_SIZE,
+    KeyRing,
+    MasterKey,
+    env_keys,
+)
+from .kms import AwsKms, KmsProvider, WrappedKey
+
+if TYPE_CHECKING:
+    from .report import Report
+
+__all__ = [
+    "DEFAULT_CACHE_TTL",
+    "ENVIRONMENT",
+    "ENV_KEYSTORE_URL",
+    "ENV_KEY_CACHE_TTL",
+    "STORE_KEY",
+    "KeyRecord",
+    "KeyState",
+    "KeyStore",
+    "StoreKeyRing",
+    "cache_ttl",
+    "encryption_context",
+]
+
+ENV_KEYSTORE_URL = "REDIS_SRE_KEYSTORE_URL"
+ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
+# The variables a store-backed ring is built from (besides the KMS key id and the env keys).
+ENVIRONMENT = (ENV_KEYSTORE_URL, "REDIS_OM_URL", ENV_KEY_CACHE_TTL)
+DEFAULT_CACHE_TTL = 300.0
+STORE_KEY = "redis-encrypted-fields:keystore"
+PURPOSE = "redis-encrypted-fields master key"
+_TIMEOUT = 5.0  # seconds, for the store's own Redis client
+
+T = TypeVar("T")
+
+
+class KeyState(enum.StrEnum):
+    ACTIVE = "active"  # encrypts new values (one key) and decrypts
+    DECRYPT_ONLY = "decrypt-only"
+    RETIRED = "retired"  # wrapped key deleted: nothing under it can be decrypted any more
+
+
+def encryption_context(key_id_hex: str) -> dict[str, str]:
+    """The KMS encryption context of a master key: its key id and purpose."""
+    return {"purpose": PURPOSE, "key_id": key_id_hex}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _parse_key_id(text: str) -> bytes:
+    try:
+        key_id = bytes.fromhex(text)
+    except ValueError:
+        key_id = b""
+    if len(key_id) != KEY_ID_SIZE or len(text) != 2 * KEY_ID_SIZE:
+        raise KeyStoreError(f"{text!r} is not a key id (16 hex digits, as `keys list` shows)")
+    return key_id
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One master key in the store. ``wrapped`` is KMS ciphertext (empty once retired)."""
+
+    key_id: str  # 16 hex digits, the id envelopes carry
+    state: KeyState
+    created_at: str  # ISO 8601, UTC
+    kms_key_id: str  # the KMS key that wrapped it
+    wrapped: bytes = field(default=b"", repr=False)
+
+    @property
+    def is_active(self) -> bool:
+        return self.state is KeyState.ACTIVE
+
+    def as_dict(self) -> dict[str, str]:
+        """What ``keys list --json`` prints for it."""
+        return {
+            "key_id": self.key_id,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "kms_key_id": self.kms_key_id,
+        }
+
+    def to_json(self) -> str:
+        doc = self.as_dict()
+        del doc["key_id"]  # the hash field
+        doc["wrapped"] = base64.b64encode(self.wrapped).decode("ascii")
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, key_id: str, text: str) -> KeyRecord:
+        _parse_key_id(key_id)
+        try:
+            doc = json.loads(text)
+            return cls(
+                key_id=key_id,
+                state=KeyState(doc["state"]),
+                created_at=str(doc["created_at"]),
+                kms_key_id=str(doc["kms_key_id"]),
+                wrapped=base64.b64decode(doc["wrapped"], validate=True),
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise KeyStoreError(f"the key store record of {key_id} is malformed") from None
+
+
+class KeyStore:
+    """Master keys in one Redis hash (``key``), wrapped by ``kms``.
+
+    ``client`` is a synchronous redis-py client. ``kms`` may be ``None`` for reading the store
+    (``records``); creating and unwrapping keys need it.
+    """
+
+    def __init__(
+        self, client: Any, kms: KmsProvider | None = None, *, key: str = STORE_KEY
+    ) -> None:
+        self.client = client
+        self.kms = kms
+        self.key = key
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
+        """The store at ``REDIS_SRE_KEYSTORE_URL``, else ``REDIS_OM_URL`` (the models' Redis),
+        with AWS KMS key ``REDIS_SRE_KMS_KEY_ID`` if set."""
+        import redis
+
+        env = os.environ if environ is None else environ
+        url = (
+            env.get(ENV_KEYSTORE_URL) or env.get("REDIS_OM_URL") or "redis://localhost:6379"
+        ).strip()
+        try:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=_TIMEOUT,
+                socket_connect_timeout=_TIMEOUT,
+            )
+        except ValueError:
+            # redis-py's message quotes the URL, which may hold a password.
+            raise KeyStoreError(
+                f"{ENV_KEYSTORE_URL} (or REDIS_OM_URL) is not a Redis URL"
+            ) from None
+        kms_key_id = (env.get(ENV_KMS_KEY_ID) or "").strip()
+        return cls(client, AwsKms(kms_key_id) if kms_key_id else None)
+
+    def _redis(self, call: Callable[[], T]) -> T:
+        import redis
+
+        try:
+            return call()
+        except redis.RedisError as exc:
+            raise KeyStoreError(f"key store: {type(exc).__name__}: {exc}") from None
+
+    def _require_kms(self) -> KmsProvider:
+        if self.kms is None:
+            raise KeyStoreError(f"no KMS configured: set {ENV_KMS_KEY_ID}")
+        return self.kms
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def records(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
+        stored = self._redis(lambda: self.client.hgetall(self.key))
+        records = [KeyRecord.from_json(_text(k), _text(v)) for k, v in stored.items()]
+        return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    def record(self, key_id: bytes) -> KeyRecord | None:
+        """The record of one key id, or ``None``."""
+        hex_id = key_id.hex()
+        raw = self._redis(lambda: self.client.hget(self.key, hex_id))
+        return None if raw is None else KeyRecord.from_json(hex_id, _text(raw))
+
+    def active(self, records: Iterable[KeyRecord] | None = None) -> KeyRecord:
+        """The active key's record (of ``records``, else of the store). Raises
+        ``KeyStoreError`` if there is none."""
+        active = [r for r in (self.records() if records is None else records) if r.is_active]
+        if not active:
+            raise KeyStoreError(
+                "the key store has no active master key: create one with "
+                "`redis-encrypted-fields keys create`"
+            )
+        if len(active) > 1:
+            ids = ", ".join(r.key_id for r in active)
+            raise KeyStoreError(f"the key store has more than one active master key: {ids}")
+        return active[0]
+
+    # --- KMS -----------------------------------------------------------------------------------
+
+    def unwrap(self, record: KeyRecord) -> MasterKey:
+        """Unwrap a record's key with the KMS (one call, audited as ``kms_decrypt``)."""
+        kms = self._require_kms()
+        if record.state is KeyState.RETIRED or not record.wrapped:
+            raise KeyStoreError(f"master key {record.key_id} is retired")
+        key_id = bytes.fromhex(record.key_id)
+        try:
+            wrapped = WrappedKey(record.wrapped, record.kms_key_id)
+            material = kms.unwrap(wrapped, encryption_context(record.key_id))
+            key = _checked(material, record.key_id)
+        except KeyStoreError as exc:
+            error = type(exc)(f"master key {record.key_id}: {exc}")
+            track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id, error=error)
+            raise error from None
+        track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id)
+        return key
+
+    def create(self) -> KeyRecord:
+        """A new active master key; the active one becomes decrypt-only. Audited: ``kms_generate``,
+        ``kms_encrypt``, ``kms_decrypt`` (the new key is unwrapped once before it becomes active,
+        so a key that does not unwrap never is), ``key_created``."""
+        kms = self._require_kms()
+        try:
+            material = kms.generate({"purpose": PURPOSE})
+            key = _checked(material, None)
+        except KeyStoreError as exc:
+            error = type(exc)(f"new master key: {exc}")
+            track("kms_generate", kms_key_id=kms.kms_key_id, error=error)
+            raise error from None
+        track("kms_generate", key_id=key.key_id, kms_key_id=kms.kms_key_id)
+        try:
+            wrapped = kms.wrap(material, encryption_context(key.key_id_hex))
+        except KeyStoreError as exc:
+            error = type(exc)(f"master key {key.key_id_hex}: {exc}")
+            track("kms_encrypt", key_id=key.key_id, kms_key_id=kms.kms_key_id, error=error)
+            raise error from None
+        track("kms_encrypt", key_id=key.key_id, kms_key_id=wrapped.kms_key_id)
+        record = KeyRecord(
+            key.key_id_hex, KeyState.ACTIVE, _now(), wrapped.kms_key_id, wrapped.blob
+        )
+        self.unwrap(record)
+
+        def activate(pipe: Any) -> None:
+            stored = pipe.hgetall(self.key)
+            updates = {record.key_id: record.to_json()}
+            for k, v in stored.items():
+                old = KeyRecord.from_json(_text(k), _text(v))
+                if old.is_active:
+                    updates[old.key_id] = replace(old, state=KeyState.DECRYPT_ONLY).to_json()
+            pipe.multi()
+            pipe.hset(self.key, mapping=updates)
+
+        self._redis(lambda: self.client.transaction(activate, self.key))
+        track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
+        return record
+
+    # --- retirement ----------------------------------------------------------------------------
+
+    def retirable(self, key_id: str) -> KeyRecord:
+        """The record of a key that may be retired once no value is under it (or is already):
+        ``KeyStoreError`` for a malformed or unknown key id, or the active key."""
+        record = self.record(_parse_key_id(key_id))
+        if record is None:
+            raise KeyStoreError(f"no master key {key_id} in the key store")
+        _refuse_active(record)
+        return record
+
+    def retire(self, key_id: str, *reports: Report) -> KeyRecord:
+        """Retire a decrypt-only key: its wrapped key is deleted, so nothing under it can be
+        decrypted any more (irreversible).
+
+        ``reports``: fresh ``ops.status`` (or ``astatus``) reports of every model whose values
+        may be under the key. Refused (``KeyStoreError``) without one, while they count a value
+        under the key (decrypted or not), or if the key is active.
+        """
+        from .report import Operation, key_state
+
+        record = self.retirable(key_id)
+        kid = bytes.fromhex(key_id)
+        if record.state is KeyState.RETIRED:
+            return record
+        if not reports or any(r.operation is not Operation.STATUS for r in reports):
+            raise KeyStoreError(
+                f"not retiring master key {key_id} unchecked: give the status of every model "
+                "whose values may be under it"
+            )
+        under: dict[str, int] = {}
+        for report in reports:
+            for name, counts in report.states.items():
+                if counts[key_state(kid)]:
+                    under[name] = under.get(name, 0) + counts[key_state(kid)]
+            for failure in report.failures:
+                if failure.key_id == key_id:  # under the key, and not decrypted
+                    name = f"{failure.model}.{failure.field}" if failure.model else failure.field
+                    under[name] = under.get(name, 0) + 1
+        if under:
+            where = ", ".join(f"{n} in {name}" for name, n in sorted(under.items()))
+            raise KeyStoreError(
+                f"master key {key_id} still wraps {sum(under.values())} values ({where}): run "
+                "`redis-encrypted-fields rotate TARGET`, then retire it"
+            )
+        retired: list[KeyRecord] = []
+
+        def retire(pipe: Any) -> None:
+            raw = pipe.hget(self.key, key_id)
+            if raw is None:
+                raise KeyStoreError(f"no master key {key_id} in the key store")
+            current = KeyRecord.from_json(key_id, _text(raw))
+            _refuse_active(current)
+            retired[:] = [replace(current, state=KeyState.RETIRED, wrapped=b"")]
+            pipe.multi()
+            pipe.hset(self.key, key_id, retired[0].to_json())
+
+        self._redis(lambda: self.client.transaction(retire, self.key))
+        track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
+        return retired[0]
+
+    def __repr__(self) -> str:
+        # Not the client: its URL may hold a password.
+        return f"KeyStore(key={self.key!r}, kms={self.kms!r})"
+
+
+def _refuse_active(record: KeyRecord) -> None:
+    if record.state is KeyState.ACTIVE:
+        raise KeyStoreError(
+            f"master key {record.key_id} is active: create a new one "
+            "(`redis-encrypted-fields keys create`), rotate, then retire this one"
+        )
+
+
+def _checked(material: bytes, key_id_hex: str | None) -> MasterKey:
+    """The KMS's answer as a master key, with the id the record says it has."""
+    if not isinstance(material, bytes) or len(material) != 32:
+        raise KeyStoreError("the KMS returned something other than a 32-byte key")
+    key = MasterKey(material, where="the key store")
+    if key_id_hex is not None and key.key_id_hex != key_id_hex:
+        # KMS checks the encryption context; this holds even where it does not (moto's
+        # delimiter-free context encoding) and whatever the provider.
+        raise KeyStoreError("the unwrapped key has another key id: the key store was altered")
+    return key
+
+
+def cache_ttl(environ: Mapping[str, str] | None = None) -> float:
+    """``REDIS_SRE_KEY_CACHE_TTL`` in seconds (default 300)."""
+    env = os.environ if environ is None else environ
+    text = (env.get(ENV_KEY_CACHE_TTL) or "").strip()
+    if not text:
+        return DEFAULT_CACHE_TTL
+    try:
+        ttl = float(text)
+    except ValueError:
+        ttl = math.nan
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ConfigurationError(f"{ENV_KEY_CACHE_TTL} must be a number of seconds above 0")
+    return ttl
+
+
+_Entry = tuple[MasterKey, float]  # a key and the monotonic time its cache lifetime ends
+_CURRENT = b"current"  # the single-flight slot of the active key (not a key id: wrong length)
+_monotonic = time.monotonic
+
+
+class StoreKeyRing(KeyRing):
+    """A key ring over a ``KeyStore``, with keys cached for ``ttl`` seconds.
+
+    ``current`` is the store's active key; ``get(key_id)`` also finds the store's decrypt-only
+    keys and ``decrypt_only`` keys (the environment's, when built by ``from_env``). A key is
+    unwrapped at most once per ``ttl`` per process, and threads that need it meanwhile wait for
+    that one KMS call. Encryption never falls back to another key: without an active key, or
+    once the active key's lifetime has ended and neither the store nor the KMS answers,
+    ``current`` raises ``MasterKeyError`` (a ``KeyStoreError`` or ``KmsError``).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_active",
+        "_entries",
+        "_flights",
+        "_lock",
+        "_stored",
+        "store",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        ttl: float = DEFAULT_CACHE_TTL,
+        decrypt_only: Iterable[MasterKey] = (),
+    ) -> None:
+        if not (ttl > 0 and math.isfinite(ttl)):
+            raise ConfigurationError("the key cache lifetime must be a number of seconds above 0")
+        self.store = store
+        self.ttl = ttl
+        self.previous = tuple(decrypt_only)
+        self._by_id = {k.key_id: k for k in reversed(self.previous)}
+        # Read without a lock on the hot path; replaced whole (copy on write) under _lock.
+        self._entries: dict[bytes, _Entry] = {k: (v, math.inf) for k, v in self._by_id.items()}
+        self._active: _Entry | None = None
+        self._stored: tuple[bytes, ...] = ()  # the store's decrypt-only key ids, read with _active
+        self._flights: dict[bytes, Future[_Entry]] = {}
+        self._lock = threading.Lock()
+        _rings.add(self)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreKeyRing:
+        """The ring ``get_keyring()`` uses when ``REDIS_SRE_KMS_KEY_ID`` is set."""
+        env = os.environ if environ is None else environ
+        store = KeyStore.from_env(env)
+        if store.kms is None:
+            raise MasterKeyError(f"{ENV_KMS_KEY_ID} is not set")
+        return cls(store, ttl=cache_ttl(env), decrypt_only=env_keys(env))
+
+    @property
+    def current(self) -> MasterKey:  # type: ignore[override]
+        """The store's active key (re-read once its cache lifetime has ended)."""
+        active = self._active
+        if active is not None and active[1] > _monotonic():
+            return active[0]
+        return self._fly(_CURRENT, self._load_active)[0]
+
+    @property
+    def keys(self) -> tuple[MasterKey, ...]:
+        """Every key, current first: the store's active and decrypt-only keys (each unwrapped
+        once per cache lifetime), then the ``decrypt_only`` ones. What a blind-index query looks
+        under, and what origin v1 values (which name no key) are tried with."""
+        current = self.current
+        stored = [self.get(k) for k in self._stored if k != current.key_id]
+        seen = {current.key_id, *self._stored}
+        return (current, *stored, *(k for k in self.previous if k.key_id not in seen))
+
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
+        """The decrypt-only keys' ids: the store's and the ``decrypt_only`` ones (no KMS call)."""
+        current = self.current.key_id
+        ids = [k.hex() for k in self._stored if k != current]
+        ids += [k.key_id_hex for k in self.previous if k.key_id_hex not in ids]
+        return tuple(ids)
+
+    def get(self, key_id: bytes) -> MasterKey:
+        entry = self._entries.get(key_id)
+        if entry is not None and entry[1] > _monotonic():
+            return entry[0]
+        return self._fly(key_id, lambda: self._load(key_id))[0]
+
+    def __contains__(self, key_id: object) -> bool:
+        entry = self._entries.get(key_id) if isinstance(key_id, bytes) else None
+        return entry is not None and entry[1] > _monotonic()
+
+    def _fly(self, slot: bytes, load: Callable[[], _Entry]) -> _Entry:
+        """One load per slot at a time: the first caller loads, the others wait for its result."""
+        with self._lock:
+            flight = self._flights.get(slot)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[slot] = Future()
+        if not leader:
+            # No timeout needed: the leader's Redis and KMS calls have theirs.
+            return flight.result()
+        try:
+            entry = load()
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(entry)
+            return entry
+        finally:
+            with self._lock:
+                del self._flights[slot]
+
+    def _load(self, key_id: bytes, record: KeyRecord | None = None) -> _Entry:
+        entry = self._entries.get(key_id)
+        if entry is not None and entry[1] > _monotonic():
+            return entry  # loaded by a flight that ended just before this one began
+        if record is None:
+            record = self.store.record(key_id)
+        if record is None:
+            raise DecryptionError(
+                f"Decryption failed: no configured master key has id {key_id.hex()} (not in the "
+                f"key store, nor set as {ENV_MASTER_KEY} or in {ENV_PREVIOUS_MASTER_KEYS})"
+            )
+        if record.state is KeyState.RETIRED:
+            raise DecryptionError(f"Decryption failed: master key {key_id.hex()} is retired")
+        return self._keep(key_id, self.store.unwrap(record))
+
+    def _load_active(self) -> _Entry:
+        active = self._active
+        if active is not None and active[1] > _monotonic():
+            return active
+        records = self.store.records()
+        record = self.store.active(records)
+        self._stored = tuple(
+            bytes.fromhex(r.key_id) for r in records if r.state is KeyState.DECRYPT_ONLY
+        )
+        key_id = bytes.fromhex(record.key_id)
+        # Through the key id's own flight: a thread decrypting with this key meanwhile shares
+        # the KMS call. Which key is active is re-read when this key's lifetime ends.
+        self._active = self._fly(key_id, lambda: self._load(key_id, record))
+        return self._active
+
+    def _keep(self, key_id: bytes, key: MasterKey) -> _Entry:
+        entry = (key, _monotonic() + self.ttl)
+        with self._lock:
+            now = _monotonic()
+            # Expired keys are dropped, not just ignored: no key material kept past its lifetime.
+            entries = {k: e for k, e in self._entries.items() if e[1] > now}
+            entries[key_id] = entry
+            self._entries = entries
+        return entry
+
+    def _after_fork(self) -> None:
+        # A flight led by a thread of the parent would never end in the child: its waiters
+        # would wait forever. The child starts with no flight and a free lock.
+        self._lock = threading.Lock()
+        self._flights = {}
+
+    def __repr__(self) -> str:
+        now = _monotonic()
+        cached = ", ".join(
+            k.hex() for k, e in self._entries.items() if e[1] > now and e[1] != math.inf
+        )
+        env = ", ".join(k.key_id_hex for k in self.previous)
+        return (
+            f"StoreKeyRing({self.store!r}, ttl={self.ttl:g}, cached=[{cached}], "
+            f"decrypt_only=[{env}])"
+        )
+
+
+_rings: weakref.WeakSet[StoreKeyRing] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for ring in list(_rings):
+        ring._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
