@@ -42,6 +42,7 @@ def test_quick_run_writes_every_section(tmp_path: Path, redis_url: str) -> None:
     assert summary.count("| Round trip, ") == 4
     assert summary.count("| Envelope, ") == 2
     assert summary.count("| Bulk ") == 8
+    assert summary.count("| Peak RSS, ") == 2
     assert "cleanup: removed" in proc.stderr
 
 
@@ -52,9 +53,12 @@ def test_hand_written_blocks_survive_a_rewrite(tmp_path: Path) -> None:
         "<!-- keep:notes -->\n## Notes\nhand-written analysis\n<!-- /keep:notes -->\n"
     )
     figure = Comparison("x", encrypted=[2.0], plain=[1.0], goal=1.1)
-    section = Section("roundtrip", "1. Round trip", goals=[("x", figure)])
+    # floor ratio 1.1: the library's glue (1.3 - 1.1) is twice the AES-GCM work (0.1)
+    floored = Comparison("y", encrypted=[1.3], plain=[1.0], goal=1.35, floor=0.1)
+    section = Section("roundtrip", "1. Round trip", goals=[("x", figure), ("y", floored)])
     text = render([section], quick=False, argv=[], elapsed=1.0, machine_rows=[], keep_from=previous)
     assert text.startswith("<!-- keep:header -->\n# Mine\n<!-- /keep:header -->")
     assert "hand-written analysis" in text
     assert "old figures" not in text
-    assert "| x | 2.00 s vs 1.00 s | 2.000 | - | ≤ 1.10 | **no** |" in text
+    assert "| x | 2.00 s vs 1.00 s | 2.000 | - | - | ≤ 1.10 | **no** |" in text
+    assert "| y | 1.30 s vs 1.00 s | 1.300 | 1.100 | 2.00 | ≤ 1.35 | yes |" in text
