@@ -22,7 +22,7 @@ import logging
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -36,7 +36,7 @@ from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .audit import audit_enabled, track
 from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
-from .envelope import PREFIX, binding_part, decode, looks_like_envelope, open_blob, seal
+from .envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
 from .errors import (
     ConfigurationError,
     DecryptionError,
@@ -177,19 +177,20 @@ class _Opener:
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
         out = dict(raw)
-        for name, node in facts.plan.items():
-            if name in out:
-                value = out[name]
-                if (
-                    record_key is not None
-                    and type(value) is str
-                    and type(node) is Leaf
-                    and value.startswith(PREFIX)
-                ):
-                    # A current envelope in a top-level field: every read's common case.
-                    out[name] = EncryptedStr(self.open_current(value, name, record_key))
-                else:
-                    out[name] = self.value(value, node, (name,))
+        for name, node, part in facts.opening:
+            value = out.get(name)
+            if value is None:
+                continue
+            if (
+                type(value) is str
+                and record_key is not None
+                and type(node) is Leaf
+                and value.startswith(PREFIX)
+            ):
+                # A current envelope in a top-level field: every read's common case.
+                out[name] = EncryptedStr(self.open_current(value, name, record_key, part))
+            else:
+                out[name] = self.value(value, node, (name,))
         if facts.is_hash:
             # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
             # typing.Optional, not for `X | None`.
@@ -198,30 +199,28 @@ class _Opener:
                     out[name] = None
         return out
 
-    def page(self, res: dict[str, Any], facts: _Facts, knn: Any) -> dict[str, Any]:
-        """An FT.SEARCH reply (redis-py's dict of results) with the records' values opened,
-        as ``from_redis`` reads it: a JSON document is given parsed, as a hash's fields are,
-        which redis-om builds the same way. What this does not read is left as it is, for
-        the validation of each record to open."""
-        results = res.get("results")
-        if type(results) is not list:
-            return res
-        page = []
-        for item in results:
-            fields = item.get("extra_attributes") if type(item) is dict else None
-            if type(fields) is dict:
-                document = fields.get("$")
-                if document is None:
-                    item = {**item, "extra_attributes": self.record(fields, facts)}
-                elif document and type(document) is str and knn is None:
-                    parsed = json.loads(document)
-                    if type(parsed) is dict:
-                        item = {**item, "extra_attributes": self.record(parsed, facts)}
-            page.append(item)
-        return {**res, "results": page}
+    def item(self, item: Any, facts: _Facts, knn: Any) -> Any:
+        """One result of an FT.SEARCH reply (redis-py's dict form) with its record's values
+        opened, in the form redis-om's ``from_redis`` reads: a JSON document is given parsed,
+        as a hash's fields are, which redis-om builds the same way. What this does not read is
+        returned as it is, for the record's validation to open."""
+        fields = item.get("extra_attributes") if type(item) is dict else None
+        if type(fields) is not dict:
+            return item
+        document = fields.get("$")
+        if document is None:
+            return {**item, "extra_attributes": self.record(fields, facts)}
+        if document and type(document) is str and knn is None:
+            parsed = json.loads(document)
+            if type(parsed) is dict:
+                return {**item, "extra_attributes": self.record(parsed, facts)}
+        return item
 
-    def open_current(self, raw: str, field: str, record_key: str) -> str:
-        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited."""
+    def open_current(
+        self, raw: str, field: str, record_key: str, field_part: bytes | None = None
+    ) -> str:
+        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited;
+        ``field_part``: the field's half of the binding, if the caller has it."""
         known = self.known
         if known is not None:
             plaintext = known.get((record_key, field, raw))
@@ -234,7 +233,9 @@ class _Opener:
         if keyring is None:
             keyring = self._keyring = get_keyring()
         try:
-            plaintext = open_blob(decode(raw), keyring, record_part + _field_binding(field))
+            if field_part is None:
+                field_part = _field_binding(field)
+            plaintext = open_envelope(raw, keyring, record_part + field_part)
         except DecryptionError as exc:
             model = self.model.__name__
             track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
@@ -337,6 +338,34 @@ class _Opener:
 
     def where(self, path: FieldPath) -> str:
         return f"{self.model.__name__}.{dotted(path)}"
+
+
+class _Page(Sequence[Any]):
+    """The results of an FT.SEARCH reply, as ``from_redis`` reads them: each record's values
+    opened when it is read.
+
+    redis-om collects a page's documents before it builds any record, so the page's envelopes
+    are opened back to back (the cipher's code and data stay in the processor's caches), and
+    each opened copy is dropped as soon as redis-om has copied it: no second copy of the page
+    is kept alive for the garbage collector to scan.
+    """
+
+    __slots__ = ("_facts", "_knn", "_opener", "_results")
+
+    def __init__(self, results: list[Any], opener: _Opener, facts: _Facts, knn: Any) -> None:
+        self._results, self._opener, self._facts, self._knn = results, opener, facts, knn
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Any: ...
+    @typing.overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._results)))]
+        return self._opener.item(self._results[index], self._facts, self._knn)
 
 
 def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
@@ -465,6 +494,8 @@ class _Facts:
     embedded: bool
     opens: bool  # validation opens values: the class has encrypted fields and is not embedded
     is_hash: bool
+    # The top-level encrypted fields, each with its plan node and its half of every binding.
+    opening: tuple[tuple[str, Node, bytes], ...]
     pk_name: str | None
     nullable: frozenset[str]  # encrypted fields that accept None
     # Encrypted fields that model_dump() may seal straight from the instance (see there), or
@@ -519,6 +550,7 @@ def _facts_for(cls: Any) -> _Facts:
             embedded=embedded,
             opens=bool(plan) and not embedded,
             is_hash=issubclass(cls, (aredis_om.HashModel, redis_om.HashModel)),
+            opening=tuple((n, node, _field_binding(n)) for n, node in plan.items()),
             pk_name=None if embedded or meta is None else str(meta.primary_key.name),
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
             direct=direct,
@@ -674,14 +706,14 @@ class EncryptedModel:
 
     @classmethod
     def from_redis(cls, res: Any, knn: Any = None) -> Any:
-        """redis-om's ``from_redis`` (a page of ``find()`` results), marked as a read from Redis:
-        the page's envelopes are opened in one pass, before redis-om builds the records."""
+        """redis-om's ``from_redis`` (a page of ``find()`` results), marked as a read from Redis,
+        with one opener for the page (see ``_Page``)."""
         opener = _Opener(cls, True)
         token = _reading.set(opener)
         try:
             facts = _facts.get(cls) or _facts_for(cls)
-            if facts.opens and type(res) is dict:
-                res = opener.page(res, facts, knn)
+            if facts.opens and type(res) is dict and type(res.get("results")) is list:
+                res = {**res, "results": _Page(res["results"], opener, facts, knn)}
             return typing.cast(Any, super()).from_redis(res, knn)
         finally:
             _reading.reset(token)
