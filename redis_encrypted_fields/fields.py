@@ -246,6 +246,9 @@ class EncryptedStr(str):
     ``redis.Redis.from_url(model.connection_url)`` work.
     """
 
+    # No per-instance __dict__: a page of records read from Redis holds one of these per secret.
+    __slots__ = ()
+
     def get_secret_value(self) -> str:
         """The plaintext as a plain ``str``."""
         return str.__str__(self)
@@ -268,6 +271,8 @@ class EncryptedStr(str):
 
 class KeepExisting(EncryptedStr):
     """A mask given where a secret goes: on save, the stored secret is kept (``EncryptedModel``)."""
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return "EncryptedStr(<mask: keep existing>)"

@@ -5,6 +5,7 @@ Each test runs once per flavour (the async flavour's calls are awaited by ``aw``
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from typing import Any
@@ -78,6 +79,23 @@ async def test_save_stores_only_envelopes_and_reads_return_plaintext(model: Any)
 
     assert m.pk in await all_pks(model)
     assert (await aw(model.get(m.pk))).connection_url == url
+
+
+async def test_building_a_page_leaves_the_search_reply_as_redis_sent_it(model: Any) -> None:
+    # from_redis opens a page's envelopes as redis-om reads them: the plaintext goes into the
+    # records only, never into the reply a caller may still hold (and log).
+    name = f"page-{uuid.uuid4().hex}"
+    secrets = {}
+    for i in range(3):
+        m = await saved(model, name=name, admin_password=f"admin-{i}-{uuid.uuid4().hex}")
+        secrets[m.pk] = m.admin_password
+    query = model.find(model.name == name)
+    reply = await aw(query.execute(exhaust_results=False, return_raw_result=True))
+    before = copy.deepcopy(reply)
+    records = model.from_redis(reply)
+    assert {r.pk: r.admin_password for r in records} == secrets
+    assert reply == before
+    assert not any(secret in str(reply) for secret in secrets.values())
 
 
 async def test_every_save_uses_a_fresh_data_key_and_nonce(model: Any) -> None:
