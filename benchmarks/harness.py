@@ -50,7 +50,7 @@ class Settings:
     envelope_rounds: int = 201
     envelope_batch: int = 200
     bulk_records: int = 10_000
-    bulk_rounds: int = 5
+    bulk_rounds: int = 9
     profile_ops: int = 1500
     component_rounds: int = 101
     component_batch: int = 50
