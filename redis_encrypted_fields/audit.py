@@ -73,9 +73,21 @@ def remove_audit_hook(hook: AuditHook) -> None:
     _hooks = tuple(h for h in _hooks if h != hook)
 
 
+# logging's own cache of this logger's answers to isEnabledFor (emptied, never replaced, when
+# levels change; isEnabledFor fills it). Read directly: this runs for every secret the public
+# API touches, and the method call costs more than the answer.
+_cache = getattr(logger, "_cache", None)
+_answers: dict[int, bool] = _cache if isinstance(_cache, dict) else {}
+_INFO = logging.INFO
+
+
 def audit_enabled() -> bool:
     """Whether anything listens; callers skip building events when nothing does."""
-    return bool(_hooks) or logger.isEnabledFor(logging.INFO)
+    if _hooks:
+        return True
+    if _answers.get(_INFO) is False:
+        return False  # what isEnabledFor would answer from the same cache
+    return logger.isEnabledFor(_INFO)
 
 
 def key_id_of(envelope: str) -> str | None:

@@ -168,15 +168,16 @@ class _Opener:
         self.record_key: str | None = None
         self._record_part: bytes | None = None  # the record's half of every binding
 
-    def record(self, raw: dict[str, Any], facts: _Facts) -> dict[str, Any]:
-        """A record's input with the values at its encrypted paths opened (a new dict)."""
+    def record(self, raw: dict[str, Any], facts: _Facts, *, own: bool = False) -> dict[str, Any]:
+        """A record's input with the values at its encrypted paths opened: in a new dict, or in
+        ``raw`` itself when it is the opener's ``own`` (a document it has just parsed)."""
         pk = raw.get(facts.pk_name) if facts.pk_name is not None else None
         record_key = None
         if pk not in (None, ""):
             prefix = self._prefix
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
-        out = dict(raw)
+        out = raw if own else dict(raw)
         for name, node, part in facts.opening:
             value = out.get(name)
             if value is None:
@@ -213,7 +214,7 @@ class _Opener:
         if document and type(document) is str and knn is None:
             parsed = json.loads(document)
             if type(parsed) is dict:
-                return {**item, "extra_attributes": self.record(parsed, facts)}
+                return {**item, "extra_attributes": self.record(parsed, facts, own=True)}
         return item
 
     def open_current(
