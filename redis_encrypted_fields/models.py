@@ -16,13 +16,10 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 from __future__ import annotations
 
 import contextvars
-import functools
-import json
 import logging
-import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -33,31 +30,15 @@ from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from ._driver import Steps, run_async, run_sync
-from .api import decrypt_stored
-from .audit import audit_enabled, track
 from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
-from .envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
-from .errors import (
-    ConfigurationError,
-    DecryptionError,
-    EncryptionError,
-    MaskedSecretError,
-    PlaintextSecretError,
-    StoredMaskError,
-    located,
-)
 from .fields import (
     DEFER,
     EncryptedStr,
     KeepExisting,
     Mask,
-    Pending,
-    is_star_mask,
     model_scope,
 )
 from .keep import has_masks, resolve_masks
-from .keys import KeyRing, get_keyring
-from .legacy import parse_legacy
 from .plan import (
     FieldPath,
     Leaf,
@@ -66,10 +47,18 @@ from .plan import (
     Plan,
     check_not_indexed,
     declared_index_flags,
-    dotted,
     encrypted_paths,
     forget,
     plan_for,
+)
+from .records import (
+    ENV_REJECT_PLAINTEXT,
+    _field_binding,
+    _Opener,
+    _Page,
+    _Sealer,
+    open_stored,
+    set_plaintext_reads,
 )
 
 __all__ = [
@@ -82,311 +71,16 @@ __all__ = [
 
 log = logging.getLogger("redis_encrypted_fields")
 
-ENV_REJECT_PLAINTEXT = "REDIS_SRE_REJECT_PLAINTEXT"
-
-
-# --- policy: plaintext found in Redis ---------------------------------------------------------
-
-_plaintext_reads: bool | None = None
-
-
-def set_plaintext_reads(allowed: bool | None) -> None:
-    """Accept plaintext read from Redis (migration) or refuse it; ``None``: from the environment.
-
-    By default plaintext is accepted with a warning unless ``REDIS_SRE_REJECT_PLAINTEXT`` is
-    ``1``/``true``/``yes``/``on``; another value than those and ``0``/``false``/``no``/``off``
-    raises ``ConfigurationError`` when the switch is consulted.
-    """
-    global _plaintext_reads
-    _plaintext_reads = allowed
-
-
-_ON = frozenset(("1", "true", "yes", "on"))
-_OFF = frozenset(("", "0", "false", "no", "off"))
-
-
-def _plaintext_allowed() -> bool:
-    if _plaintext_reads is not None:
-        return _plaintext_reads
-    text = os.environ.get(ENV_REJECT_PLAINTEXT, "")
-    flag = text.strip().lower()
-    if flag in _ON:
-        return False
-    if flag not in _OFF:
-        # A typo must not silently leave plaintext reads on. (The value is a switch, not a
-        # secret: it may be shown.)
-        raise ConfigurationError(
-            f"{ENV_REJECT_PLAINTEXT}={text[:40]!r} is not a valid switch: use 1, true, yes or on "
-            "to refuse plaintext read from Redis; 0, false, no, off or unset to accept it"
-        )
-    return True
-
-
 # --- the mixin --------------------------------------------------------------------------------
 
 # The instance whose save() is running: its model_dump() then writes what a save must write.
 _saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
-# Plaintexts that search has just decrypted (and audited) to filter candidates, by (record key,
-# field, envelope): the records it returns are built without opening those values again.
-opened: contextvars.ContextVar[Mapping[tuple[str, str, str], str] | None] = contextvars.ContextVar(
-    "ref_opened", default=None
-)
 
 # While a model is being built from data read from Redis (get, find): the read's _Opener (or
 # True).
 _reading: contextvars.ContextVar[_Opener | bool] = contextvars.ContextVar(
     "ref_reading", default=False
 )
-
-
-class _Opener:
-    """Turns raw input at encrypted paths into ``EncryptedStr`` values, record by record.
-
-    One serves a whole read from Redis (a ``get``, a page of ``find`` results): the key ring,
-    the audit switch and the class's key prefix are looked up once per read, not per record or
-    value. Outside reads, one serves one record.
-    """
-
-    __slots__ = (
-        "_auditing",
-        "_keyring",
-        "_prefix",
-        "_record_part",
-        "known",
-        "model",
-        "reading",
-        "record_key",
-    )
-
-    def __init__(self, model: Any, reading: bool) -> None:
-        self.model = model
-        self.reading = reading
-        self.known = opened.get()  # plaintexts that search has decrypted already
-        self._prefix: str | None = model._ref_key_prefix()
-        self._keyring: KeyRing | None = None  # looked up when the first value is opened
-        self._auditing: bool | None = None
-        self.record_key: str | None = None
-        self._record_part: bytes | None = None  # the record's half of every binding
-
-    def record(self, raw: dict[str, Any], facts: _Facts, *, own: bool = False) -> dict[str, Any]:
-        """A record's input with the values at its encrypted paths opened: in a new dict, or in
-        ``raw`` itself when it is the opener's ``own`` (a document it has just parsed)."""
-        pk = raw.get(facts.pk_name) if facts.pk_name is not None else None
-        record_key = None
-        if pk not in (None, ""):
-            prefix = self._prefix
-            record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
-        self.record_key, self._record_part = record_key, None
-        out = raw if own else dict(raw)
-        for name, node, part in facts.opening:
-            value = out.get(name)
-            if value is None:
-                continue
-            if (
-                type(value) is str
-                and record_key is not None
-                and type(node) is Leaf
-                and value.startswith(PREFIX)
-            ):
-                # A current envelope in a top-level field: every read's common case.
-                out[name] = EncryptedStr(self.open_current(value, name, record_key, part))
-            else:
-                out[name] = self.value(value, node, (name,))
-        if facts.is_hash:
-            # A cleared secret is stored as "" in a hash; redis-om maps "" back to None only for
-            # typing.Optional, not for `X | None`.
-            for name in facts.nullable:
-                if out.get(name) == "":
-                    out[name] = None
-        return out
-
-    def item(self, item: Any, facts: _Facts, knn: Any) -> Any:
-        """One result of an FT.SEARCH reply (redis-py's dict form) with its record's values
-        opened, in the form redis-om's ``from_redis`` reads: a JSON document is given parsed,
-        as a hash's fields are, which redis-om builds the same way. What this does not read is
-        returned as it is, for the record's validation to open."""
-        fields = item.get("extra_attributes") if type(item) is dict else None
-        if type(fields) is not dict:
-            return item
-        document = fields.get("$")
-        if document is None:
-            return {**item, "extra_attributes": self.record(fields, facts)}
-        if document and type(document) is str and knn is None:
-            parsed = json.loads(document)
-            if type(parsed) is dict:
-                return {**item, "extra_attributes": self.record(parsed, facts, own=True)}
-        return item
-
-    def open_current(
-        self, raw: str, field: str, record_key: str, field_part: bytes | None = None
-    ) -> str:
-        """Decrypt a current envelope at ``field`` (a dotted path) of this record, audited;
-        ``field_part``: the field's half of the binding, if the caller has it."""
-        known = self.known
-        if known is not None:
-            plaintext = known.get((record_key, field, raw))
-            if plaintext is not None:
-                return plaintext
-        record_part = self._record_part
-        if record_part is None:
-            record_part = self._record_part = binding_part(record_key)
-        keyring = self._keyring
-        if keyring is None:
-            keyring = self._keyring = get_keyring()
-        try:
-            if field_part is None:
-                field_part = _field_binding(field)
-            plaintext = open_envelope(raw, keyring, record_part + field_part)
-        except DecryptionError as exc:
-            model = self.model.__name__
-            track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
-            raise located(exc, model, field, record_key) from None
-        auditing = self._auditing
-        if auditing is None:
-            auditing = self._auditing = audit_enabled()
-        if auditing:
-            model = self.model.__name__
-            track("decrypt", model=model, field=field, record=record_key, envelope=raw)
-        return plaintext
-
-    def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
-        if isinstance(node, Leaf):
-            return self.leaf(raw, node, path) if type(raw) is str else raw
-        if isinstance(node, Many):
-            if isinstance(raw, list):
-                return [self.value(item, node.item, (*path, i)) for i, item in enumerate(raw)]
-            return raw
-        if isinstance(raw, dict):
-            return self.fields(raw, plan_for(node.model), path)
-        return raw
-
-    def fields(self, raw: dict[str, Any], plan: Plan, path: FieldPath) -> dict[str, Any]:
-        out = dict(raw)
-        for name, node in plan.items():
-            if name in out:
-                out[name] = self.value(out[name], node, (*path, name))
-        return out
-
-    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
-        if raw == "":
-            # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
-            return raw
-        record_key = self.record_key
-        if record_key is not None and raw.startswith(PREFIX):
-            return EncryptedStr(self.open_current(raw, dotted(path), record_key))
-        legacy = parse_legacy(raw) is not None
-        if legacy and self.reading and not _plaintext_allowed():
-            # Origin v1 values carry no record binding: once migration is declared finished,
-            # they are refused like plaintext (an old backup's values could be planted anywhere).
-            raise self.error(
-                PlaintextSecretError,
-                path,
-                "Decryption failed: {where} is stored in the origin's v1 format (not bound to its "
-                "record) and plaintext reads are disabled; run `redis-encrypted-fields migrate`",
-            )
-        if legacy or looks_like_envelope(raw):
-            if record_key is None and not legacy:
-                raise self.error(
-                    DecryptionError,
-                    path,
-                    f"Decryption failed: {{where}} was given a value starting with {PREFIX!r}, the "
-                    "prefix of this library's envelopes, without the primary key of the record it "
-                    "was encrypted for, so it cannot be checked against it. Pass the pk with it "
-                    f"(a secret itself cannot start with {PREFIX!r})",
-                )
-            return EncryptedStr(open_stored(raw, self.model.__name__, path, record_key))
-        if leaf.mask.could_be_mask(raw):
-            if self.reading:
-                self.stored_mask(raw, leaf, path)
-            return KeepExisting(raw)
-        if self.reading:
-            if not _plaintext_allowed():
-                raise self.error(
-                    PlaintextSecretError,
-                    path,
-                    "Decryption failed: {where} is stored as plaintext and plaintext reads are "
-                    "disabled; run `redis-encrypted-fields migrate`",
-                )
-            log.warning(
-                "%s of %s is stored as plaintext; it will be encrypted on the next save",
-                self.where(path),
-                record_key,
-            )
-        return EncryptedStr(raw)
-
-    def stored_mask(self, raw: str, leaf: Leaf, path: FieldPath) -> None:
-        """A mask read from Redis: the origin's bug stored masks as secrets, which are lost."""
-        # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
-        shown = raw if is_star_mask(raw) else leaf.mask.render(raw)
-        message = (
-            f"{{where}} holds a mask ({shown!r}), not a secret: the secret was lost when the "
-            "mask was stored in its place. Set the real secret on this record"
-        )
-        if not _plaintext_allowed():
-            raise self.error(StoredMaskError, path, f"Decryption failed: {message}")
-        log.warning(message.format(where=self.located(path)))
-
-    def error(self, kind: type[EncryptionError], path: FieldPath, message: str) -> EncryptionError:
-        """An error about the value at ``path`` of this record, naming it."""
-        model, field, record = self.model.__name__, dotted(path), self.record_key
-        return kind(
-            message.format(where=self.located(path)), model=model, record=record, field=field
-        )
-
-    def located(self, path: FieldPath) -> str:
-        where = self.where(path)
-        return f"{where} of {self.record_key}" if self.record_key else where
-
-    def where(self, path: FieldPath) -> str:
-        return f"{self.model.__name__}.{dotted(path)}"
-
-
-class _Page(Sequence[Any]):
-    """The results of an FT.SEARCH reply, as ``from_redis`` reads them: each record's values
-    opened when it is read.
-
-    redis-om collects a page's documents before it builds any record, so the page's envelopes
-    are opened back to back (the cipher's code and data stay in the processor's caches), and
-    each opened copy is dropped as soon as redis-om has copied it: no second copy of the page
-    is kept alive for the garbage collector to scan.
-    """
-
-    __slots__ = ("_facts", "_knn", "_opener", "_results")
-
-    def __init__(self, results: list[Any], opener: _Opener, facts: _Facts, knn: Any) -> None:
-        self._results, self._opener, self._facts, self._knn = results, opener, facts, knn
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    @typing.overload
-    def __getitem__(self, index: int) -> Any: ...
-    @typing.overload
-    def __getitem__(self, index: slice) -> list[Any]: ...
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self._results)))]
-        return self._opener.item(self._results[index], self._facts, self._knn)
-
-
-def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
-    """Decrypt a stored value (current or origin v1) of one record's field, audited.
-
-    ``record_key`` is ``None`` only for an origin v1 value, which is not bound to a record.
-    """
-    field = dotted(path)
-    context = _bound(record_key, field) if record_key is not None else b""
-    return decrypt_stored(raw, context=context, model=model, field=field, record=record_key)
-
-
-@functools.lru_cache(maxsize=1024)
-def _field_binding(field: str) -> bytes:
-    return binding_part(field)
-
-
-def _bound(record_key: str, field: str) -> bytes:
-    """``binding(record_key, field)``, with the field's half computed once per field."""
-    return binding_part(record_key) + _field_binding(field)
 
 
 class _Shown:
@@ -436,54 +130,6 @@ def _without_input(exc: ValidationError) -> ValidationError:
         ],
         hide_input=True,
     )
-
-
-class _Sealer:
-    """Seals the values of one record, bound to it; the record's half of the binding and the
-    key ring are looked up once per record, not per value."""
-
-    __slots__ = ("_auditing", "_keyring", "_record_part", "model", "record_key")
-
-    def __init__(self, model: str, record_key: str) -> None:
-        self.model = model
-        self.record_key = record_key
-        self._record_part: bytes | None = None
-        self._keyring: KeyRing | None = None
-        self._auditing: bool | None = None
-
-    def seal(self, value: str, mask: Mask, field: str) -> str:
-        """``value`` sealed bound to this record and ``field`` (a dotted path)."""
-        if type(value) is not EncryptedStr and (
-            isinstance(value, KeepExisting)
-            or (not isinstance(value, EncryptedStr) and mask.could_be_mask(value))
-        ):
-            raise MaskedSecretError(
-                f"{field} of {self.record_key} holds a mask, not a secret; save() keeps "
-                "the stored secret for a mask, model_dump() cannot"
-            )
-        record_part = self._record_part
-        if record_part is None:
-            record_part = self._record_part = binding_part(self.record_key)
-        keyring = self._keyring
-        if keyring is None:
-            keyring = self._keyring = get_keyring()
-        envelope = seal(value, keyring, record_part + _field_binding(field))
-        auditing = self._auditing
-        if auditing is None:
-            auditing = self._auditing = audit_enabled()
-        if auditing:
-            key_id = keyring.current.key_id
-            track("encrypt", model=self.model, field=field, record=self.record_key, key_id=key_id)
-        return envelope
-
-    def tree(self, obj: Any, path: FieldPath) -> None:
-        """Replace every ``Pending`` in a dumped tree by an envelope bound to its path."""
-        items: Any = obj.items() if isinstance(obj, dict) else enumerate(obj)
-        for slot, value in list(items):
-            if isinstance(value, Pending):
-                obj[slot] = self.seal(value.value, value.mask, dotted((*path, slot)))
-            elif isinstance(value, (dict, list)):
-                self.tree(value, (*path, slot))
 
 
 @dataclass(frozen=True, slots=True)

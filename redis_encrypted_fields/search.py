@@ -50,7 +50,7 @@ from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 from .keys import KeyRing, get_keyring
 from .legacy import parse_legacy
-from .models import opened
+from .records import opened
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 
