@@ -29,7 +29,7 @@ from redis.cluster import RedisCluster
 from security_support import cli
 from support import aw, new_key
 
-from redis_encrypted_fields import DecryptionError, ops
+from redis_encrypted_fields import DecryptionError, batch, ops
 from redis_encrypted_fields.envelope import PREFIX
 from redis_encrypted_fields.keys import MasterKey
 from redis_encrypted_fields.topology import TopologyError
@@ -178,7 +178,7 @@ def test_a_write_racing_the_rotation_is_not_overwritten(
     plant(ClusterAccount, 30)
     ops.migrate(ClusterAccount)
     use_keys(monkeypatch, new_key(), master_key)
-    real = ops._write_request
+    real = batch._write_request
 
     def racing(script: Any, keys: Any, args: Any, *rest: Any) -> Any:
         send = real(script, keys, args, *rest)
@@ -190,7 +190,7 @@ def test_a_write_racing_the_rotation_is_not_overwritten(
 
         return request
 
-    monkeypatch.setattr(ops, "_write_request", racing)
+    monkeypatch.setattr(batch, "_write_request", racing)
     report = ops.rotate(ClusterAccount, batch_size=8)
     assert report.ok
     assert ClusterAccount.get("p00003").password == "changed-by-app"

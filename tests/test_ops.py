@@ -16,7 +16,7 @@ import pytest
 from ops_models import Account, AsyncAccount, Bulk, Tenant, Unbound
 from support import client, dump_redis, new_key, origin_encrypt_v1, raw, wipe
 
-from redis_encrypted_fields import EncryptionError, ops
+from redis_encrypted_fields import EncryptionError, batch, ops
 from redis_encrypted_fields.envelope import PREFIX, parse
 from redis_encrypted_fields.keys import MasterKey
 
@@ -240,7 +240,7 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
     plant_accounts(10)
     ops.migrate(Account)
     use_keys(monkeypatch, new_key(), master_key)
-    real = ops._write_request
+    real = batch._write_request
 
     def racing(sha: Any, keys: Any, args: Any, *rest: Any) -> Any:
         send = real(sha, keys, args, *rest)
@@ -253,7 +253,7 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
 
         return request
 
-    monkeypatch.setattr(ops, "_write_request", racing)
+    monkeypatch.setattr(batch, "_write_request", racing)
     report = ops.rotate(Account, batch_size=4)
     assert report.ok
     assert Account.get("acc000003").password == "changed-by-app"

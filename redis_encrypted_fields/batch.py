@@ -1,0 +1,367 @@
+"""One batch of records for the maintenance tools (``ops``): each value decided (encrypt, upgrade,
+re-wrap, leave, or report), its blind index companion brought up to date, the batch's
+compare-and-set planned, sent, and settled into a report, with retries of the records that
+changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._driver import Request, Steps
+from .audit import audit_enabled, track
+from .blind_index import (
+    INDEX_MISSING,
+    INDEX_OUTDATED,
+    INDEX_SUFFIX,
+    companion_name,
+    companion_state,
+    domain,
+)
+from .envelope import (
+    KEY_ID_SLICE,
+    PREFIX,
+    binding_part,
+    decode,
+    open_blob,
+    rewrap_blob,
+    seal,
+)
+from .errors import DecryptionError, EncryptionError
+from .fields import is_star_mask
+from .keys import KeyRing
+from .layout import _field_part, _index_name, _json_path, _Layout, _name, _text, _values
+from .legacy import open_legacy, parse_legacy
+from .plan import FieldPath, dotted
+from .report import (
+    EMPTY,
+    LEGACY,
+    MASKED,
+    PLAINTEXT,
+    UNDECRYPTABLE,
+    Failure,
+    Operation,
+    Report,
+    key_state,
+)
+from .topology import Script, evaluate
+
+# Reads and compare-and-sets of a record that keeps changing meanwhile, before it is counted as a
+# conflict and left for another run.
+_RETRIES = 3
+
+
+# --- deciding what to do with one value --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Decision:
+    state: str
+    new: str | None = None  # the value to write, if any
+    outcome: str = "unchanged"  # encrypted / upgraded / rewrapped / unchanged / failed
+    reason: str = ""
+    verified: bool = False  # decrypted to check it
+    key_id: bytes | None = None  # of a value that failed: the key its envelope names
+
+
+def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decision:
+    """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
+    its data opened), so that what cannot be decrypted is reported by every operation, not
+    only by ``status``: an operator must not learn of it after dropping a key."""
+    if raw is None or raw == "":
+        return _Decision(EMPTY)
+    if not isinstance(raw, str):
+        return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
+    if raw.startswith(PREFIX):
+        try:
+            blob = decode(raw)
+        except DecryptionError as exc:
+            return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
+        key_id = blob[KEY_ID_SLICE]
+        try:
+            if op is Operation.ROTATE and key_id != keyring.current.key_id:
+                # rewrap_blob opens the data too before vouching for it under the new key.
+                new = rewrap_blob(raw, blob, keyring, context)
+                return _Decision(key_state(key_id), new, "rewrapped")
+            open_blob(blob, keyring, context)
+        except DecryptionError as exc:
+            return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc), key_id=key_id)
+        return _Decision(key_state(key_id), verified=True)
+    if parse_legacy(raw) is not None:
+        try:
+            plaintext = open_legacy(raw, keyring)
+        except DecryptionError as exc:
+            return _Decision(LEGACY, outcome="failed", reason=_reason(exc))
+        if op is Operation.STATUS:
+            return _Decision(LEGACY)
+        return _Decision(LEGACY, seal(plaintext, keyring, context), "upgraded")
+    if is_star_mask(raw):
+        # The origin stored masks as secrets; encrypting one would hide that the secret is lost.
+        return _Decision(MASKED, outcome="failed", reason="holds a mask, not a secret")
+    if op is Operation.STATUS:
+        return _Decision(PLAINTEXT)
+    return _Decision(PLAINTEXT, seal(raw, keyring, context), "encrypted")
+
+
+def _reason(exc: EncryptionError) -> str:
+    return str(exc)
+
+
+# --- one batch of records ------------------------------------------------------------------------
+
+
+# A batch is planned into flat, batch-level lists rather than objects per record: the tool is
+# limited by this process's CPU, and objects that live for a whole batch make the garbage
+# collector run again and again over them (a fifth of the time, measured).
+
+
+_Tally = tuple[str, str, str]  # (counted under, state, outcome)
+_tallies: dict[_Tally, _Tally] = {}  # one tuple of each kind, shared
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One batch, decided: the compare-and-set to send, and what to count once it is written."""
+
+    keys: Sequence[str]
+    report: Report  # failures so far
+    records: int = 0  # records found (not deleted since the scan)
+    # The compare-and-set: records to write, and the script's ARGV (per record: the number of
+    # values n, then n triples).
+    send_keys: list[str] = field(default_factory=list)
+    send_args: list[Any] = field(default_factory=list)
+    send_starts: list[int] = field(default_factory=list)  # where each record's ARGV begins
+    # Per record written, what its values count as; the whole batch's tally.
+    send_tallies: list[tuple[_Tally, ...]] = field(default_factory=list)
+    tally: Counter[_Tally] = field(default_factory=Counter)
+
+
+def _read_request(script: Script, layout: _Layout, keys: Sequence[str]) -> Request:
+    fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
+    return evaluate(script, keys, fields)
+
+
+def _write_request(
+    script: Script, keys: Sequence[str], args: Sequence[Any], starts: Sequence[int] = ()
+) -> Request:
+    return evaluate(script, keys, (), args, starts)
+
+
+def _plan_record(
+    op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, planned: _Planned
+) -> None:
+    values: Iterable[tuple[FieldPath, Any]]
+    companions: dict[str, Any] = {}
+    if layout.is_json:
+        # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
+        # registered its response callbacks on the client.
+        doc = json.loads(_text(stored)) if isinstance(stored, (str, bytes)) else stored
+        if doc is None:
+            return  # deleted since the scan
+        values = list(_values(doc, layout.plan, ()))
+        if layout.blind and isinstance(doc, dict):
+            companions = {name: doc.get(companion_name(name)) for name in layout.blind}
+    else:
+        if stored is None or stored.count(None) == len(stored):
+            return  # deleted since the scan
+        paths = layout.hash_paths
+        if layout.blind:
+            companions = dict(zip(layout.blind, map(_text, stored[len(paths) :]), strict=True))
+            stored = stored[: len(paths)]
+        values = zip(paths, stored, strict=True)
+    planned.records += 1
+    args = planned.send_args
+    start = len(args)
+    args.append(0)
+    tally: list[_Tally] = []
+    auditing = audit_enabled()
+    record = binding_part(key) if layout.bound else None
+    for path, value in values:
+        raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
+        context = b"" if record is None else record + _field_part(path)
+        d = _decide(op, raw, keyring, context)
+        if auditing:
+            _audit(d, layout, key, path, raw, keyring)
+        kind = (_name(layout.name, path), d.state, d.outcome)
+        tally.append(_tallies.setdefault(kind, kind))
+        if d.new is not None:
+            if layout.is_json:
+                args += [_json_path(path), raw, json.dumps(d.new)]
+            else:
+                args += [path[0], raw, d.new]
+        elif d.outcome == "failed":
+            kid = d.key_id.hex() if d.key_id is not None else None
+            failure = Failure(key, dotted(path), d.reason, layout.name, d.state, kid)
+            planned.report.failures.append(failure)
+        if layout.blind and len(path) == 1 and path[0] in layout.blind:
+            name = str(path[0])
+            old = companions.get(name)
+            kind, detail = _reindex(op, layout, name, raw, d, old, keyring, context)
+            tally.append(_tallies.setdefault(kind, kind))
+            if kind[2] == "indexed":
+                if d.new is None:  # the value is compared too: the companion goes beside it
+                    if layout.is_json:
+                        args += [_json_path(path), raw or "", json.dumps(raw)]
+                    else:
+                        args += [name, raw or "", raw or ""]
+                if layout.is_json:
+                    args += [_json_path((companion_name(name),)), old or "", json.dumps(detail)]
+                else:
+                    args += [companion_name(name), old or "", detail]
+            elif kind[2] == "failed" and d.outcome != "failed":
+                where = f"{name}{INDEX_SUFFIX}"
+                planned.report.failures.append(Failure(key, where, detail, layout.name))
+    planned.tally.update(tally)
+    if len(args) > start + 1:
+        args[start] = (len(args) - start - 1) // 3
+        planned.send_keys.append(key)
+        planned.send_starts.append(start)
+        planned.send_tallies.append(tuple(tally))
+    else:
+        del args[start]
+
+
+def _reindex(
+    op: Operation,
+    layout: _Layout,
+    name: str,
+    raw: Any,
+    d: _Decision,
+    stored: Any,
+    keyring: KeyRing,
+    context: bytes,
+) -> tuple[_Tally, str]:
+    """How the companion of a blind-indexed value stands, and the companion the operation
+    writes ("indexed": ``migrate`` when it is missing or outdated, ``rotate`` also when it is
+    under an old key), or why it cannot be made ("failed"). The value has just been decrypted
+    (and audited) by ``_decide``; it is opened again here for its plaintext."""
+    counted = _index_name(layout.name, name)
+    if d.outcome == "failed":
+        return (counted, d.state, "failed"), d.reason
+    index = layout.blind[name]
+    try:
+        if d.state == EMPTY:
+            plaintext = None
+        elif d.state == PLAINTEXT:
+            plaintext = raw
+        elif d.state == LEGACY:
+            plaintext = open_legacy(raw, keyring)
+        else:
+            plaintext = open_blob(decode(raw), keyring, context)
+        info = domain(layout.prefix, name, index.definition)
+        where = f"{layout.name}.{name}"
+        old = stored if stored is None or isinstance(stored, str) else "?"
+        state, expected = companion_state(index, keyring, info, plaintext, old, where)
+    except EncryptionError as exc:
+        return (counted, UNDECRYPTABLE, "failed"), _reason(exc)
+    if state == EMPTY or op is Operation.STATUS:
+        write = False
+    elif op is Operation.ROTATE:
+        write = state != key_state(keyring.current.key_id)
+    else:
+        write = state in (INDEX_MISSING, INDEX_OUTDATED)
+    return (counted, state, "indexed" if write else "index-ok"), expected
+
+
+_AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
+
+
+def _audit(
+    d: _Decision, layout: _Layout, key: str, path: FieldPath, raw: Any, ring: KeyRing
+) -> None:
+    # Events describe what the tool decided; a write that then loses a compare-and-set race is
+    # decided again, and audited again, on the retry.
+    field = ".".join(map(str, path))
+    common: dict[str, Any] = {"model": layout.name, "field": field, "record": key}
+    if d.outcome in _AUDITED:
+        track(_AUDITED[d.outcome], key_id=ring.current.key_id, **common)
+    elif d.outcome == "failed" and d.state not in (MASKED, PLAINTEXT):
+        error = DecryptionError(d.reason)
+        track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
+    elif d.outcome == "unchanged" and (d.state == LEGACY or d.verified):
+        # Every operation decrypts the envelopes it leaves alone, to check them.
+        track("decrypt", envelope=raw, **common)
+
+
+def _plan_batch(
+    op: Operation, layout: _Layout, keys: Sequence[str], stored: Sequence[Any], keyring: KeyRing
+) -> _Planned:
+    planned = _Planned(keys, Report(op))
+    for key, value in zip(keys, stored, strict=True):
+        _plan_record(op, layout, key, value, keyring, planned)
+    return planned
+
+
+_OUTCOMES = ("encrypted", "upgraded", "rewrapped", "indexed", "unchanged")
+
+
+def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
+    """Count what was written; return the batch's report and the keys that lost a race.
+
+    A record that lost a race is not counted: it is decided again on the retry.
+    """
+    report = planned.report
+    report.dry_run = dry_run
+    tally = planned.tally
+    lost = [i for i, ok in enumerate(results) if ok != 1]
+    conflicted = {planned.send_keys[i] for i in lost}
+    report.records += planned.records - len(lost)
+    if lost:
+        tally = tally.copy()
+        for i in lost:
+            tally.subtract(planned.send_tallies[i])
+        # Failures of conflicted records are re-found on the retry; keep the others.
+        report.failures = [f for f in report.failures if f.key not in conflicted]
+    for (name, state, outcome), n in tally.items():
+        if n <= 0:
+            continue
+        report.states.setdefault(name, Counter())[state] += n
+        if state != EMPTY and outcome in _OUTCOMES:
+            setattr(report, outcome, getattr(report, outcome) + n)
+    return report, [k for k in planned.keys if k in conflicted]
+
+
+def _writes(op: Operation, planned: _Planned, script: Script | None, dry_run: bool) -> bool:
+    return (
+        bool(planned.send_keys)
+        and script is not None
+        and not dry_run
+        and op is not Operation.STATUS
+    )
+
+
+def _send(script: Script, planned: _Planned) -> Steps[Any]:
+    request = _write_request(script, planned.send_keys, planned.send_args, planned.send_starts)
+    return (yield request)
+
+
+def _batch(
+    op: Operation,
+    layout: _Layout,
+    keys: Sequence[str],
+    scripts: tuple[Script, Script | None],
+    keyring: KeyRing,
+    dry_run: bool,
+    attempts: int = _RETRIES,
+) -> Steps[Report]:
+    """One batch, read then written, with retries of the records that changed meanwhile."""
+    read, write = scripts
+    report = Report(op, dry_run)
+    pending = list(keys)
+    for _ in range(attempts):
+        if not pending:
+            return report
+        stored = yield _read_request(read, layout, pending)
+        planned = _plan_batch(op, layout, pending, stored, keyring)
+        results: Any = []
+        if _writes(op, planned, write, dry_run):
+            results = yield from _send(typing.cast(Script, write), planned)
+        done, pending = _settle(planned, results, dry_run)
+        report.merge(done)
+    report.conflicts += len(pending)
+    return report

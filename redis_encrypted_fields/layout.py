@@ -1,0 +1,181 @@
+"""A model's records as the maintenance tools (``ops``) see them in Redis: the stored layout
+(key prefix, hash or JSON, encrypted paths, blind indexes), the names values are counted under,
+and the Lua scripts that read and compare-and-set a batch of records.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from .blind_index import INDEX_SUFFIX, BlindIndex
+from .envelope import binding_part
+from .errors import EncryptionError
+from .models import EncryptedModel
+from .plan import FieldPath, Leaf, Many, Nested, Node, plan_for
+
+# Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
+# every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
+# n, then n triples. One call per batch: a call per record costs more than the work it does.
+# Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
+# has hash field expiration. JSON triples: path, expected string, new value as JSON text. A
+# missing field (JSON: or null) is expected as "" (a blind index's companion not written yet).
+_HASH_CAS = """
+local done, a = {}, 1
+for k = 1, #KEYS do
+  local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
+  local fields, pairs = {}, {}
+  for j = 1, n do
+    fields[j] = ARGV[a + 3 * j - 2]
+    pairs[2 * j - 1], pairs[2 * j] = fields[j], ARGV[a + 3 * j]
+  end
+  local current = redis.call('HMGET', key, unpack(fields))
+  for j = 1, n do
+    if (current[j] or '') ~= ARGV[a + 3 * j - 1] then ok = 0 break end
+  end
+  if ok == 1 then
+    local has, at = pcall(redis.call, 'HPEXPIRETIME', key, 'FIELDS', n, unpack(fields))
+    redis.call('HSET', key, unpack(pairs))
+    if has and type(at) == 'table' then
+      for j = 1, n do
+        local t = tonumber(at[j])
+        if t and t > 0 then redis.call('HPEXPIREAT', key, t, 'FIELDS', 1, fields[j]) end
+      end
+    end
+  end
+  done[k], a = ok, a + 1 + 3 * n
+end
+return done
+"""
+
+_JSON_CAS = """
+local done, a = {}, 1
+for k = 1, #KEYS do
+  local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
+  for i = a + 1, a + 3 * n, 3 do
+    local current = redis.call('JSON.GET', key, ARGV[i])
+    if not current then ok = 0 break end
+    local value = cjson.decode(current)[1]
+    if value == nil or value == cjson.null then value = '' end
+    if value ~= ARGV[i + 1] then ok = 0 break end
+  end
+  if ok == 1 then
+    for i = a + 1, a + 3 * n, 3 do redis.call('JSON.SET', key, ARGV[i], ARGV[i + 2]) end
+  end
+  done[k], a = ok, a + 1 + 3 * n
+end
+return done
+"""
+
+# Reads of a batch of records in one call, for the same reason. KEYS: the records; ARGV (hash):
+# the fields. A missing record reads as nil (false keeps the reply array without holes).
+_HASH_READ = """
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
+return out
+"""
+
+_JSON_READ = """
+local out = {}
+for k = 1, #KEYS do out[k] = redis.call('JSON.GET', KEYS[k]) or false end
+return out
+"""
+
+
+# --- the model's stored layout ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    model: type[BaseModel]
+    name: str
+    prefix: str
+    is_json: bool
+    bound: bool
+    plan: dict[str, Node]
+    blind: dict[str, BlindIndex]  # top-level fields with a blind index (bound models only)
+
+    @classmethod
+    def of(cls, model: type[BaseModel]) -> _Layout:
+        import aredis_om
+        import redis_om
+
+        m: Any = model
+        if not issubclass(model, (redis_om.RedisModel, aredis_om.RedisModel)):
+            raise EncryptionError(f"{model.__name__} is not a redis-om model")
+        if getattr(m._meta, "embedded", False):
+            raise EncryptionError(f"{model.__name__} is embedded; run on the model that holds it")
+        plan = plan_for(model)
+        if not plan:
+            raise EncryptionError(f"{model.__name__} has no EncryptedStr fields")
+        return cls(
+            model=model,
+            name=model.__name__,
+            prefix=m.make_key(m._meta.primary_key_pattern.format(pk="")),
+            is_json=issubclass(model, (redis_om.JsonModel, aredis_om.JsonModel)),
+            bound=issubclass(model, EncryptedModel),
+            plan=plan,
+            blind=m._ref_search_spec().blind if issubclass(model, EncryptedModel) else {},
+        )
+
+    @functools.cached_property
+    def hash_paths(self) -> tuple[FieldPath, ...]:
+        """A hash model's encrypted fields as paths, in the order the read script returns them."""
+        return tuple((name,) for name in self.plan)
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_part(path: FieldPath) -> bytes:
+    """The field half of a value's binding (see ``envelope.binding_part``)."""
+    return binding_part(".".join(map(str, path)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _name(model: str, path: FieldPath) -> str:
+    """What status counts a value under, e.g. ``Tenant.replicas[].password``."""
+    return f"{model}.{_pattern(path)}"
+
+
+def _pattern(path: FieldPath) -> str:
+    """``replicas.1.password`` → ``replicas[].password``: the name status counts under."""
+    out = ""
+    for part in path:
+        out += "[]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_name(model: str, field: str) -> str:
+    """What status counts a blind index's companions under."""
+    return f"{model}.{field}{INDEX_SUFFIX}"
+
+
+def _json_path(path: FieldPath) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f"[{json.dumps(p)}]" for p in path)
+
+
+def _values(doc: Any, plan: dict[str, Node], path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+    if not isinstance(doc, dict):
+        return
+    for name, node in plan.items():
+        yield from _node_values(doc.get(name), node, (*path, name))
+
+
+def _node_values(value: Any, node: Node, path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+    if isinstance(node, Leaf):
+        yield path, value
+    elif isinstance(node, Many):
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _node_values(item, node.item, (*path, i))
+    elif isinstance(node, Nested):
+        yield from _values(value, plan_for(node.model), path)
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
