@@ -16,18 +16,22 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 from __future__ import annotations
 
 import contextvars
+import datetime
+import enum
+import json
 import logging
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import aredis_om
 import redis_om
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+from redis_om.search_reply import search_documents
 
 from ._driver import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
@@ -151,6 +155,9 @@ class _Facts:
     # The fields in dump order, each with its Leaf if model_dump() seals it from the instance.
     layout: tuple[tuple[str, Leaf | None], ...]
     search: SearchSpec  # blind indexes
+    # redis-om's read conversions (timestamps to datetime, base64 to bytes) leave every record
+    # of the class as it is: no field of those types at any depth (see _unconverted).
+    unconverted: bool
     # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
     # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
     keys: tuple[Any, Any, Any, Any, str] | None
@@ -204,6 +211,10 @@ def _facts_for(cls: Any) -> _Facts:
             layout=tuple((n, typing.cast(Leaf | None, plan.get(n))) for n in fields),
             keys=_key_parts(cls, meta),
             search=_search_spec(plan),
+            unconverted=all(
+                _unconverted(f.annotation, set()) and getattr(f, "vector_options", None) is None
+                for f in fields.values()
+            ),
         )
         _facts[cls] = facts
     return facts
@@ -231,6 +242,33 @@ def _dumps_plainly(cls: Any, plan: Plan) -> bool:
         if any(not isinstance(m, (Mask, BlindIndex)) for m in field.metadata):
             return False
     return True
+
+
+# What redis-om's read conversions never touch; datetime, date and bytes are what they convert.
+_AS_STORED = (str, int, float, bool, type(None), enum.Enum)
+_CONTAINERS = (Annotated, Union, types.UnionType, list, dict, set, frozenset, tuple)
+
+
+def _unconverted(annotation: Any, seen: set[type]) -> bool:
+    """Whether redis-om's read conversions leave a value of this annotation as it is. Told by
+    what is known to pass (scalars other than datetime, date and bytes, enums, literals, and
+    containers and models of those), so that anything else keeps redis-om's own path."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal or annotation is Any:
+        return True
+    if origin is not None:
+        args = typing.get_args(annotation)
+        if origin is Annotated:
+            args = args[:1]  # the type; the rest is metadata
+        return origin in _CONTAINERS and all(a is ... or _unconverted(a, seen) for a in args)
+    if not isinstance(annotation, type) or issubclass(annotation, (datetime.date, bytes)):
+        return False
+    if issubclass(annotation, BaseModel):
+        if annotation not in seen:
+            seen.add(annotation)
+            return all(_unconverted(f.annotation, seen) for f in annotation.model_fields.values())
+        return True
+    return issubclass(annotation, _AS_STORED)
 
 
 def _needs_opening(data: dict[str, Any], plan: Plan) -> bool:
@@ -361,6 +399,15 @@ class EncryptedModel:
             facts = _facts.get(cls) or _facts_for(cls)
             if facts.opens and type(res) is dict and type(res.get("results")) is list:
                 res = {**res, "results": _Page(res["results"], opener, facts, knn)}
+                if facts.unconverted and knn is None:
+                    # redis-om's from_redis without its two conversion passes, which return a
+                    # record of this class as it is and cost more than building it.
+                    records = []
+                    for fields in search_documents(res):
+                        if fields.get("$"):  # a JSON document the page could not open
+                            fields = json.loads(fields.pop("$"))
+                        records.append(cls(**fields))
+                    return records
             return typing.cast(Any, super()).from_redis(res, knn)
         finally:
             _reading.reset(token)
