@@ -16,15 +16,13 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 from __future__ import annotations
 
 import contextvars
-import datetime
-import enum
 import json
 import logging
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Union
 
 import aredis_om
 import redis_om
@@ -61,6 +59,7 @@ from .records import (
     _Opener,
     _Page,
     _Sealer,
+    _unconverted,
     open_stored,
     set_plaintext_reads,
 )
@@ -242,33 +241,6 @@ def _dumps_plainly(cls: Any, plan: Plan) -> bool:
         if any(not isinstance(m, (Mask, BlindIndex)) for m in field.metadata):
             return False
     return True
-
-
-# What redis-om's read conversions never touch; datetime, date and bytes are what they convert.
-_AS_STORED = (str, int, float, bool, type(None), enum.Enum)
-_CONTAINERS = (Annotated, Union, types.UnionType, list, dict, set, frozenset, tuple)
-
-
-def _unconverted(annotation: Any, seen: set[type]) -> bool:
-    """Whether redis-om's read conversions leave a value of this annotation as it is. Told by
-    what is known to pass (scalars other than datetime, date and bytes, enums, literals, and
-    containers and models of those), so that anything else keeps redis-om's own path."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal or annotation is Any:
-        return True
-    if origin is not None:
-        args = typing.get_args(annotation)
-        if origin is Annotated:
-            args = args[:1]  # the type; the rest is metadata
-        return origin in _CONTAINERS and all(a is ... or _unconverted(a, seen) for a in args)
-    if not isinstance(annotation, type) or issubclass(annotation, (datetime.date, bytes)):
-        return False
-    if issubclass(annotation, BaseModel):
-        if annotation not in seen:
-            seen.add(annotation)
-            return all(_unconverted(f.annotation, seen) for f in annotation.model_fields.values())
-        return True
-    return issubclass(annotation, _AS_STORED)
 
 
 def _needs_opening(data: dict[str, Any], plan: Plan) -> bool:

@@ -1,18 +1,24 @@
 """One record's values on their way in and out of Redis: what validation opens (``_Opener``,
-and ``_Page`` for a ``find()`` page), what ``model_dump()`` seals (``_Sealer``), and the policy
-for plaintext found in Redis. ``EncryptedModel`` (``models``) calls these at redis-om's hooks.
+and ``_Page`` for a ``find()`` page), what ``model_dump()`` seals (``_Sealer``), the policy
+for plaintext found in Redis, and which values redis-om's read conversions leave as they are
+(``_unconverted``). ``EncryptedModel`` (``models``) calls these at redis-om's hooks.
 """
 
 from __future__ import annotations
 
 import contextvars
+import datetime
+import enum
 import functools
 import json
 import logging
 import os
+import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel
 
 from .api import decrypt_stored
 from .audit import audit_enabled, track
@@ -327,6 +333,33 @@ class _Page(Sequence[Any]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self._results)))]
         return self._opener.item(self._results[index], self._facts, self._knn)
+
+
+# What redis-om's read conversions never touch; datetime, date and bytes are what they convert.
+_AS_STORED = (str, int, float, bool, type(None), enum.Enum)
+_CONTAINERS = (Annotated, Union, types.UnionType, list, dict, set, frozenset, tuple)
+
+
+def _unconverted(annotation: Any, seen: set[type]) -> bool:
+    """Whether redis-om's read conversions leave a value of this annotation as it is. Told by
+    what is known to pass (scalars other than datetime, date and bytes, enums, literals, and
+    containers and models of those), so that anything else keeps redis-om's own path."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal or annotation is Any:
+        return True
+    if origin is not None:
+        args = typing.get_args(annotation)
+        if origin is Annotated:
+            args = args[:1]  # the type; the rest is metadata
+        return origin in _CONTAINERS and all(a is ... or _unconverted(a, seen) for a in args)
+    if not isinstance(annotation, type) or issubclass(annotation, (datetime.date, bytes)):
+        return False
+    if issubclass(annotation, BaseModel):
+        if annotation not in seen:
+            seen.add(annotation)
+            return all(_unconverted(f.annotation, seen) for f in annotation.model_fields.values())
+        return True
+    return issubclass(annotation, _AS_STORED)
 
 
 def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
