@@ -16,7 +16,6 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import types
 import typing
@@ -61,6 +60,7 @@ from .records import (
     _Sealer,
     _unconverted,
     open_stored,
+    reply_results,
     set_plaintext_reads,
 )
 
@@ -369,17 +369,14 @@ class EncryptedModel:
         token = _reading.set(opener)
         try:
             facts = _facts.get(cls) or _facts_for(cls)
-            if facts.opens and type(res) is dict and type(res.get("results")) is list:
-                res = {**res, "results": _Page(res["results"], opener, facts, knn)}
+            results = reply_results(res) if facts.opens else None
+            if results is not None:
+                # Every record is opened here, bound to the key the reply names for it.
+                res = {"results": _Page(results, opener, facts, knn)}
                 if facts.unconverted and knn is None:
                     # redis-om's from_redis without its two conversion passes, which return a
                     # record of this class as it is and cost more than building it.
-                    records = []
-                    for fields in search_documents(res):
-                        if fields.get("$"):  # a JSON document the page could not open
-                            fields = json.loads(fields.pop("$"))
-                        records.append(cls(**fields))
-                    return records
+                    return [cls(**fields) for fields in search_documents(res)]
             return typing.cast(Any, super()).from_redis(res, knn)
         finally:
             _reading.reset(token)

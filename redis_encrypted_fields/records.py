@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel
+from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
 from .api import decrypt_stored
 from .audit import audit_enabled, track
@@ -54,7 +55,15 @@ from .plan import (
 if typing.TYPE_CHECKING:
     from .models import _Facts
 
-__all__ = ["ENV_REJECT_PLAINTEXT", "open_stored", "opened", "set_plaintext_reads"]
+__all__ = [
+    "ENV_REJECT_PLAINTEXT",
+    "check_stored_key",
+    "open_stored",
+    "opened",
+    "plaintext_allowed",
+    "reply_results",
+    "set_plaintext_reads",
+]
 
 log = logging.getLogger("redis_encrypted_fields")
 
@@ -79,6 +88,12 @@ def set_plaintext_reads(allowed: bool | None) -> None:
 
 _ON = frozenset(("1", "true", "yes", "on"))
 _OFF = frozenset(("", "0", "false", "no", "off"))
+
+
+def plaintext_allowed() -> bool:
+    """Whether plaintext (and origin v1 values, which are not bound) read from Redis is
+    accepted: ``set_plaintext_reads``, else ``REDIS_SRE_REJECT_PLAINTEXT``."""
+    return _plaintext_allowed()
 
 
 def _plaintext_allowed() -> bool:
@@ -134,12 +149,20 @@ class _Opener:
         self.record_key: str | None = None
         self._record_part: bytes | None = None  # the record's half of every binding
 
-    def record(self, raw: dict[str, Any], facts: _Facts, *, own: bool = False) -> dict[str, Any]:
+    def record(
+        self, raw: dict[str, Any], facts: _Facts, *, own: bool = False, key: str | None = None
+    ) -> dict[str, Any]:
         """A record's input with the values at its encrypted paths opened: in a new dict, or in
-        ``raw`` itself when it is the opener's ``own`` (a document it has just parsed)."""
+        ``raw`` itself when it is the opener's ``own`` (a document it has just parsed).
+
+        ``key``: the Redis key the record was read from (a search reply names it), which its
+        values are bound to; its stored primary key must agree (``check_stored_key``).
+        """
         pk = raw.get(facts.pk_name) if facts.pk_name is not None else None
         record_key = None
-        if pk not in (None, ""):
+        if key is not None:
+            record_key = self.key_of(key, pk)
+        elif pk not in (None, ""):
             prefix = self._prefix
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
@@ -166,22 +189,41 @@ class _Opener:
                     out[name] = None
         return out
 
+    def key_of(self, key: str, pk: Any) -> str:
+        """``key``, the Redis key a record was read from, once its stored primary key is
+        checked against it (``check_stored_key``)."""
+        prefix = self._prefix
+        if prefix is not None and type(pk) is str and pk and key == f"{prefix}{pk}":
+            return key  # the common case, without a method call
+        return check_stored_key(self.model, key, pk)
+
     def item(self, item: Any, facts: _Facts, knn: Any) -> Any:
         """One result of an FT.SEARCH reply (redis-py's dict form) with its record's values
-        opened, in the form redis-om's ``from_redis`` reads: a JSON document is given parsed,
-        as a hash's fields are, which redis-om builds the same way. What this does not read is
-        returned as it is, for the record's validation to open."""
-        fields = item.get("extra_attributes") if type(item) is dict else None
-        if type(fields) is not dict:
-            return item
+        opened and bound to the key the reply names, in the form redis-om's ``from_redis``
+        reads: a JSON document is given parsed, as a hash's fields are, which redis-om builds
+        the same way (a KNN query's score beside it, as redis-om adds it)."""
+        if type(item) is not dict or type(fields := item.get("extra_attributes")) is not dict:
+            item = string_keyed(item)
+            fields = item.get("extra_attributes")
+            if not isinstance(fields, Mapping):
+                return item  # no content (expired meanwhile): redis-om skips it
+            fields = {to_string(k): to_string(v) for k, v in fields.items()}
+        key = to_string(item.get("id"))
+        if type(key) is not str:
+            key = ""  # a reply without the key: refused as a key that does not match
         document = fields.get("$")
-        if document is None:
-            return {**item, "extra_attributes": self.record(fields, facts)}
-        if document and type(document) is str and knn is None:
-            parsed = json.loads(document)
-            if type(parsed) is dict:
-                return {**item, "extra_attributes": self.record(parsed, facts, own=True)}
-        return item
+        if not document or type(document) is not str:
+            return {"id": key, "extra_attributes": self.record(fields, facts, key=key)}
+        parsed = json.loads(document)
+        if type(parsed) is not dict:
+            raise DecryptionError(
+                f"Decryption failed: {key!r} holds a JSON document that is not an object",
+                model=self.model.__name__,
+                record=key,
+            )
+        if knn is not None:
+            parsed[knn.score_field_name] = fields.get(knn.score_field_name)
+        return {"id": key, "extra_attributes": self.record(parsed, facts, own=True, key=key)}
 
     def open_current(
         self, raw: str, field: str, record_key: str, field_part: bytes | None = None
@@ -307,6 +349,26 @@ class _Opener:
         return f"{self.model.__name__}.{dotted(path)}"
 
 
+def reply_results(res: Any) -> list[Any] | None:
+    """The results of an FT.SEARCH reply with content, in redis-py's dict form (``{"id": key,
+    "extra_attributes": fields}`` each) whichever form redis-py gave (a RESP2 list before
+    redis-py 8); ``None`` for a reply of neither form."""
+    if isinstance(res, Mapping):
+        results = res.get("results") if type(res) is dict else string_keyed(res).get("results")
+        return results if type(results) is list else None
+    if not isinstance(res, (list, tuple)):
+        return None
+    results = []
+    for i in range(1, len(res) - 1, 2):
+        payload = res[i + 1]
+        if isinstance(payload, (str, bytes)):
+            break  # a NOCONTENT reply: keys only
+        if payload is not None:
+            fields = pairs_to_dict(payload)
+            results.append({"id": to_string(res[i]), "extra_attributes": fields})
+    return results
+
+
 class _Page(Sequence[Any]):
     """The results of an FT.SEARCH reply, as ``from_redis`` reads them: each record's values
     opened when it is read.
@@ -360,6 +422,25 @@ def _unconverted(annotation: Any, seen: set[type]) -> bool:
             return all(_unconverted(f.annotation, seen) for f in annotation.model_fields.values())
         return True
     return issubclass(annotation, _AS_STORED)
+
+
+def check_stored_key(model: Any, key: str, pk: Any) -> str:
+    """``key``, the Redis key a search reply names for a record of ``model``, if the primary key
+    stored in the record makes that key; else ``DecryptionError`` naming the key.
+
+    redis-om builds a search result from its stored fields, ``pk`` included, and ignores the key
+    it came from: a record copied to another key (with a victim's envelopes and ``pk``) would
+    otherwise be opened under the victim's binding, and saved or deleted at the victim's key.
+    """
+    if pk not in (None, "") and model._ref_key(pk) == key:
+        return key
+    stored = "no primary key" if pk in (None, "") else "the primary key of another record"
+    raise DecryptionError(
+        f"Decryption failed: the record at {key!r} holds {stored}, so its values are not "
+        "bound to it (a record copied to another key is refused)",
+        model=model.__name__,
+        record=key,
+    )
 
 
 def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:

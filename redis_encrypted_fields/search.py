@@ -46,11 +46,11 @@ from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
 from .envelope import PREFIX, binding
-from .errors import UnsupportedQueryError
+from .errors import PlaintextSecretError, UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 from .keys import KeyRing, get_keyring
 from .legacy import parse_legacy
-from .records import opened
+from .records import check_stored_key, opened, plaintext_allowed
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 
@@ -387,6 +387,8 @@ class _Search:
         return typing.cast(list[Any], q._model_cache)
 
     def _ref_count(self) -> Steps[int]:
+        """The number of records ``all()`` returns, with the same refusals: each match's stored
+        pk is checked against its key (and, under a blind condition, its value decrypted)."""
         matches = yield from self._ref_matches(0, None, build=False)
         return len(matches)
 
@@ -403,7 +405,10 @@ class _Search:
             )
         tree = self._ref_tree()
         rendered = self.expression  # one ring, one rendering, for every page of this run
-        names = [*{leaf.field for leaf in _blind_leaves(tree)}, q.model._meta.primary_key.name]
+        pk_name = q.model._meta.primary_key.name
+        names = [*{leaf.field for leaf in _blind_leaves(tree)}, pk_name]
+        # Without a blind condition, only counting reads the pages: their keys and stored pks.
+        projected = [] if build or _has_blind(tree) else [pk_name]
         found: list[Any] = []
         position = 0
         size = q.page_size if want is None else min(q.page_size, max(16, 2 * (skip + want)))
@@ -411,7 +416,7 @@ class _Search:
             page = q.copy(
                 offset=position,
                 limit=size,
-                projected_fields=[],
+                projected_fields=projected,
                 return_as_dict=False,
                 nocontent=False,
             )
@@ -425,6 +430,9 @@ class _Search:
             wanted = matches[skip:] if want is None else matches[skip : skip + want - len(found)]
             skip = max(0, skip - len(matches))
             if wanted and not build:
+                # Counted as all() would build them: each bound to the key the reply names.
+                for doc in wanted:
+                    check_stored_key(q.model, doc.key, doc.fields.get(pk_name))
                 found += wanted
             elif wanted:
                 # Only the matches are built, with the values the filter has decrypted.
@@ -476,13 +484,30 @@ class _Search:
             return False
         found = plaintexts.get((doc.key, leaf.field, value))
         if found is None:
-            if value.startswith(PREFIX) or parse_legacy(value) is not None:
-                context = binding(doc.key, leaf.field) if value.startswith(PREFIX) else b""
+            current = value.startswith(PREFIX)
+            if not current and not plaintext_allowed():
+                # Refused here as the record's build refuses it, so that count() (which builds
+                # no record) agrees with all().
+                legacy = parse_legacy(value) is not None
+                stored = (
+                    "in the origin's v1 format (not bound to its record)"
+                    if legacy
+                    else ("as plaintext")
+                )
+                raise PlaintextSecretError(
+                    f"Decryption failed: {model}.{leaf.field} of {doc.key!r} is stored {stored} "
+                    "and plaintext reads are disabled; run `redis-encrypted-fields migrate`",
+                    model=model,
+                    field=leaf.field,
+                    record=doc.key,
+                )
+            if current or parse_legacy(value) is not None:
+                context = binding(doc.key, leaf.field) if current else b""
                 found = decrypt_stored(
                     value, context=context, model=model, field=leaf.field, record=doc.key
                 )
             else:
-                found = value  # plaintext not migrated yet: the record's build warns or refuses
+                found = value  # plaintext not migrated yet: the record's build warns
             plaintexts[(doc.key, leaf.field, value)] = found
         return leaf.index.normalized(found, f"{model}.{leaf.field}") in leaf.values
 
@@ -492,7 +517,8 @@ class _Search:
         model = q.model
         pk_name = model._meta.primary_key.name
         prefix = model._ref_key("")
-        pks = [doc.fields.get(pk_name) or doc.key.removeprefix(prefix) for doc in docs]
+        # The pk the key names (the stored one may disagree: that record is refused when built).
+        pks = [doc.key.removeprefix(prefix) for doc in docs]
         condition = (getattr(model, pk_name) << pks) & _render(rest, self._om, None, "")
         check = self._base(expressions=[condition], model=model, limit=len(pks), nocontent=True)
         raw = yield _call(self._base.execute, check, exhaust_results=False, return_raw_result=True)
@@ -542,7 +568,7 @@ class SearchQuery(_Search, _sync_om.FindQuery):  # type: ignore[misc]  # untyped
         return run_sync(self._ref_execute(exhaust_results), None)
 
     def count(self) -> int:
-        if not _has_blind(self._ref_tree()):
+        if self.knn is not None and not _has_blind(self._ref_tree()):
             parent: Any = super()
             return typing.cast(int, parent.count())
         return run_sync(self._ref_count(), None)
@@ -566,7 +592,7 @@ class AsyncSearchQuery(_Search, _async_om.FindQuery):
         return await run_async(self._ref_execute(exhaust_results), None)
 
     async def count(self) -> int:
-        if not _has_blind(self._ref_tree()):
+        if self.knn is not None and not _has_blind(self._ref_tree()):
             parent: Any = super()
             return typing.cast(int, await parent.count())
         return await run_async(self._ref_count(), None)
