@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .envelope import looks_like_envelope, parse
-from .errors import DecryptionError
+from .errors import DecryptionError, printable
 
 __all__ = [
     "AuditEvent",
@@ -101,19 +101,26 @@ def key_id_of(envelope: str) -> str | None:
 
 
 def emit(event: AuditEvent) -> None:
-    """Deliver ``event`` to the audit logger and the hooks. Call only if ``audit_enabled()``."""
+    """Deliver ``event`` to the audit logger and the hooks. Call only if ``audit_enabled()``.
+
+    The log record shows every name ``printable`` (in its message and in its ``audit`` dict,
+    which formatters print too): a record key is chosen by whoever writes to Redis, and one
+    holding a newline would otherwise show as an audit line of its own. Hooks get the event as
+    it is: they receive data, not lines, and may need the exact key.
+    """
     if logger.isEnabledFor(logging.INFO):
-        where = ".".join(p for p in (event.model, event.field) if p) or "-"
+        shown = {k: printable(v) if isinstance(v, str) else v for k, v in event.as_dict().items()}
+        where = ".".join(p for p in (shown["model"], shown["field"]) if p) or "-"
         logger.info(
             "%s %s %s record=%s key=%s%s%s",
-            event.operation,
-            event.outcome,
+            shown["operation"],
+            shown["outcome"],
             where,
-            event.record or "-",
-            event.key_id or "-",
-            f" kms={event.kms_key_id}" if event.kms_key_id else "",
-            f" reason={event.reason}" if event.reason else "",
-            extra={"audit": event.as_dict()},
+            shown["record"] or "-",
+            shown["key_id"] or "-",
+            f" kms={shown['kms_key_id']}" if shown["kms_key_id"] else "",
+            f" reason={shown['reason']}" if shown["reason"] else "",
+            extra={"audit": shown},
         )
     for hook in _hooks:
         try:

@@ -141,7 +141,7 @@ class BlindIndex:
 
     def companion(self, key: MasterKey, domain: bytes, normalized: str) -> str:
         """The companion of an already normalized value under ``key``."""
-        index = index_key(key, domain)
+        index = key.made_once(domain, IndexKey)
         mac = index.mac(normalized.encode("utf-8", "surrogatepass"))[: self._nbytes]
         if not self._shift:  # whole bytes (the default): their hex is the digest's
             return index.key_id_hex + mac.hex()
@@ -191,10 +191,11 @@ class IndexKey:
         return f"IndexKey(master key {self.key_id_hex})"
 
 
-@functools.lru_cache(maxsize=1024)
 def index_key(key: MasterKey, info: bytes) -> IndexKey:
-    """The index key of one master key for one ``domain``; derived once per process."""
-    return IndexKey(key, info)
+    """The index key of one master key for one ``domain``: derived once per key object and kept
+    by it, so it expires with the key (never in a cache of its own: that would keep the key, and
+    what is derived from it, after its ring has dropped it)."""
+    return key.made_once(info, IndexKey)
 
 
 class SearchSpec(NamedTuple):

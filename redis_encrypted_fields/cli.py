@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from . import __version__, ops
-from .errors import EncryptionError
+from .errors import EncryptionError, printable
 from .keys import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
 from .models import ENV_REJECT_PLAINTEXT
 
@@ -107,7 +107,8 @@ def _options(
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    # One line, whatever the message quotes (a record key, a server's or a KMS's answer).
+    print(f"error: {printable(message)}", file=sys.stderr)
     raise typer.Exit(EXIT_ERROR)
 
 
@@ -266,9 +267,11 @@ def _run(
     for scanned in total.scanned:
         if not scanned.records:
             print(
-                f"warning: no records of {scanned.model} found on {scanned.server} (keys "
-                f"matching {scanned.pattern!r}): check the server and database (--url, "
-                "REDIS_OM_URL, Meta.database) and the model's key prefix",
+                printable(
+                    f"warning: no records of {scanned.model} found on {scanned.server} (keys "
+                    f"matching {scanned.pattern!r}): check the server and database (--url, "
+                    "REDIS_OM_URL, Meta.database) and the model's key prefix"
+                ),
                 file=sys.stderr,
             )
     if as_json:
@@ -406,7 +409,11 @@ def keys_list(
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return
     rows = [("key id", "state", "created at", "KMS key")]
-    rows += [(r.key_id, r.state.value, r.created_at, r.kms_key_id) for r in records]
+    # Creation time and KMS key come from the store's records, which whoever writes to Redis
+    # can change: shown printable, so that one cannot make lines of its own.
+    rows += [
+        (r.key_id, r.state.value, printable(r.created_at), printable(r.kms_key_id)) for r in records
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])

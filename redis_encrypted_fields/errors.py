@@ -1,4 +1,5 @@
-"""The library's exceptions: one base, a few precise subclasses, no secret in any message."""
+"""The library's exceptions: one base, a few precise subclasses, no secret in any message; and
+``printable``, which every message, log line and report line naming a record key goes through."""
 
 from __future__ import annotations
 
@@ -17,7 +18,38 @@ __all__ = [
     "PlaintextSecretError",
     "StoredMaskError",
     "UnsupportedQueryError",
+    "printable",
 ]
+
+# Shorter escapes for the commonest control characters, as Python writes them.
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show in one line of a log, the audit trail, an error or a report.
+
+    Every character ``str.isprintable()`` refuses is written as a Python escape (``\\n``,
+    ``\\x1b``, ``\\u2028``): C0 and C1 controls, DEL, the line and paragraph separators (all
+    that ``str.splitlines()`` splits on), and the format characters that reorder or hide text
+    (bidi overrides, zero-width characters). Record keys are chosen by whoever writes to Redis:
+    unescaped, a key holding a newline would show as a line of its own (a forged audit event).
+    Backslashes are kept as they are, so that escaping twice (a key in an error message, the
+    message in an audit line) changes nothing; the exact key is in the error's ``record``
+    attribute, the hooks' events and the JSON reports.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class EncryptionError(Exception):
@@ -52,11 +84,12 @@ class EncryptionError(Exception):
 def located(
     exc: EncryptionError, model: str | None, field: str | None, record: str | None
 ) -> EncryptionError:
-    """``exc`` again, of the same type, naming the value it is about in message and attributes."""
+    """``exc`` again, of the same type, naming the value it is about in message and attributes
+    (the message shows the names ``printable``; the attributes hold them as they are)."""
     where = ".".join(p for p in (model, field) if p) or "a value"
     if record:
         where += f" of {record}"
-    return type(exc)(f"{exc} ({where})", model=model, record=record, field=field)
+    return type(exc)(f"{exc} ({printable(where)})", model=model, record=record, field=field)
 
 
 def _rebuild(

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .envelope import looks_like_envelope
-from .errors import MaskedSecretError
+from .errors import MaskedSecretError, printable
 from .fields import EncryptedStr, KeepExisting, is_star_mask
 from .legacy import parse_legacy
 from .plan import FieldPath, Leaf, Many, Node, Plan, dotted, plan_for
@@ -252,8 +252,9 @@ class _Resolver:
         )
 
     def error(self, message: str, path: FieldPath) -> MaskedSecretError:
+        # Shown printable: the record key is chosen by whoever writes to Redis.
         return MaskedSecretError(
-            message, model=self.model, record=self.record_key, field=dotted(path)
+            printable(message), model=self.model, record=self.record_key, field=dotted(path)
         )
 
 

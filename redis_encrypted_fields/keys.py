@@ -8,7 +8,8 @@ import hashlib
 import hmac
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +36,8 @@ ENV_PREVIOUS_MASTER_KEYS = "REDIS_SRE_PREVIOUS_MASTER_KEYS"
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
 _KEY_ID_LABEL = b"redis-encrypted-fields/key-id/v1"
+
+T = TypeVar("T")
 
 _MISSING_MESSAGE = (
     f"{ENV_MASTER_KEY} environment variable not set. Generate a key with "
@@ -69,7 +72,7 @@ class MasterKey:
     without revealing anything about it, and needs no configuration.
     """
 
-    __slots__ = ("_material", "aead", "key_id")
+    __slots__ = ("__weakref__", "_made", "_material", "aead", "key_id")
 
     def __init__(
         self, material: bytes, *, where: str = "the given key", advice: str = _NEW_KEY_ADVICE
@@ -82,6 +85,7 @@ class MasterKey:
         # The AES-256-GCM instance for this key, built once (construction is not free).
         self.aead = AESGCM(material)
         self.key_id = hmac.digest(material, _KEY_ID_LABEL, hashlib.sha256)[:KEY_ID_SIZE]
+        self._made: dict[bytes, object] = {}  # see made_once
 
     @classmethod
     def from_base64(
@@ -114,6 +118,19 @@ class MasterKey:
         return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=info).derive(
             self._material
         )
+
+    def made_once(self, info: bytes, make: Callable[[MasterKey, bytes], T]) -> T:
+        """``make(self, info)``, made on first use and kept by this key object.
+
+        For what is derived from the key (the blind index's keys, ``info`` naming the purpose as
+        for ``derive``): it lives and dies with this object, and so with the ring holding it
+        (a key store ring drops its keys when their cache lifetime ends), never in a cache of
+        its own that would keep key material, or the key, past that.
+        """
+        made = self._made.get(info)
+        if made is None:
+            made = self._made.setdefault(info, make(self, info))
+        return made  # type: ignore[return-value]  # only make() stores under its info
 
     def to_base64(self) -> str:
         """The key in the form ``REDIS_SRE_MASTER_KEY`` takes. Handle with care."""
@@ -239,8 +256,9 @@ def generate_master_key() -> str:
 # The ring in force. Set in code with set_keyring(); otherwise read from the environment at use
 # time (the design note's rotation script changes os.environ in a running process) and parsed
 # again only when the variables' text changes. With REDIS_SRE_KMS_KEY_ID set, the environment
-# describes a key store (keystore.StoreKeyRing); kept per text, so that its cached keys survive
-# the variables changing and changing back.
+# describes a key store (keystore.StoreKeyRing). Only the ring in force is kept: a ring the
+# variables no longer describe is dropped with its keys (and what was derived from them), so no
+# key outlives its configuration; the variables set again to the same text keep their ring.
 ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
 _lock = threading.Lock()
 _configured: KeyRing | None = None
@@ -249,10 +267,10 @@ _configured: KeyRing | None = None
 def set_keyring(keyring: KeyRing | None) -> None:
     """Use this ring (a ``KeyRing``, or a ``keystore.StoreKeyRing``) instead of the environment;
     ``None`` returns to the environment, read afresh."""
-    global _configured, _fast
+    global _configured, _env_ring, _fast
     _configured = keyring
     with _lock:
-        _env_rings.clear()
+        _env_ring = None
         _fast = None
 
 
@@ -267,10 +285,9 @@ _RAW_KEYS = (
     os.fsencode(ENV_KMS_KEY_ID),
 )
 _POSIX = os.name == "posix"
-_ENV_RINGS_MAX = 8
 
-# Rings by the text of the variables that made them.
-_env_rings: dict[tuple[str | None, ...], KeyRing] = {}
+# The ring in force, with the text of the variables that made it.
+_env_ring: tuple[tuple[str | None, ...], KeyRing] | None = None
 _K_CURRENT, _K_PREVIOUS, _K_KMS = _RAW_KEYS
 # The fast path: (os.environ's byte dict, the three values' bytes objects in it, the key store's
 # variables and their bytes objects (None without a key store), their ring).
@@ -302,7 +319,7 @@ def get_keyring() -> KeyRing:
 
 
 def _read_environ() -> KeyRing:
-    global _fast
+    global _env_ring, _fast
     data = getattr(os.environ, "_data", None) if _POSIX else None
     names: tuple[str, ...] = (ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, ENV_KMS_KEY_ID)
     if (os.environ.get(ENV_KMS_KEY_ID) or "").strip():
@@ -313,7 +330,8 @@ def _read_environ() -> KeyRing:
     # The bytes before the text: if the environment changes in between, the cache is stale at once.
     raw = [data.get(n) for n in raw_names] if type(data) is dict else None
     texts = tuple(os.environ.get(n) for n in names)
-    ring = _env_rings.get(texts)
+    cached = _env_ring
+    ring = cached[1] if cached is not None and cached[0] == texts else None
     if ring is None:
         if texts[2] is not None and texts[2].strip():
             from .keystore import StoreKeyRing
@@ -322,9 +340,7 @@ def _read_environ() -> KeyRing:
         else:
             ring = _parse_env(texts[0], texts[1])
     with _lock:
-        if len(_env_rings) >= _ENV_RINGS_MAX:
-            _env_rings.clear()
-        _env_rings[texts] = ring
+        _env_ring = (texts, ring)
         if raw is None:
             _fast = None
         else:

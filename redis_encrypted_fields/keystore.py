@@ -509,6 +509,7 @@ class StoreKeyRing(KeyRing):
         entry = self._entries.get(key_id)
         if entry is not None and entry[1] > _monotonic():
             return entry  # loaded by a flight that ended just before this one began
+        self._drop_expired()
         if record is None:
             record = self.store.record(key_id)
         if record is None:
@@ -524,6 +525,7 @@ class StoreKeyRing(KeyRing):
         active = self._active
         if active is not None and active[1] > _monotonic():
             return active
+        self._drop_expired()
         records = self.store.records()
         record = self.store.active(records)
         self._stored = tuple(
@@ -544,6 +546,16 @@ class StoreKeyRing(KeyRing):
             entries[key_id] = entry
             self._entries = entries
         return entry
+
+    def _drop_expired(self) -> None:
+        """Forget every key whose cache lifetime has ended, before asking for it again: if the
+        store or the KMS does not answer, no expired key (nor what was derived from it) stays."""
+        with self._lock:
+            now = _monotonic()
+            active = self._active
+            if active is not None and active[1] <= now:
+                self._active = None
+            self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
 
     def _after_fork(self) -> None:
         # A flight led by a thread of the parent would never end in the child: its waiters

@@ -32,6 +32,7 @@ from .errors import (
     PlaintextSecretError,
     StoredMaskError,
     located,
+    printable,
 )
 from .fields import (
     EncryptedStr,
@@ -316,9 +317,8 @@ class _Opener:
                     "disabled; run `redis-encrypted-fields migrate`",
                 )
             log.warning(
-                "%s of %s is stored as plaintext; it will be encrypted on the next save",
-                self.where(path),
-                record_key,
+                "%s is stored as plaintext; it will be encrypted on the next save",
+                self.located(path),
             )
         return EncryptedStr(raw)
 
@@ -342,8 +342,10 @@ class _Opener:
         )
 
     def located(self, path: FieldPath) -> str:
+        """The value named for a message or a log line: the record key is chosen by whoever
+        writes to Redis, so it is shown ``printable`` (a newline in it must not start a line)."""
         where = self.where(path)
-        return f"{where} of {self.record_key}" if self.record_key else where
+        return printable(f"{where} of {self.record_key}" if self.record_key else where)
 
     def where(self, path: FieldPath) -> str:
         return f"{self.model.__name__}.{dotted(path)}"
@@ -483,8 +485,8 @@ class _Sealer:
             or (not isinstance(value, EncryptedStr) and mask.could_be_mask(value))
         ):
             raise MaskedSecretError(
-                f"{field} of {self.record_key} holds a mask, not a secret; save() keeps "
-                "the stored secret for a mask, model_dump() cannot"
+                f"{printable(f'{field} of {self.record_key}')} holds a mask, not a secret; "
+                "save() keeps the stored secret for a mask, model_dump() cannot"
             )
         record_part = self._record_part
         if record_part is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .blind_index import INDEX_MISSING, INDEX_OUTDATED, INDEX_SUFFIX
+from .errors import printable
 
 __all__ = [
     "EMPTY",
@@ -129,6 +130,9 @@ class Group:
         return self.reason is not None
 
     def line(self) -> str:
+        """The group as one line of text: record keys (chosen by whoever writes to Redis) and
+        reasons are shown ``printable``, so a key holding a newline cannot make a line of its
+        own."""
         what = f"{self.count} " + ("under" if self.state == "key" else self.state)
         if self.key_id is not None:
             what += f"{' under' if self.state != 'key' else ''} key {self.key_id} ({self.role})"
@@ -139,7 +143,7 @@ class Group:
             shown = ", ".join(self.records[:_SHOWN_RECORDS])
             more = len(self.records) - _SHOWN_RECORDS
             text += f"; records: {shown}" + (f" (+{more} more)" if more > 0 else "")
-        return text
+        return printable(text)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -296,7 +300,10 @@ class Report:
         return later
 
     def summary(self) -> str:
-        """One line for the end of a run."""
+        """One line for the end of a run (``printable``, as every line of a report)."""
+        return printable(self._summary())
+
+    def _summary(self) -> str:
         name = self.operation.value
         if self.dry_run and self.operation is not Operation.STATUS:
             name += " (dry run)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -387,6 +389,64 @@ def test_search_by_an_encrypted_field_finds_records_under_every_store_key(kms: K
         }
         found = Member.find(Member.email == "ADA@example.org").all()
         assert sorted(m.pk for m in found) == sorted([early.pk, late.pk])
+    finally:
+        wipe(Member)
+
+
+class SwitchableKms(LocalKms):
+    """A ``LocalKms`` that can be made to refuse every unwrap (an outage)."""
+
+    down = False
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        if self.down:
+            raise KmsError("SwitchableKms: down")
+        return super().unwrap(wrapped, context)
+
+
+def member_pks() -> list[str]:
+    return sorted(m.pk for m in Member.find(Member.email == "ada@example.org").all())
+
+
+def failure_of(call: Callable[[], Any]) -> type[BaseException] | None:
+    """The type of what ``call()`` raised (the exception, its traceback and their frames are
+    dropped here: they would keep the frames' locals alive)."""
+    try:
+        call()
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+def test_index_keys_expire_with_the_store_key_they_were_derived_from(store_url: str) -> None:
+    """When an unwrapped key's cache lifetime ends, no cache of the library keeps it, nor the
+    blind index's keys derived from it: not while the KMS is down (the search fails), not once
+    it answers again (the search finds the records, under the key unwrapped again)."""
+    local = SwitchableKms()
+    c = redis.Redis.from_url(store_url, decode_responses=True)
+    KeyStore(c, local).create()
+    ttl = 0.5
+    ring = StoreKeyRing(KeyStore(c, local), ttl=ttl)
+    set_keyring(ring)
+    wipe(Member)
+    try:
+        member = Member(email="Ada@Example.org")
+        member.save()
+        assert member_pks() == [member.pk]
+        expired = weakref.ref(ring.current)
+        local.down = True
+        time.sleep(ttl + 0.1)
+        assert failure_of(member_pks) is KmsError
+        gc.collect()
+        assert expired() is None, "an expired master key is still referenced"
+
+        local.down = False
+        assert member_pks() == [member.pk]
+        expired = weakref.ref(ring.current)
+        time.sleep(ttl + 0.1)
+        assert member_pks() == [member.pk]
+        gc.collect()
+        assert expired() is None, "an expired master key is still referenced"
     finally:
         wipe(Member)
 

@@ -8,11 +8,13 @@ only the exact filtering keeps results right.
 annotations evaluated at class creation; the models of ``search_models`` with strings.)
 """
 
+import gc
 import hashlib
 import hmac
 import json
 import os
 import uuid
+import weakref
 from typing import Annotated, Any, Optional
 
 import aredis_om
@@ -426,6 +428,46 @@ async def test_async_search_through_a_rotation() -> None:
     set_keyring(KeyRing(ring.current))  # the old key is gone
     assert sorted(r.pk for r in await query.all()) == sorted(by_code["code-7"])
     assert await query.count() == 3
+
+
+def test_no_master_key_or_index_key_outlives_the_ring_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, master_key: str
+) -> None:
+    """Once the variables describe another ring, nothing of the library keeps the old ring's
+    key objects (the blind index's keys derived from them are kept by them, so they go too),
+    and search finds every record under the keys the variables name now."""
+
+    def found() -> list[str]:
+        query = SyncHashUser.find(SyncHashUser.email == "ada@example.org")
+        return sorted(u.pk for u in query.all())
+
+    wipe(SyncHashUser)
+    first = SyncHashUser(name="first", email="Ada@Example.org")
+    first.save()
+    assert found() == [first.pk]
+    old = weakref.ref(get_keyring().current)
+
+    # A rotation begins: a new current key, the old one decrypt-only.
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new_key())
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", master_key)
+    second = SyncHashUser(name="second", email="ADA@example.org")
+    second.save()
+    both = sorted([first.pk, second.pk])
+    assert found() == both
+    gc.collect()
+    assert old() is None, "the master key of a replaced ring is still referenced"
+
+    # It ends: everything re-wrapped, the old key removed from the environment.
+    ring = get_keyring()
+    current, previous = weakref.ref(ring.current), weakref.ref(ring.previous[0])
+    del ring
+    assert ops.rotate(SyncHashUser).ok
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", "")
+    assert found() == both
+    gc.collect()
+    assert current() is None, "the current key of a replaced ring is still referenced"
+    assert previous() is None, "the previous key of a replaced ring is still referenced"
+    wipe(SyncHashUser)
 
 
 @pytest.mark.parametrize("model", list(BEFORE), ids=["hash", "json"])

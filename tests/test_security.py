@@ -13,18 +13,22 @@ import hmac
 import logging
 import math
 import os
+import uuid
 from typing import Any
 
 import pytest
 from security_support import (
+    AUDIT_LOGGER,
     SecAccount,
     SecAsyncAccount,
     SecTenant,
     SecUnbound,
     assert_absent,
+    captured,
     cli,
     client,
     key_material,
+    levels,
     secret,
     snapshot,
 )
@@ -40,16 +44,20 @@ from support import (
 )
 
 from redis_encrypted_fields import (
+    AuditEvent,
     DecryptionError,
     KeyRing,
     MasterKey,
     PlaintextSecretError,
+    add_audit_hook,
     encrypt_secret,
     ops,
+    remove_audit_hook,
     set_keyring,
     set_plaintext_reads,
 )
 from redis_encrypted_fields.envelope import PREFIX, Envelope, binding, open_envelope, parse, seal
+from redis_encrypted_fields.errors import printable
 
 URL = "redis://default:tamper-pw@db.internal:6379/0"
 
@@ -615,3 +623,111 @@ def test_other_fields_are_neither_encrypted_nor_authenticated() -> None:
     write_raw(SyncHashInstance, m.pk, "environment", "attacker-chosen")
     got = SyncHashInstance.get(m.pk)
     assert (got.environment, got.admin_password) == ("attacker-chosen", pw)
+
+
+# (9) Record keys cannot forge log, audit, error or report lines
+
+# An audit line an attacker would like to add: whoever writes to Redis chooses record keys, and
+# SCAN (migrate, rotate, status) and find() hand them to the library as they are.
+FORGED = "rotate ok SecAccount.password record=:sec.account:forged key=0123456789abcdef"
+# Each of these ends a line (or, on a terminal, rewrites one) wherever text is shown.
+BREAKS = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\u2028": "\\u2028"}
+
+
+def hostile_pk(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}" + "".join(
+        f"{brk}{FORGED}" for brk in ("\n", "\r", "\x1b[1A\x1b[2K", "\u2028")
+    )
+
+
+def escaped(text: str) -> str:
+    for brk, shown in BREAKS.items():
+        text = text.replace(brk, shown)
+    return text
+
+
+def one_line(text: str) -> bool:
+    return text.splitlines() == [text] and text.isprintable()
+
+
+def test_record_keys_cannot_forge_log_audit_error_or_report_lines(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wipe(SecAccount)
+    good, plain, broken = hostile_pk("good"), hostile_pk("plain"), hostile_pk("broken")
+    key = {pk: SecAccount.make_primary_key(pk) for pk in (good, plain, broken)}
+    events: list[AuditEvent] = []
+    hook = add_audit_hook(events.append)
+    try:
+        with captured() as root, levels({None: logging.DEBUG, AUDIT_LOGGER: logging.INFO}):
+            SecAccount(pk=good, name="n", password=secret("pw")).save()
+            assert SecAccount.get(good).pk == good
+            client().hset(key[plain], mapping={"pk": plain, "name": "n", "password": "p"})
+            SecAccount.get(plain)  # plaintext: a warning naming the record
+            SecAccount(pk=broken, name="n", password=secret("pw")).save()
+            envelope = raw(SecAccount, broken)["password"]
+            write_raw(SecAccount, broken, "password", envelope[:-8] + "AAAAAAAA")
+            with pytest.raises(DecryptionError) as failed:
+                SecAccount.get(broken)
+            monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new_key())  # so that rotate re-wraps
+            monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", master_key)
+            reports = [run(SecAccount) for run in (ops.migrate, ops.rotate, ops.status)]
+    finally:
+        remove_audit_hook(hook)
+    proc = cli("status", "security_support:SecAccount")
+    wipe(SecAccount)
+
+    # Every log record of the library is one line, its audit dict too, names escaped.
+    ours = [r for r in root.records if r.name.startswith("redis_encrypted_fields")]
+    messages = [r.getMessage() for r in ours]
+    for record, message in zip(ours, messages, strict=True):
+        assert one_line(message), message
+        for value in getattr(record, "audit", {}).values():
+            assert not isinstance(value, str) or one_line(value), value
+    for expected in (
+        f"encrypt ok SecAccount.password record={escaped(key[good])} key=",
+        f"decrypt ok SecAccount.password record={escaped(key[good])} key=",
+        f"rewrap ok SecAccount.password record={escaped(key[good])} key=",
+        f"encrypt ok SecAccount.password record={escaped(key[plain])} key=",  # migrate
+        f"decrypt failed SecAccount.password record={escaped(key[broken])} key=",
+        f"SecAccount.password of {escaped(key[plain])} is stored as plaintext",
+    ):
+        assert any(m.startswith(expected) for m in messages), expected
+    assert not any(FORGED in m.split(" record=", 1)[0] for m in messages)
+    # Hooks get data, not lines: the exact key.
+    assert {e.record for e in events} >= {key[good], key[plain], key[broken]}
+
+    # The error names the record escaped; its attribute holds the key as it is.
+    assert one_line(str(failed.value))
+    assert escaped(key[broken]) in str(failed.value)
+    assert failed.value.record == key[broken]
+
+    # Report lines, from Python and from the command line.
+    for report in reports:
+        lines = [g.line() for g in report.groups()] + [report.summary()]
+        assert all(one_line(line) for line in lines), lines
+    (failure,) = [g.line() for g in reports[2].groups() if g.failed]
+    assert escaped(key[broken]) in failure
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout.splitlines() + proc.stderr.splitlines()
+    assert not any(line.startswith(FORGED) for line in out), out
+    assert any(escaped(key[broken]) in line for line in out), out
+
+
+def test_every_character_that_breaks_or_disguises_a_line_is_escaped() -> None:
+    """What ``printable`` (the one escape every log, audit, error and report line goes through)
+    guarantees, over every code point: C0 and C1 controls, DEL, everything ``splitlines()``
+    splits on, and the format characters that reorder text (bidi overrides) come out escaped;
+    the result is one printable line; escaping twice changes nothing; printable text is kept."""
+    for code in range(0x110000):
+        char = chr(code)
+        shown = printable(f"a{char}b")
+        assert one_line(shown), hex(code)
+        assert printable(shown) == shown, hex(code)
+        breaks = len(f"a{char}b".splitlines()) > 1
+        if breaks or code < 0x20 or 0x7F <= code <= 0x9F or code in (0x202E, 0x2066, 0x200B):
+            assert char not in shown, hex(code)
+            assert shown[:2] == "a\\", hex(code)
+            assert shown[-1] == "b", hex(code)
+    assert printable("app:conn:Zoë 1/2 \\n") == "app:conn:Zoë 1/2 \\n"
+    assert printable("a\nb\r\tc\x1b[2K\u2028\U000e0001") == "a\\nb\\r\\tc\\x1b[2K\\u2028\\U000e0001"
