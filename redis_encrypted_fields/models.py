@@ -7,7 +7,8 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
   a mask becomes ``KeepExisting``; plaintext read from Redis is accepted with a warning (migration)
   or refused (``set_plaintext_reads(False)``);
 - ``model_dump()`` in python mode (what redis-om persists): values are sealed bound to the record;
-- ``save()``: masks are replaced by the stored secrets before anything is written; a ``None``
+- ``save()``: masks are replaced by the stored secrets before anything is written, in one
+  transaction with the write (read again when the record changed meanwhile); a ``None``
   encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind;
   a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``);
 - ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``search``).
