@@ -7,6 +7,7 @@ from .audit import AuditEvent, add_audit_hook, remove_audit_hook
 from .blind_index import BlindIndex, IndexPlan, plan_index
 from .errors import (
     BlindIndexError,
+    ConcurrentChangeError,
     ConfigurationError,
     DecryptionError,
     EncryptionError,
@@ -29,6 +30,7 @@ __all__ = [
     "AwsKms",
     "BlindIndex",
     "BlindIndexError",
+    "ConcurrentChangeError",
     "ConfigurationError",
     "DecryptionError",
     "EncryptedModel",

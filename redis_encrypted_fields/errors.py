@@ -8,6 +8,7 @@ from redis_om.model.model import QueryNotSupportedError as _QueryNotSupportedErr
 
 __all__ = [
     "BlindIndexError",
+    "ConcurrentChangeError",
     "ConfigurationError",
     "DecryptionError",
     "EncryptionError",
@@ -135,6 +136,12 @@ class MaskedSecretError(EncryptionError):
 class StoredMaskError(PlaintextSecretError, MaskedSecretError):
     """A mask was read from Redis where a secret belongs (the origin's bug stored masks): the
     secret is lost. Raised on reads while plaintext reads are disabled; a warning otherwise."""
+
+
+class ConcurrentChangeError(EncryptionError):
+    """A save that keeps stored secrets (masks sent back) found its record changed by another
+    writer between its read and its write, on every attempt; nothing was saved. Names the
+    record."""
 
 
 class BlindIndexError(ConfigurationError):

@@ -29,8 +29,8 @@ from redis.cluster import RedisCluster
 from security_support import cli
 from support import aw, new_key
 
-from redis_encrypted_fields import DecryptionError, batch, ops
-from redis_encrypted_fields.envelope import PREFIX
+from redis_encrypted_fields import DecryptionError, batch, get_keyring, models, ops
+from redis_encrypted_fields.envelope import PREFIX, binding, seal
 from redis_encrypted_fields.keys import MasterKey
 from redis_encrypted_fields.topology import TopologyError
 
@@ -130,6 +130,41 @@ async def test_models_save_read_keep_and_clear_on_a_cluster(model: Any) -> None:
         again.api_token = None
         await aw(again.save())
         assert (await aw(model.get(m.pk))).api_token is None
+
+
+async def test_a_save_keeping_a_secret_never_reverts_a_concurrent_change_on_a_cluster(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction of a save that keeps a stored secret works on a cluster (one key, one
+    slot): a password another writer changes between its read and its write survives."""
+    if is_json(model):
+        m = model(name="c", admin={"user": "u", "password": "old"}, replicas=[])
+        path, json_path = "admin.password", "$.admin.password"
+    else:
+        m = model(name="c", password="old", api_token="tok")
+        path = json_path = "password"
+    await aw(m.save())
+    key = model.make_primary_key(m.pk)
+    new = f"changed-meanwhile-{random.random()}"
+    real, reads = models.resolve_masks, []
+
+    def racing(*args: Any, **kwargs: Any) -> None:
+        reads.append(1)
+        if len(reads) == 1:  # another writer, right after the save's first read
+            envelope = seal(new, get_keyring(), binding(key, path))
+            if is_json(model):
+                cluster().json().set(key, json_path, envelope)
+            else:
+                cluster().hset(key, path, envelope)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "resolve_masks", racing)
+    payload = json.loads(m.model_dump_json())
+    payload["name"] = "renamed"
+    await aw(model(**payload).save())
+    got = await aw(model.get(m.pk))
+    password = got.admin.password if is_json(model) else got.password
+    assert (password, got.name, len(reads)) == (new, "renamed", 2)
 
 
 # --- ops on a cluster ------------------------------------------------------------------------

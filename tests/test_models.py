@@ -212,6 +212,77 @@ async def test_a_password_containing_stars_is_a_real_password(model: Any, passwo
     assert (await aw(model.get(m.pk))).admin_password == password
 
 
+def calls(command: str) -> int:
+    """How many times the server has run ``command``."""
+    stats = client().info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_save_keeping_a_secret_is_one_transaction_and_other_saves_are_as_before(
+    model: Any,
+) -> None:
+    """With a mask, the read and the write are one transaction on the record key (WATCH, then
+    MULTI/EXEC): a secret changed in between is never written over (test_security.py, Races).
+    Without one, the save is redis-om's own: no WATCH, no transaction, no extra round trip."""
+    m = await saved(model)
+    watch, exec_ = calls("watch"), calls("exec")
+    m.environment = "plain"
+    await aw(m.save())
+    assert (calls("watch"), calls("exec")) == (watch, exec_)
+    await aw(m.update(admin_password="***", environment="masked"))
+    assert (calls("watch"), calls("exec")) == (watch + 1, exec_ + 1)
+    got = await aw(model.get(m.pk))
+    assert (got.admin_password, got.environment) == (PASSWORD, "masked")
+
+
+async def test_a_save_keeping_a_secret_honours_nx_and_xx(model: Any) -> None:
+    """nx and xx are decided inside the transaction (redis-om's HashModel refuses them in a
+    pipeline): xx writes the existing record, nx leaves it alone and returns None."""
+    m = await saved(model)
+    m.admin_password = "***"  # type: ignore[assignment]
+    m.environment = "xx"
+    assert await aw(m.save(xx=True)) is m
+    got = await aw(model.get(m.pk))
+    assert (got.admin_password, got.environment) == (PASSWORD, "xx")
+    before = raw(model, m.pk)
+    m.admin_password = "***"  # type: ignore[assignment]
+    m.environment = "nx"
+    assert await aw(m.save(nx=True)) is None
+    assert raw(model, m.pk) == before
+    with pytest.raises(ValueError, match="nx and xx"):
+        await aw(m.save(nx=True, xx=True))
+
+
+async def test_a_save_keeping_a_secret_keeps_field_expirations(model: Any) -> None:
+    """HSET drops a hash field's TTL; redis-om puts it back when it writes itself, and so does
+    the transaction of a save that keeps a secret."""
+    if is_json(model):
+        pytest.skip("field expiration is a hash feature")
+    m = await saved(model)
+    key = model.make_primary_key(m.pk)
+    c = client()
+    c.hexpire(key, 1000, "environment", "admin_password")
+    await aw(m.update(admin_password="***", environment="still-expiring"))
+    assert all(900 < t <= 1000 for t in c.httl(key, "environment", "admin_password"))
+    assert c.httl(key, "name") == [-1]
+
+
+async def test_a_save_into_your_pipeline_keeps_the_secret_stored_when_it_is_queued(
+    model: Any,
+) -> None:
+    """With your own pipeline (save(pipeline=...), add()), the write is sent when you execute
+    the pipeline, which no transaction of the library can cover: masks are resolved when the
+    save is queued, and a secret changed before you execute is written over (docs: Masks and
+    keep-existing)."""
+    m = await saved(model)
+    pipe = model.db().pipeline(transaction=False)
+    m.admin_password = "***"  # type: ignore[assignment]
+    await aw(m.save(pipeline=pipe))
+    assert m.admin_password == PASSWORD
+    await aw(pipe.execute())
+    assert (await aw(model.get(m.pk))).admin_password == PASSWORD
+
+
 # 5. A mask is never persisted
 
 

@@ -13,10 +13,13 @@ import hmac
 import logging
 import math
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from search_models import SyncHashUser, SyncJsonUser
 from security_support import (
     AUDIT_LOGGER,
     SecAccount,
@@ -27,15 +30,20 @@ from security_support import (
     captured,
     cli,
     client,
+    exception_texts,
     key_material,
     levels,
     secret,
     snapshot,
 )
 from support import (
+    CLUSTER_MODELS,
+    INSTANCE_MODELS,
     SyncCluster,
     SyncHashInstance,
     SyncJsonInstance,
+    aw,
+    is_json,
     new_key,
     origin_encrypt_v1,
     raw,
@@ -45,12 +53,15 @@ from support import (
 
 from redis_encrypted_fields import (
     AuditEvent,
+    ConcurrentChangeError,
     DecryptionError,
     KeyRing,
     MasterKey,
     PlaintextSecretError,
     add_audit_hook,
     encrypt_secret,
+    get_keyring,
+    models,
     ops,
     remove_audit_hook,
     set_keyring,
@@ -58,6 +69,7 @@ from redis_encrypted_fields import (
 )
 from redis_encrypted_fields.envelope import PREFIX, Envelope, binding, open_envelope, parse, seal
 from redis_encrypted_fields.errors import printable
+from redis_encrypted_fields.keep import resolve_masks
 
 URL = "redis://default:tamper-pw@db.internal:6379/0"
 
@@ -731,3 +743,144 @@ def test_every_character_that_breaks_or_disguises_a_line_is_escaped() -> None:
             assert shown[-1] == "b", hex(code)
     assert printable("app:conn:Zoë 1/2 \\n") == "app:conn:Zoë 1/2 \\n"
     assert printable("a\nb\r\tc\x1b[2K\u2028\U000e0001") == "a\\nb\\r\\tc\\x1b[2K\\u2028\\U000e0001"
+
+
+# Races: a save that keeps a stored secret never writes over a secret changed meanwhile
+
+
+def race_reads(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[], None], times: int = 1
+) -> list[int]:
+    """Run ``change`` (another writer) right after each of the first ``times`` reads of a save
+    that keeps stored secrets, before its write; returns one item per read."""
+    real = models.resolve_masks
+    reads: list[int] = []
+
+    def racing(*args: Any, **kwargs: Any) -> None:
+        reads.append(1)
+        if len(reads) <= times:
+            change()
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "resolve_masks", racing)
+    return reads
+
+
+def stored_by_another_writer(model: Any, pk: str, path: str, plaintext: str) -> None:
+    """What another process with the master key stores when it changes one secret: an envelope
+    bound to the record and field, written through a connection of its own."""
+    key = model.make_primary_key(pk)
+    envelope = seal(plaintext, get_keyring(), binding(key, path))
+    c = client()
+    if is_json(model):
+        steps = path.split(".")
+        json_path = "$" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in steps)
+        assert c.json().set(key, json_path, envelope, xx=True)
+    else:
+        c.hset(key, path, envelope)
+
+
+@pytest.mark.parametrize("model", INSTANCE_MODELS, ids=lambda m: m.__name__)
+async def test_a_save_keeping_a_secret_never_reverts_a_concurrent_change(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password changed by another writer between the read of a keep-existing save (a mask
+    sent back) and its write survives: the save reads again and the mask keeps the new one.
+    (The save used to write back the secret it had read: the change was lost without a word.)"""
+    m = model(name=secret("n"), connection_url=URL, admin_password=secret("old"))
+    await aw(m.save())
+    new = secret("changed-meanwhile")
+    reads = race_reads(
+        monkeypatch, lambda: stored_by_another_writer(model, m.pk, "admin_password", new)
+    )
+    await aw(m.update(admin_password="***", environment="production"))
+    got = await aw(model.get(m.pk))
+    assert (got.admin_password, got.environment, got.connection_url) == (new, "production", URL)
+    assert m.admin_password == new
+    assert len(reads) == 2  # read, changed meanwhile, read again, written
+
+
+@pytest.mark.parametrize("model", INSTANCE_MODELS, ids=lambda m: m.__name__)
+async def test_a_save_keeping_a_secret_gives_up_rather_than_revert_a_secret_that_keeps_changing(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the secret changes after every read, the save gives up with ConcurrentChangeError
+    (no secret in it), writes nothing, and leaves the instance with its mask: saved again
+    later, it keeps the last secret stored."""
+    m = model(name=secret("n"), connection_url=URL, admin_password=secret("old"))
+    await aw(m.save())
+    written: list[str] = []
+
+    def change() -> None:
+        written.append(secret("changed"))
+        stored_by_another_writer(model, m.pk, "admin_password", written[-1])
+
+    reads = race_reads(monkeypatch, change, times=1000)
+    with pytest.raises(ConcurrentChangeError) as caught:
+        await aw(m.update(admin_password="***", environment="production"))
+    exc = caught.value
+    assert (exc.model, exc.record) == (model.__name__, model.make_primary_key(m.pk))
+    assert not any(w in text for w in written for text in exception_texts(exc))
+    assert len(reads) > 1
+    got = await aw(model.get(m.pk))
+    assert (got.admin_password, got.environment) == (written[-1], "development")
+    assert m.admin_password == "***"
+    monkeypatch.setattr(models, "resolve_masks", resolve_masks)
+    await aw(m.save())
+    got = await aw(model.get(m.pk))
+    assert (got.admin_password, got.environment) == (written[-1], "production")
+
+
+@pytest.mark.parametrize("model", CLUSTER_MODELS, ids=lambda m: m.__name__)
+async def test_masks_in_nested_models_and_lists_keep_a_secret_changed_meanwhile(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a record sent back whole from API output, masks in an embedded model and
+    in a list, while another writer changes a list item's password."""
+    m = model(
+        name=secret("n"),
+        primary={"username": "root", "password": secret("primary")},
+        replicas=[{"username": "r0", "password": secret("r0")}],
+        tokens=[secret("tok")],
+    )
+    await aw(m.save())
+    body = m.model_dump(mode="json")
+    body["name"] = "renamed"
+    new = secret("changed-meanwhile")
+    race_reads(
+        monkeypatch, lambda: stored_by_another_writer(model, m.pk, "replicas.0.password", new)
+    )
+    await aw(model(**body).save())
+    got = await aw(model.get(m.pk))
+    assert got.name == "renamed"
+    assert (got.primary.password, got.replicas[0].password) == (m.primary.password, new)
+    assert got.tokens == m.tokens
+
+
+@pytest.mark.parametrize("model", [SyncHashUser, SyncJsonUser], ids=lambda m: m.__name__)
+def test_a_blind_index_follows_the_secret_changed_meanwhile(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other writer is the application itself (another thread, a plain save): the record
+    ends with its value and the companion of that value, so a search finds the new value and
+    not the old one."""
+    old, new = f"{secret('old')}@example.com", f"{secret('new')}@example.com"
+    m = model(name=secret("n"), email=old)
+    m.save()
+
+    def change() -> None:
+        def save_elsewhere() -> None:
+            other = model.get(m.pk)
+            other.email = new
+            other.save()
+
+        writer = threading.Thread(target=save_elsewhere)
+        writer.start()
+        writer.join()
+
+    race_reads(monkeypatch, change)
+    m.update(email="***", team="ops")
+    got = model.get(m.pk)
+    assert (got.email, got.team) == (new, "ops")
+    assert [r.pk for r in model.find(model.email == new).all()] == [m.pk]
+    assert model.find(model.email == old).all() == []
