@@ -580,6 +580,62 @@ async def test_an_origin_v1_value_given_as_input_is_never_opened(
     assert get_secret_value(v1) == other
 
 
+def plant_suspicious(master_key: str) -> tuple[Any, Any]:
+    """SecAccount records: a genuine one, one with planted plaintext, one with an origin v1
+    value from elsewhere. Returns the last two."""
+    wipe(SecAccount)
+    SecAccount(name="n", password=secret("pw")).save()
+    planted = []
+    for kind in ("plaintext", "origin-v1"):
+        m = SecAccount(name="n", password=secret("pw"))
+        m.save()
+        write_raw(SecAccount, m.pk, "password", planted_value(kind, master_key))
+        planted.append(m)
+    return planted[0], planted[1]
+
+
+def test_with_plaintext_refused_migrate_and_rotate_leave_planted_values_as_suspicious(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the switch on, ``migrate`` and ``rotate`` do not encrypt planted plaintext or
+    upgrade planted v1 values (which would make them look genuine): they report them as
+    suspicious, counted and named by record, leave them as they are and are not OK (exit 1,
+    naming ``--accept-plaintext``); ``status`` names them so too. ``accept_plaintext=True``
+    (``--accept-plaintext``) encrypts them. Without the switch, ``migrate`` encrypts them
+    (``test_ops.py::test_migrate_encrypts_plaintext_upgrades_v1_and_is_idempotent``)."""
+    plaintext, v1 = plant_suspicious(master_key)
+    monkeypatch.setenv("REDIS_SRE_REJECT_PLAINTEXT", "1")
+    before = dump_redis()
+    for run in (ops.migrate, ops.rotate, ops.status):
+        report = run(SecAccount)
+        assert (report.ok, report.changed, report.suspicious) == (False, 0, 2)
+        assert report.states["SecAccount.password"]["suspicious"] == 2
+        assert {(f.key, f.field, f.state) for f in report.failures} == {
+            (plaintext.key(), "password", "suspicious"),
+            (v1.key(), "password", "suspicious"),
+        }
+        assert any("2 values suspicious" in p for p in report.problems())
+        assert ATTACKER_URL not in str(report.as_dict())
+    proc = cli("migrate", "security_support:SecAccount", env=dict(os.environ))
+    assert proc.returncode == 1, proc.stderr
+    assert "--accept-plaintext" in proc.stderr
+    failed = [x for x in proc.stderr.splitlines() if x.startswith("failed: SecAccount.password")]
+    assert len(failed) == 2
+    assert all(" suspicious: " in x for x in failed)
+    assert plaintext.key() in "".join(failed)
+    assert v1.key() in "".join(failed)
+    assert ATTACKER_URL not in proc.stdout + proc.stderr
+    assert dump_redis() == before
+
+    report = ops.rotate(SecAccount, dry_run=True, accept_plaintext=True)
+    assert (report.ok, report.encrypted, report.upgraded, report.suspicious) == (True, 1, 1, 0)
+    proc = cli("migrate", "--accept-plaintext", "security_support:SecAccount", env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert raw(SecAccount, plaintext.pk)["password"].startswith(PREFIX)
+    assert raw(SecAccount, v1.pk)["password"].startswith(PREFIX)
+    assert ops.status(SecAccount).ok
+
+
 # Keys and limits
 
 
