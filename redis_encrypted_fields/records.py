@@ -109,6 +109,14 @@ def plaintext_allowed() -> bool:
     return True
 
 
+# What the switch's refusals suggest: migrate, with the switch on, reports such values as
+# suspicious and leaves them (a value planted in Redis looks the same as one never migrated).
+_REFUSED_HINT = (
+    "a value written to Redis behind the application's back looks the same; if it is genuine, "
+    "`redis-encrypted-fields migrate --accept-plaintext` encrypts it"
+)
+
+
 def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
     """Refuse ``raw``, a value found in Redis at ``field`` of ``record`` that is not a current
     envelope (plaintext, or an origin v1 value), while plaintext reads are disabled.
@@ -133,14 +141,6 @@ def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
         record=record,
         field=field,
     )
-
-
-# What the switch's refusals suggest: migrate, with the switch on, reports such values as
-# suspicious and leaves them (a value planted in Redis looks the same as one never migrated).
-_REFUSED_HINT = (
-    "a value written to Redis behind the application's back looks the same; if it is genuine, "
-    "`redis-encrypted-fields migrate --accept-plaintext` encrypts it"
-)
 
 
 def check_input(value: str, model: str, field: str, record: str | None) -> None:
