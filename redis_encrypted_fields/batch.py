@@ -38,11 +38,13 @@ from .keys import KeyRing
 from .layout import _field_part, _index_name, _json_path, _Layout, _name, _text, _values
 from .legacy import open_legacy, parse_legacy
 from .plan import FieldPath, dotted
+from .records import ENV_REJECT_PLAINTEXT
 from .report import (
     EMPTY,
     LEGACY,
     MASKED,
     PLAINTEXT,
+    SUSPICIOUS,
     UNDECRYPTABLE,
     Failure,
     Operation,
@@ -63,16 +65,31 @@ _RETRIES = 3
 class _Decision:
     state: str
     new: str | None = None  # the value to write, if any
-    outcome: str = "unchanged"  # encrypted / upgraded / rewrapped / unchanged / failed
+    # encrypted / upgraded / rewrapped / unchanged / failed / suspicious (left: plaintext refused)
+    outcome: str = "unchanged"
     reason: str = ""
     verified: bool = False  # decrypted to check it
     key_id: bytes | None = None  # of a value that failed: the key its envelope names
 
 
-def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decision:
+# Why a value is left as suspicious: the deployment has declared (REDIS_SRE_REJECT_PLAINTEXT)
+# that no plaintext is left, and encrypting or upgrading it would make a planted value look
+# genuine.
+_SUSPECT = f"where {ENV_REJECT_PLAINTEXT} says none is left: left as it is"
+_SUSPICIOUS_PLAINTEXT = f"plaintext, {_SUSPECT}"
+_SUSPICIOUS_V1 = f"an origin v1 value (bound to no record), {_SUSPECT}"
+
+# Outcomes of values left as they are and reported.
+_LEFT = frozenset(("failed", "suspicious"))
+
+
+def _decide(
+    op: Operation, raw: Any, keyring: KeyRing, context: bytes, suspect: bool = False
+) -> _Decision:
     """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
     its data opened), so that what cannot be decrypted is reported by every operation, not
-    only by ``status``: an operator must not learn of it after dropping a key."""
+    only by ``status``: an operator must not learn of it after dropping a key. With ``suspect``
+    (plaintext is refused), plaintext and origin v1 values are left and reported as suspicious."""
     if raw is None or raw == "":
         return _Decision(EMPTY)
     if not isinstance(raw, str):
@@ -97,12 +114,16 @@ def _decide(op: Operation, raw: Any, keyring: KeyRing, context: bytes) -> _Decis
             plaintext = open_legacy(raw, keyring)
         except DecryptionError as exc:
             return _Decision(LEGACY, outcome="failed", reason=_reason(exc))
+        if suspect:
+            return _Decision(SUSPICIOUS, outcome="suspicious", reason=_SUSPICIOUS_V1, verified=True)
         if op is Operation.STATUS:
             return _Decision(LEGACY)
         return _Decision(LEGACY, seal(plaintext, keyring, context), "upgraded")
     if is_star_mask(raw):
         # The origin stored masks as secrets; encrypting one would hide that the secret is lost.
         return _Decision(MASKED, outcome="failed", reason="holds a mask, not a secret")
+    if suspect:
+        return _Decision(SUSPICIOUS, outcome="suspicious", reason=_SUSPICIOUS_PLAINTEXT)
     if op is Operation.STATUS:
         return _Decision(PLAINTEXT)
     return _Decision(PLAINTEXT, seal(raw, keyring, context), "encrypted")
@@ -153,7 +174,13 @@ def _write_request(
 
 
 def _plan_record(
-    op: Operation, layout: _Layout, key: str, stored: Any, keyring: KeyRing, planned: _Planned
+    op: Operation,
+    layout: _Layout,
+    key: str,
+    stored: Any,
+    keyring: KeyRing,
+    planned: _Planned,
+    suspect: bool = False,
 ) -> None:
     values: Iterable[tuple[FieldPath, Any]]
     companions: dict[str, Any] = {}
@@ -184,7 +211,7 @@ def _plan_record(
     for path, value in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
         context = b"" if record is None else record + _field_part(path)
-        d = _decide(op, raw, keyring, context)
+        d = _decide(op, raw, keyring, context, suspect)
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
         kind = (_name(layout.name, path), d.state, d.outcome)
@@ -194,7 +221,7 @@ def _plan_record(
                 args += [_json_path(path), raw, json.dumps(d.new)]
             else:
                 args += [path[0], raw, d.new]
-        elif d.outcome == "failed":
+        elif d.outcome in _LEFT:
             kid = d.key_id.hex() if d.key_id is not None else None
             failure = Failure(key, dotted(path), d.reason, layout.name, d.state, kid)
             planned.report.failures.append(failure)
@@ -213,7 +240,7 @@ def _plan_record(
                     args += [_json_path((companion_name(name),)), old or "", json.dumps(detail)]
                 else:
                     args += [companion_name(name), old or "", detail]
-            elif kind[2] == "failed" and d.outcome != "failed":
+            elif kind[2] == "failed" and d.outcome not in _LEFT:
                 where = f"{name}{INDEX_SUFFIX}"
                 planned.report.failures.append(Failure(key, where, detail, layout.name))
     planned.tally.update(tally)
@@ -241,7 +268,7 @@ def _reindex(
     under an old key), or why it cannot be made ("failed"). The value has just been decrypted
     (and audited) by ``_decide``; it is opened again here for its plaintext."""
     counted = _index_name(layout.name, name)
-    if d.outcome == "failed":
+    if d.outcome in _LEFT:  # no companion for a value left as it is
         return (counted, d.state, "failed"), d.reason
     index = layout.blind[name]
     try:
@@ -283,17 +310,22 @@ def _audit(
     elif d.outcome == "failed" and d.state not in (MASKED, PLAINTEXT):
         error = DecryptionError(d.reason)
         track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
-    elif d.outcome == "unchanged" and (d.state == LEGACY or d.verified):
+    elif d.outcome in ("unchanged", "suspicious") and (d.state == LEGACY or d.verified):
         # Every operation decrypts the envelopes it leaves alone, to check them.
         track("decrypt", envelope=raw, **common)
 
 
 def _plan_batch(
-    op: Operation, layout: _Layout, keys: Sequence[str], stored: Sequence[Any], keyring: KeyRing
+    op: Operation,
+    layout: _Layout,
+    keys: Sequence[str],
+    stored: Sequence[Any],
+    keyring: KeyRing,
+    suspect: bool = False,
 ) -> _Planned:
     planned = _Planned(keys, Report(op))
     for key, value in zip(keys, stored, strict=True):
-        _plan_record(op, layout, key, value, keyring, planned)
+        _plan_record(op, layout, key, value, keyring, planned, suspect)
     return planned
 
 
@@ -348,6 +380,7 @@ def _batch(
     keyring: KeyRing,
     dry_run: bool,
     attempts: int = _RETRIES,
+    suspect: bool = False,
 ) -> Steps[Report]:
     """One batch, read then written, with retries of the records that changed meanwhile."""
     read, write = scripts
@@ -357,7 +390,7 @@ def _batch(
         if not pending:
             return report
         stored = yield _read_request(read, layout, pending)
-        planned = _plan_batch(op, layout, pending, stored, keyring)
+        planned = _plan_batch(op, layout, pending, stored, keyring, suspect)
         results: Any = []
         if _writes(op, planned, write, dry_run):
             results = yield from _send(typing.cast(Script, write), planned)

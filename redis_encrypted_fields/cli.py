@@ -34,14 +34,17 @@ _HELP = f"""Migrate, rotate and inspect EncryptedStr fields of redis-om models.
 
 Exit status: {EXIT_OK} when every value is in the wanted state (a dry run: when nothing failed;
 changes it would make are not failures); {EXIT_NOT_OK} when some are not (plaintext, values under
-a previous or unknown key, undecryptable or masked values, records skipped as changed meanwhile);
+a previous or unknown key, undecryptable or masked values, suspicious values, records skipped as
+changed meanwhile);
 {EXIT_ERROR} when the run could not be done (bad usage, unreachable Redis, missing or malformed
 master keys, a cluster the tool cannot see whole, an unexpected error).
 
 Environment: {ENV_MASTER_KEY} (the current master key, standard base64 of 32 bytes);
 {ENV_PREVIOUS_MASTER_KEYS} (older keys, comma-separated, decrypt only); REDIS_OM_URL (the Redis URL
 of models without Meta.database, as redis-om uses it; --url overrides); {ENV_REJECT_PLAINTEXT} (1:
-the application refuses plaintext read from Redis); {ENV_DEBUG} (1: tracebacks, like --debug).
+no plaintext is left: the application refuses plaintext and origin v1 values read from Redis, and
+migrate and rotate report them as suspicious and leave them unless --accept-plaintext); {ENV_DEBUG}
+(1: tracebacks, like --debug).
 """
 
 app = typer.Typer(
@@ -81,6 +84,14 @@ BatchOpt = Annotated[
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")
+]
+AcceptOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-plaintext",
+        help=f"With {ENV_REJECT_PLAINTEXT} on, encrypt plaintext and origin v1 values found anyway "
+        "(by default they are suspicious: reported and left). Find out first how they got there.",
+    ),
 ]
 
 
@@ -214,6 +225,7 @@ def _run_models(
     client: Any,
     dry_run: bool,
     batch: int,
+    accept_plaintext: bool = False,
 ) -> ops.Report:
     total = ops.Report(operation, dry_run)
     sync = [m for m in models if client is not None or not _is_async(m)]
@@ -224,18 +236,27 @@ def _run_models(
             else:
                 run = ops.migrate if operation is ops.Operation.MIGRATE else ops.rotate
                 report = run(
-                    model, client=client, dry_run=dry_run, batch_size=batch, progress=advance
+                    model,
+                    client=client,
+                    dry_run=dry_run,
+                    batch_size=batch,
+                    progress=advance,
+                    accept_plaintext=accept_plaintext,
                 )
         total.merge(report)
     rest = [m for m in models if m not in sync]
     if rest:
         # aredis_om models on their own (asyncio) databases: one event loop for all of them.
-        total.merge(asyncio.run(_arun_models(operation, rest, dry_run, batch)))
+        total.merge(asyncio.run(_arun_models(operation, rest, dry_run, batch, accept_plaintext)))
     return total
 
 
 async def _arun_models(
-    operation: ops.Operation, models: list[type[BaseModel]], dry_run: bool, batch: int
+    operation: ops.Operation,
+    models: list[type[BaseModel]],
+    dry_run: bool,
+    batch: int,
+    accept_plaintext: bool,
 ) -> ops.Report:
     total = ops.Report(operation, dry_run)
     for model in models:
@@ -244,7 +265,13 @@ async def _arun_models(
                 report = await ops.astatus(model, batch_size=batch, progress=advance)
             else:
                 run = ops.amigrate if operation is ops.Operation.MIGRATE else ops.arotate
-                report = await run(model, dry_run=dry_run, batch_size=batch, progress=advance)
+                report = await run(
+                    model,
+                    dry_run=dry_run,
+                    batch_size=batch,
+                    progress=advance,
+                    accept_plaintext=accept_plaintext,
+                )
         total.merge(report)
     return total
 
@@ -256,6 +283,7 @@ def _run(
     dry_run: bool,
     batch: int,
     as_json: bool,
+    accept_plaintext: bool = False,
 ) -> None:
     with _errors():
         if url:
@@ -263,7 +291,7 @@ def _run(
             os.environ["REDIS_OM_URL"] = url
         models = load_models(target)
         client = client_for_url(url) if url else None
-        total = _run_models(operation, models, client, dry_run, batch)
+        total = _run_models(operation, models, client, dry_run, batch, accept_plaintext)
     for scanned in total.scanned:
         if not scanned.records:
             print(
@@ -278,6 +306,17 @@ def _run(
         print(json.dumps(total.as_dict(), indent=2))
     else:
         _print_text(total)
+    if total.suspicious:
+        n = total.suspicious
+        print(
+            f"warning: {n} suspicious {'value' if n == 1 else 'values'} (plaintext or origin v1 "
+            f"although {ENV_REJECT_PLAINTEXT} says none is left) left as "
+            f"{'it is' if n == 1 else 'they are'}. A value written to Redis behind the "
+            "application's back looks the same: find out how they got there (records listed "
+            "above, or in the JSON report's failures); if they are genuine, run "
+            f"`redis-encrypted-fields migrate --accept-plaintext {target}`",
+            file=sys.stderr,
+        )
     raise typer.Exit(EXIT_OK if total.ok else EXIT_NOT_OK)
 
 
@@ -312,9 +351,13 @@ def migrate(
     dry_run: DryRunOpt = False,
     batch_size: BatchOpt = 500,
     as_json: JsonOpt = False,
+    accept_plaintext: AcceptOpt = False,
 ) -> None:
-    """Encrypt plaintext values and upgrade origin v1 envelopes. Safe to run again."""
-    _run(ops.Operation.MIGRATE, target, url, dry_run, batch_size, as_json)
+    """Encrypt plaintext values and upgrade origin v1 envelopes. Safe to run again.
+
+    With REDIS_SRE_REJECT_PLAINTEXT on, plaintext and origin v1 values are suspicious: reported
+    and left as they are (exit status 1), unless --accept-plaintext."""
+    _run(ops.Operation.MIGRATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
 
 
 @app.command()
@@ -324,10 +367,12 @@ def rotate(
     dry_run: DryRunOpt = False,
     batch_size: BatchOpt = 500,
     as_json: JsonOpt = False,
+    accept_plaintext: AcceptOpt = False,
 ) -> None:
     """Re-wrap every value under the current master key (old keys in
-    REDIS_SRE_PREVIOUS_MASTER_KEYS); plaintext and v1 values are encrypted on the way."""
-    _run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json)
+    REDIS_SRE_PREVIOUS_MASTER_KEYS); plaintext and v1 values are encrypted on the way (with
+    REDIS_SRE_REJECT_PLAINTEXT on: as migrate does)."""
+    _run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
 
 
 @app.command()

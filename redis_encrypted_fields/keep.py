@@ -29,6 +29,7 @@ from .errors import MaskedSecretError, printable
 from .fields import EncryptedStr, KeepExisting, is_star_mask
 from .legacy import parse_legacy
 from .plan import FieldPath, Leaf, Many, Node, Plan, dotted, plan_for
+from .records import check_unbound
 
 __all__ = ["Opener", "has_masks", "resolve_masks"]
 
@@ -121,6 +122,11 @@ class _Resolver:
         raw = stored.decode("utf-8") if isinstance(stored, bytes) else stored
         plaintext: str | None = None
         if isinstance(raw, str) and raw and not leaf.mask.could_be_mask(raw):
+            if not looks_like_envelope(raw):
+                # Plaintext or an origin v1 value, bound to no record: refused as a read would
+                # refuse it, or a mask would seal a value planted in Redis into a genuine
+                # envelope of this record.
+                check_unbound(raw, self.model, dotted(path), self.record_key)
             if looks_like_envelope(raw) or parse_legacy(raw) is not None:
                 plaintext = self.opener(raw, path)
             else:

@@ -46,6 +46,7 @@ from .fields import (
     model_scope,
 )
 from .keep import has_masks, resolve_masks
+from .legacy import is_legacy_envelope
 from .plan import (
     FieldPath,
     Leaf,
@@ -65,6 +66,7 @@ from .records import (
     _Page,
     _Sealer,
     _unconverted,
+    check_input,
     open_stored,
     reply_results,
     set_plaintext_reads,
@@ -340,6 +342,8 @@ class EncryptedModel:
         if type(value) is str:
             node = plan_for(typing.cast(Any, type(self))).get(name)
             if isinstance(node, Leaf) and not node.mask.could_be_mask(value):
+                if is_legacy_envelope(value):  # refused as in construction, not kept as text
+                    check_input(value, type(self).__name__, name, self._ref_record_key())
                 value = EncryptedStr(value)
         typing.cast(Any, super()).__setattr__(name, value)
 
@@ -680,6 +684,11 @@ class EncryptedModel:
         return _search_spec(plan_for(typing.cast(Any, cls)))
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _ref_record_key(self) -> str | None:
+        """This record's Redis key, if it has a primary key yet."""
+        pk = self._ref_pk()
+        return None if pk in (None, "") else type(self)._ref_key(pk)
 
     def _ref_pk(self) -> Any:
         name: Any = _facts_for(type(self)).pk_name

@@ -4,7 +4,9 @@ Records are found with ``SCAN`` (never ``KEYS``), read and written in pipelined 
 write is a compare-and-set in a Lua script: a value is replaced only if it is still what was read,
 so a record the application changes meanwhile is never overwritten with a stale value, and a run
 killed at any moment can simply be run again. Nothing is ever deleted, and a value that cannot be
-decrypted is left as it is and reported.
+decrypted is left as it is and reported. Once ``REDIS_SRE_REJECT_PLAINTEXT`` says no plaintext is
+left, plaintext and origin v1 values found anyway are suspicious: reported and left as they are,
+unless the caller accepts them (``accept_plaintext``).
 
 The functions work on the model's stored layout (key prefix, encrypted paths) and never build
 model instances, so they run at the speed of Redis rather than of validation.
@@ -30,6 +32,7 @@ from .errors import EncryptionError
 from .keys import KeyRing, get_keyring
 from .layout import _HASH_CAS, _HASH_READ, _JSON_CAS, _JSON_READ, _index_name, _Layout, _text
 from .plan import encrypted_paths
+from .records import plaintext_allowed
 from .report import Failure, Group, Operation, Report, Scanned
 from .topology import Script, TopologyError, check, describe, fingerprint, nodes
 
@@ -135,9 +138,12 @@ def _steps(
     batch_size: int,
     keyring: KeyRing | None,
     progress: ProgressCallback | None,
+    accept_plaintext: bool = False,
 ) -> Steps[Report]:
     if batch_size < 1:
         raise EncryptionError("batch_size must be at least 1")
+    # Read once, before anything is done (an invalid switch is an error here, not mid-run).
+    suspect = not plaintext_allowed() and not accept_plaintext
     layout = _Layout.of(model)
     ring = keyring or get_keyring()
     client = yield _the_client
@@ -153,7 +159,9 @@ def _steps(
     report: Report | None = None
     for attempt in range(_PASSES):
         before = yield from fingerprint(client)
-        this = yield from _pass(op, layout, client, scripts, ring, dry_run, batch_size, progress)
+        this = yield from _pass(
+            op, layout, client, scripts, ring, dry_run, batch_size, progress, suspect
+        )
         after = yield from fingerprint(client)
         report = this if report is None else report.then(this)
         if before == after:
@@ -176,6 +184,7 @@ def _pass(
     dry_run: bool,
     batch_size: int,
     progress: ProgressCallback | None,
+    suspect: bool,
 ) -> Steps[Report]:
     """One pass over the model's records on every node."""
     read, write = scripts
@@ -199,13 +208,15 @@ def _pass(
         planned: _Planned | None = None
         if keys:
             reading = yield Submit(_read_next(scanner, layout, read))
-            planned = _plan_batch(op, layout, keys, stored, ring)
+            planned = _plan_batch(op, layout, keys, stored, ring, suspect)
         if writing is not None:
             handle, previous = writing
             results = (yield Wait(handle)) if handle is not None else []
             done, conflicted = _settle(previous, results, dry_run)
             if conflicted:
-                retried = _batch(op, layout, conflicted, scripts, ring, dry_run, _RETRIES - 1)
+                retried = _batch(
+                    op, layout, conflicted, scripts, ring, dry_run, _RETRIES - 1, suspect
+                )
                 done.merge((yield from retried))
             report.merge(done)
             if progress is not None:
@@ -243,9 +254,17 @@ def migrate(
     batch_size: int = 500,
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
+    accept_plaintext: bool = False,
 ) -> Report:
-    """Encrypt every plaintext value and upgrade origin v1 values; leave current envelopes."""
-    steps = _steps(Operation.MIGRATE, model, dry_run, batch_size, keyring, progress)
+    """Encrypt every plaintext value and upgrade origin v1 values; leave current envelopes.
+
+    While plaintext is refused (``REDIS_SRE_REJECT_PLAINTEXT``, ``set_plaintext_reads(False)``),
+    plaintext and origin v1 values are reported as suspicious and left, unless
+    ``accept_plaintext``.
+    """
+    steps = _steps(
+        Operation.MIGRATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+    )
     return run_sync(steps, _client(model, client))
 
 
@@ -257,9 +276,13 @@ def rotate(
     batch_size: int = 500,
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
+    accept_plaintext: bool = False,
 ) -> Report:
-    """Bring every value under the current master key: re-wrap old envelopes, encrypt the rest."""
-    steps = _steps(Operation.ROTATE, model, dry_run, batch_size, keyring, progress)
+    """Bring every value under the current master key: re-wrap old envelopes, encrypt the rest
+    (plaintext and origin v1 values: as ``migrate`` does)."""
+    steps = _steps(
+        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+    )
     return run_sync(steps, _client(model, client))
 
 
@@ -271,7 +294,8 @@ def status(
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
 ) -> Report:
-    """Count the values of each encrypted field by state, decrypting each one to check it."""
+    """Count the values of each encrypted field by state, decrypting each one to check it
+    (while plaintext is refused, plaintext and origin v1 values count as suspicious)."""
     steps = _steps(Operation.STATUS, model, True, batch_size, keyring, progress)
     return run_sync(steps, _client(model, client))
 
@@ -284,9 +308,12 @@ async def amigrate(
     batch_size: int = 500,
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
+    accept_plaintext: bool = False,
 ) -> Report:
     """``migrate`` with an asyncio client (default: the model's own)."""
-    steps = _steps(Operation.MIGRATE, model, dry_run, batch_size, keyring, progress)
+    steps = _steps(
+        Operation.MIGRATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+    )
     return await run_async(steps, _client(model, client, sync=False))
 
 
@@ -298,9 +325,12 @@ async def arotate(
     batch_size: int = 500,
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
+    accept_plaintext: bool = False,
 ) -> Report:
     """``rotate`` with an asyncio client (default: the model's own)."""
-    steps = _steps(Operation.ROTATE, model, dry_run, batch_size, keyring, progress)
+    steps = _steps(
+        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+    )
     return await run_async(steps, _client(model, client, sync=False))
 
 

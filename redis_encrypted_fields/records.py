@@ -58,7 +58,9 @@ if typing.TYPE_CHECKING:
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
+    "check_input",
     "check_stored_key",
+    "check_unbound",
     "open_stored",
     "opened",
     "plaintext_allowed",
@@ -92,12 +94,9 @@ _OFF = frozenset(("", "0", "false", "no", "off"))
 
 
 def plaintext_allowed() -> bool:
-    """Whether plaintext (and origin v1 values, which are not bound) read from Redis is
-    accepted: ``set_plaintext_reads``, else ``REDIS_SRE_REJECT_PLAINTEXT``."""
-    return _plaintext_allowed()
-
-
-def _plaintext_allowed() -> bool:
+    """Whether values found in Redis that are not current envelopes (plaintext, and origin v1
+    values, which are bound to no record) may be taken for secrets: ``set_plaintext_reads``,
+    else ``REDIS_SRE_REJECT_PLAINTEXT`` (``ConfigurationError`` for an invalid value)."""
     if _plaintext_reads is not None:
         return _plaintext_reads
     text = os.environ.get(ENV_REJECT_PLAINTEXT, "")
@@ -112,6 +111,58 @@ def _plaintext_allowed() -> bool:
             "to refuse plaintext read from Redis; 0, false, no, off or unset to accept it"
         )
     return True
+
+
+# What the switch's refusals suggest: migrate, with the switch on, reports such values as
+# suspicious and leaves them (a value planted in Redis looks the same as one never migrated).
+_REFUSED_HINT = (
+    "a value written to Redis behind the application's back looks the same; if it is genuine, "
+    "`redis-encrypted-fields migrate --accept-plaintext` encrypts it"
+)
+
+
+def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
+    """Refuse ``raw``, a value found in Redis at ``field`` of ``record`` that is not a current
+    envelope (plaintext, or an origin v1 value), while plaintext reads are disabled.
+
+    Every path that takes a stored value for a record's secret calls this (reads, the secret a
+    mask keeps, search's filter), so that none of them lets through a value a read refuses.
+    Raises ``PlaintextSecretError`` naming the value, never showing it.
+    """
+    if plaintext_allowed():
+        return
+    if parse_legacy(raw) is not None:
+        # Origin v1 values carry no record binding: one copied from another record or restored
+        # from an old backup decrypts anywhere, so once migration is declared finished they are
+        # refused like plaintext.
+        what = "is stored in the origin's v1 format (not bound to its record)"
+    else:
+        what = "is stored as plaintext"
+    where = printable(f"{model}.{field}" + (f" of {record}" if record else ""))
+    raise PlaintextSecretError(
+        f"Decryption failed: {where} {what} and plaintext reads are disabled ({_REFUSED_HINT})",
+        model=model,
+        record=record,
+        field=field,
+    )
+
+
+def check_input(value: str, model: str, field: str, record: str | None) -> None:
+    """Refuse ``value``, given as input (not read from Redis) for ``field`` of ``record``, if it
+    is an origin v1 envelope: it is bound to no record, so it could be any record's secret (copied
+    from one, or from an old backup), and opening it would seal that secret into this record as
+    its own. Raises ``DecryptionError`` naming the field, never showing the value."""
+    if parse_legacy(value) is None:
+        return
+    where = printable(f"{model}.{field}" + (f" of {record}" if record else ""))
+    raise DecryptionError(
+        f"Decryption failed: {where} was given a value in the origin's v1 format, which is not "
+        "bound to a record and could be any record's secret, so it is not taken for this one's; "
+        "give the plaintext (decrypt_secret() reads a v1 value whose record is known)",
+        model=model,
+        record=record,
+        field=field,
+    )
 
 
 # Plaintexts that search has just decrypted (and audited) to filter candidates, by (record key,
@@ -283,39 +334,28 @@ class _Opener:
         record_key = self.record_key
         if record_key is not None and raw.startswith(PREFIX):
             return EncryptedStr(self.open_current(raw, dotted(path), record_key))
+        model, field = self.model.__name__, dotted(path)
         legacy = parse_legacy(raw) is not None
-        if legacy and self.reading and not _plaintext_allowed():
-            # Origin v1 values carry no record binding: once migration is declared finished,
-            # they are refused like plaintext (an old backup's values could be planted anywhere).
+        if legacy:
+            if not self.reading:
+                check_input(raw, model, field, record_key)
+            check_unbound(raw, model, field, record_key)
+            return EncryptedStr(open_stored(raw, model, path, record_key))
+        if looks_like_envelope(raw):  # without the record's key
             raise self.error(
-                PlaintextSecretError,
+                DecryptionError,
                 path,
-                "Decryption failed: {where} is stored in the origin's v1 format (not bound to its "
-                "record) and plaintext reads are disabled; run `redis-encrypted-fields migrate`",
+                f"Decryption failed: {{where}} was given a value starting with {PREFIX!r}, the "
+                "prefix of this library's envelopes, without the primary key of the record it "
+                "was encrypted for, so it cannot be checked against it. Pass the pk with it "
+                f"(a secret itself cannot start with {PREFIX!r})",
             )
-        if legacy or looks_like_envelope(raw):
-            if record_key is None and not legacy:
-                raise self.error(
-                    DecryptionError,
-                    path,
-                    f"Decryption failed: {{where}} was given a value starting with {PREFIX!r}, the "
-                    "prefix of this library's envelopes, without the primary key of the record it "
-                    "was encrypted for, so it cannot be checked against it. Pass the pk with it "
-                    f"(a secret itself cannot start with {PREFIX!r})",
-                )
-            return EncryptedStr(open_stored(raw, self.model.__name__, path, record_key))
         if leaf.mask.could_be_mask(raw):
             if self.reading:
                 self.stored_mask(raw, leaf, path)
             return KeepExisting(raw)
         if self.reading:
-            if not _plaintext_allowed():
-                raise self.error(
-                    PlaintextSecretError,
-                    path,
-                    "Decryption failed: {where} is stored as plaintext and plaintext reads are "
-                    "disabled; run `redis-encrypted-fields migrate`",
-                )
+            check_unbound(raw, model, field, record_key)
             log.warning(
                 "%s is stored as plaintext; it will be encrypted on the next save",
                 self.located(path),
@@ -330,7 +370,7 @@ class _Opener:
             f"{{where}} holds a mask ({shown!r}), not a secret: the secret was lost when the "
             "mask was stored in its place. Set the real secret on this record"
         )
-        if not _plaintext_allowed():
+        if not plaintext_allowed():
             raise self.error(StoredMaskError, path, f"Decryption failed: {message}")
         log.warning(message.format(where=self.located(path)))
 

@@ -1,8 +1,8 @@
 """What ``migrate``, ``rotate`` and ``status`` found and did: counts, grouped lines, JSON.
 
 A report never holds a secret: values are counted by state (plaintext, origin v1, masked,
-undecryptable, empty, or the key id of the master key that wraps them), and values that could not
-be brought to the wanted state are listed by record key, field, key id and reason.
+undecryptable, suspicious, empty, or the key id of the master key that wraps them), and values
+that could not be brought to the wanted state are listed by record key, field, key id and reason.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "LEGACY",
     "MASKED",
     "PLAINTEXT",
+    "SUSPICIOUS",
     "UNDECRYPTABLE",
     "Failure",
     "Group",
@@ -43,6 +44,9 @@ PLAINTEXT = "plaintext"
 LEGACY = "origin-v1"
 MASKED = "masked"
 UNDECRYPTABLE = "undecryptable"
+# Plaintext or an origin v1 value found while REDIS_SRE_REJECT_PLAINTEXT says none is left: a
+# value written to Redis behind the application's back looks the same, so it is left as it is.
+SUSPICIOUS = "suspicious"
 EMPTY = "empty"
 _KEY = "key:"
 
@@ -118,7 +122,8 @@ class Group:
     """The values of one field in one state, counted (one line of ``status``)."""
 
     field: str  # model and field, list items as ``[]``: ``Cluster.replicas[].password``
-    state: str  # ``key`` (under a master key), plaintext, origin-v1, masked, undecryptable, empty
+    # ``key`` (under a master key), plaintext, origin-v1, masked, undecryptable, suspicious, empty
+    state: str
     count: int
     key_id: str | None = None
     role: str | None = None  # of the key id: current, previous or unknown
@@ -184,6 +189,11 @@ class Report:
     @property
     def changed(self) -> int:
         return self.encrypted + self.upgraded + self.rewrapped
+
+    @property
+    def suspicious(self) -> int:
+        """Plaintext and origin v1 values found while plaintext is refused, left as they are."""
+        return sum(1 for f in self.failures if f.state == SUSPICIOUS)
 
     @property
     def ok(self) -> bool:
@@ -328,11 +338,13 @@ class Report:
         indexed = ""
         if self.indexed:
             indexed = f", {'would write' if self.dry_run else 'wrote'} {self.indexed} companions"
+        suspicious = self.suspicious
+        left = f", {suspicious} suspicious left as they are" if suspicious else ""
         return (
             f"{head}; {verb} {self.changed} values ({self.encrypted} encrypted, "
             f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped){indexed}, "
             f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
-            f"{len(self.failures)} failed; {verdict}"
+            f"{len(self.failures) - suspicious} failed{left}; {verdict}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -350,6 +362,7 @@ class Report:
             "unchanged": self.unchanged,
             "changed": self.changed,
             "conflicts": self.conflicts,
+            "suspicious": self.suspicious,
             "current_key": self.current_key,
             "previous_keys": list(self.previous_keys),
             "keys": [{"key_id": k, "role": role, "values": n} for k, role, n in self.keys_in_use()],
@@ -388,6 +401,8 @@ def _failed_as(state: str) -> str:
         UNDECRYPTABLE: "undecryptable",
         MASKED: "holding a mask, not a secret",
         LEGACY: "in origin v1 format that did not decrypt",
+        SUSPICIOUS: "suspicious (plaintext or origin v1 while plaintext is refused), left as "
+        "they are: `migrate --accept-plaintext` encrypts them",
     }.get(state, "failed")
 
 

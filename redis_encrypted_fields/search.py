@@ -46,11 +46,11 @@ from ._driver import Steps, run_async, run_sync
 from .api import decrypt_stored
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
 from .envelope import PREFIX, binding
-from .errors import PlaintextSecretError, UnsupportedQueryError
+from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 from .keys import KeyRing, get_keyring
 from .legacy import parse_legacy
-from .records import check_stored_key, opened, plaintext_allowed
+from .records import check_stored_key, check_unbound, opened
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 
@@ -485,22 +485,10 @@ class _Search:
         found = plaintexts.get((doc.key, leaf.field, value))
         if found is None:
             current = value.startswith(PREFIX)
-            if not current and not plaintext_allowed():
-                # Refused here as the record's build refuses it, so that count() (which builds
-                # no record) agrees with all().
-                legacy = parse_legacy(value) is not None
-                stored = (
-                    "in the origin's v1 format (not bound to its record)"
-                    if legacy
-                    else ("as plaintext")
-                )
-                raise PlaintextSecretError(
-                    f"Decryption failed: {model}.{leaf.field} of {doc.key!r} is stored {stored} "
-                    "and plaintext reads are disabled; run `redis-encrypted-fields migrate`",
-                    model=model,
-                    field=leaf.field,
-                    record=doc.key,
-                )
+            if not current:
+                # Refused here as a read refuses it, so that count() (which builds no record)
+                # agrees with all().
+                check_unbound(value, model, leaf.field, doc.key)
             if current or parse_legacy(value) is not None:
                 context = binding(doc.key, leaf.field) if current else b""
                 found = decrypt_stored(

@@ -35,7 +35,17 @@ from search_models import (
     SyncJsonCollide,
     SyncJsonUser,
 )
-from support import INSTANCE_MODELS, aw, client, is_json, new_key, raw, wipe
+from support import (
+    INSTANCE_MODELS,
+    aw,
+    client,
+    is_json,
+    new_key,
+    origin_encrypt_v1,
+    raw,
+    wipe,
+    write_raw,
+)
 from typer.testing import CliRunner
 
 from redis_encrypted_fields import (
@@ -46,6 +56,7 @@ from redis_encrypted_fields import (
     EncryptionError,
     KeyRing,
     MasterKey,
+    PlaintextSecretError,
     UnsupportedQueryError,
     UrlMask,
     get_keyring,
@@ -53,6 +64,7 @@ from redis_encrypted_fields import (
     plan_index,
     set_keyring,
 )
+from redis_encrypted_fields.blind_index import companion_name
 from redis_encrypted_fields.cli import app
 from redis_encrypted_fields.envelope import PREFIX, binding_part
 
@@ -667,3 +679,30 @@ def test_both_shapes_of_redisearch_replies_are_read() -> None:
         ("k:2", {}),
     ]
     assert _only(mapped, [0]) == {"results": [mapped[b"results"][0]]}
+
+
+@pytest.mark.parametrize("kind", ["plaintext", "origin-v1"])
+def test_with_plaintext_refused_search_filter_and_count_refuse_planted_values(
+    kind: str, master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted value given the companion of a genuine record with the queried value (equal
+    values share companions) is a candidate; once plaintext is refused, the filter refuses it
+    as a read does: all() and count() raise PlaintextSecretError."""
+    wipe(SyncHashUser)
+    email = "alice@example.com"
+    genuine = SyncHashUser(name="alice", email=email)
+    genuine.save()
+    planted = SyncHashUser(name="mallory", email="mallory@example.com")
+    planted.save()
+    value = email if kind == "plaintext" else origin_encrypt_v1(email, master_key)
+    write_raw(SyncHashUser, planted.pk, "email", value)
+    field = companion_name("email")
+    write_raw(SyncHashUser, planted.pk, field, raw(SyncHashUser, genuine.pk)[field])
+    assert SyncHashUser.find(SyncHashUser.email == email).count() == 2  # tolerated
+    monkeypatch.setenv("REDIS_SRE_REJECT_PLAINTEXT", "1")
+    with pytest.raises(PlaintextSecretError) as info:
+        SyncHashUser.find(SyncHashUser.email == email).all()
+    assert (info.value.field, info.value.record) == ("email", planted.key())
+    with pytest.raises(PlaintextSecretError) as info:
+        SyncHashUser.find(SyncHashUser.email == email).count()
+    assert (info.value.field, info.value.record) == ("email", planted.key())

@@ -43,6 +43,7 @@ from support import (
     SyncHashInstance,
     SyncJsonInstance,
     aw,
+    dump_redis,
     is_json,
     new_key,
     origin_encrypt_v1,
@@ -59,8 +60,10 @@ from redis_encrypted_fields import (
     MasterKey,
     PlaintextSecretError,
     add_audit_hook,
+    decrypt_secret,
     encrypt_secret,
     get_keyring,
+    get_secret_value,
     models,
     ops,
     remove_audit_hook,
@@ -472,6 +475,184 @@ def test_failed_cli_rotate_changes_nothing(master_key: str) -> None:
     proc = cli("rotate", "security_support", env=no_key)
     assert proc.returncode == 2
     assert snapshot() == before
+
+
+# (6) The plaintext switch has no bypass: once REDIS_SRE_REJECT_PLAINTEXT is on, plaintext and
+# unbound (origin v1) values are refused on every path; and a value given as input is never
+# opened as an origin v1 envelope (it could be any record's secret).
+
+ATTACKER_URL = "redis://default:pw@attacker.example:6379/0"
+
+
+def planted_value(kind: str, master_key: str) -> str:
+    """What an attacker who can write to Redis plants: plaintext of their choice, or an origin v1
+    value copied from another record (it decrypts wherever it is put)."""
+    if kind == "plaintext":
+        return ATTACKER_URL
+    return origin_encrypt_v1(secret("another-records-secret"), master_key)
+
+
+@pytest.mark.parametrize("kind", ["plaintext", "origin-v1"])
+async def test_with_plaintext_refused_a_mask_sent_back_never_keeps_a_planted_value(
+    kind: str, master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mask sent back (the API's PUT: ``Conn(pk=..., password="***").save()``) must not take
+    a planted value for "the stored secret" and seal it into a valid, bound envelope: with the
+    switch on it raises ``PlaintextSecretError`` naming the field and record, and writes
+    nothing. Hash and JSON (embedded model, list items), sync and async."""
+    monkeypatch.setenv("REDIS_SRE_REJECT_PLAINTEXT", "1")
+    value = planted_value(kind, master_key)
+    a = SecAccount(name=secret("n"), password=secret("pw"))
+    a.save()
+    b = SecAsyncAccount(name=secret("n"), password=secret("pw"))
+    await b.save()
+    admin, rep, tok = secret("admin"), secret("rep"), secret("tok")
+    real: dict[str, Any] = {
+        "admin": {"user": "root", "password": admin},
+        "replicas": [{"user": "r", "password": rep}],
+        "tokens": [tok],
+    }
+    t = SecTenant(name=secret("n"), **real)
+    t.save()
+    write_raw(SecAccount, a.pk, "password", value)
+    write_raw(SecAsyncAccount, b.pk, "password", value)
+    for path in ("admin.password", "replicas[0].password", "tokens[0]"):
+        client().json().set(t.key(), f"$.{path}", value)
+    before = dump_redis()
+
+    def tenant(**masked: Any) -> Any:
+        return SecTenant(pk=t.pk, name=t.name, **{**real, **masked})
+
+    attempts: list[tuple[str, str, Any]] = [
+        ("password", a.key(), lambda: SecAccount(pk=a.pk, name=a.name, password="***").save()),
+        ("password", a.key(), lambda: a.update(password="***")),
+        ("password", b.key(), lambda: SecAsyncAccount(pk=b.pk, name=b.name, password="***").save()),
+        (
+            "admin.password",
+            t.key(),
+            lambda: tenant(admin={"user": "root", "password": "***"}).save(),
+        ),
+        (
+            "replicas.0.password",
+            t.key(),
+            lambda: tenant(replicas=[{"user": "r", "password": "***"}]).save(),
+        ),
+        ("tokens.0", t.key(), lambda: tenant(tokens=["***"]).save()),
+    ]
+    for field, record, attempt in attempts:
+        with pytest.raises(PlaintextSecretError) as info:
+            await aw(attempt())
+        assert (info.value.field, info.value.record) == (field, record)
+        assert value not in str(info.value)
+    assert dump_redis() == before
+
+
+@pytest.mark.parametrize("switch", ["0", "1"], ids=["plaintext-tolerated", "plaintext-refused"])
+async def test_an_origin_v1_value_given_as_input_is_never_opened(
+    switch: str, master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Input (construction, validation, assignment, ``update()``, nested and list values) that
+    is an origin v1 envelope is refused with ``DecryptionError`` naming the field, whether
+    plaintext reads are tolerated or not: unbound, it could be any record's secret. Nothing is
+    written; the module API (``decrypt_secret``, ``get_secret_value``) still reads it."""
+    monkeypatch.setenv("REDIS_SRE_REJECT_PLAINTEXT", switch)
+    other = secret("another-records-secret")
+    v1 = origin_encrypt_v1(other, master_key)
+    mine = secret("pw")
+    a = SecAccount(name=secret("n"), password=mine)
+    a.save()
+    b = SecAsyncAccount(name=secret("n"), password=secret("pw"))
+    await b.save()
+    before = dump_redis()
+    cred = {"user": "u", "password": secret("pw")}
+    attempts: list[tuple[str, str | None, Any]] = [
+        ("password", a.key(), lambda: SecAccount(pk=a.pk, name=a.name, password=v1)),
+        (
+            "password",
+            a.key(),
+            lambda: SecAccount.model_validate({**a.model_dump(), "password": v1}),
+        ),
+        ("password", None, lambda: SecAccount(name="n", password=v1)),
+        ("password", a.key(), lambda: setattr(a, "password", v1)),
+        ("password", a.key(), lambda: a.update(password=v1)),
+        ("password", a.key(), lambda: a.model_copy(update={"password": v1}).save()),
+        ("password", b.key(), lambda: b.update(password=v1)),
+        ("api_token", a.key(), lambda: a.update(api_token=v1)),
+        ("admin.password", None, lambda: SecTenant(name="n", admin={"user": "u", "password": v1})),
+        (
+            "replicas.1.password",
+            None,
+            lambda: SecTenant(name="n", admin=cred, replicas=[cred, {**cred, "password": v1}]),
+        ),
+        ("tokens.0", None, lambda: SecTenant(name="n", admin=cred, tokens=[v1])),
+    ]
+    for field, record, attempt in attempts:
+        with pytest.raises(DecryptionError, match="origin's v1 format") as info:
+            await aw(attempt())
+        assert (info.value.field, info.value.record) == (field, record)
+        assert other not in str(info.value)
+    assert a.password == mine
+    assert dump_redis() == before
+    assert SecAccount.get(a.pk).password == mine
+    # The explicit way to read a v1 value, unchanged.
+    assert decrypt_secret(v1) == other
+    assert get_secret_value(v1) == other
+
+
+def plant_suspicious(master_key: str) -> tuple[Any, Any]:
+    """SecAccount records: a genuine one, one with planted plaintext, one with an origin v1
+    value from elsewhere. Returns the last two."""
+    wipe(SecAccount)
+    SecAccount(name="n", password=secret("pw")).save()
+    planted = []
+    for kind in ("plaintext", "origin-v1"):
+        m = SecAccount(name="n", password=secret("pw"))
+        m.save()
+        write_raw(SecAccount, m.pk, "password", planted_value(kind, master_key))
+        planted.append(m)
+    return planted[0], planted[1]
+
+
+def test_with_plaintext_refused_migrate_and_rotate_leave_planted_values_as_suspicious(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the switch on, ``migrate`` and ``rotate`` do not encrypt planted plaintext or
+    upgrade planted v1 values (which would make them look genuine): they report them as
+    suspicious, counted and named by record, leave them as they are and are not OK (exit 1,
+    naming ``--accept-plaintext``); ``status`` names them so too. ``accept_plaintext=True``
+    (``--accept-plaintext``) encrypts them. Without the switch, ``migrate`` encrypts them
+    (``test_ops.py::test_migrate_encrypts_plaintext_upgrades_v1_and_is_idempotent``)."""
+    plaintext, v1 = plant_suspicious(master_key)
+    monkeypatch.setenv("REDIS_SRE_REJECT_PLAINTEXT", "1")
+    before = dump_redis()
+    for run in (ops.migrate, ops.rotate, ops.status):
+        report = run(SecAccount)
+        assert (report.ok, report.changed, report.suspicious) == (False, 0, 2)
+        assert report.states["SecAccount.password"]["suspicious"] == 2
+        assert {(f.key, f.field, f.state) for f in report.failures} == {
+            (plaintext.key(), "password", "suspicious"),
+            (v1.key(), "password", "suspicious"),
+        }
+        assert any("2 values suspicious" in p for p in report.problems())
+        assert ATTACKER_URL not in str(report.as_dict())
+    proc = cli("migrate", "security_support:SecAccount", env=dict(os.environ))
+    assert proc.returncode == 1, proc.stderr
+    assert "--accept-plaintext" in proc.stderr
+    failed = [x for x in proc.stderr.splitlines() if x.startswith("failed: SecAccount.password")]
+    assert len(failed) == 2
+    assert all(" suspicious: " in x for x in failed)
+    assert plaintext.key() in "".join(failed)
+    assert v1.key() in "".join(failed)
+    assert ATTACKER_URL not in proc.stdout + proc.stderr
+    assert dump_redis() == before
+
+    report = ops.rotate(SecAccount, dry_run=True, accept_plaintext=True)
+    assert (report.ok, report.encrypted, report.upgraded, report.suspicious) == (True, 1, 1, 0)
+    proc = cli("migrate", "--accept-plaintext", "security_support:SecAccount", env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert raw(SecAccount, plaintext.pk)["password"].startswith(PREFIX)
+    assert raw(SecAccount, v1.pk)["password"].startswith(PREFIX)
+    assert ops.status(SecAccount).ok
 
 
 # Keys and limits
