@@ -836,3 +836,27 @@ def test_a_forked_child_makes_its_own_kms_client_and_waits_for_no_flight_of_its_
     _, status = os.waitpid(pid, 0)
     leader.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_can_use_an_aws_kms_whose_lock_its_parent_held(kms: KmsKey) -> None:
+    """A thread of the parent making the boto3 client holds the provider's lock; a child forked
+    meanwhile must make its own client, not wait for a lock no thread of it will release."""
+    record = store().create()
+    aws = AwsKms(kms.alias)
+    ring = StoreKeyRing(KeyStore(store().client, aws))
+    aws._lock.acquire()  # what a parent thread inside `aws.client` holds
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
+            code = 1
+            try:
+                signal.alarm(20)
+                if ring.current.key_id_hex == record.key_id:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        aws._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ring.current.key_id_hex == record.key_id  # and the parent's provider still works
