@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_TTL",
+    "DEFAULT_FAILURE_BACKOFF",
     "ENVIRONMENT",
     "ENV_KEYSTORE_URL",
     "ENV_KEY_CACHE_TTL",
@@ -70,6 +71,11 @@ ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
 # The variables a store-backed ring is built from (besides the KMS key id and the env keys).
 ENVIRONMENT = (ENV_KEYSTORE_URL, "REDIS_OM_URL", ENV_KEY_CACHE_TTL)
 DEFAULT_CACHE_TTL = 300.0
+# After an unwrap fails, the key id is not sent to the KMS again for this long, doubled after each
+# further failure up to MAX_FAILURE_BACKOFF: a planted record (or a KMS outage) then costs a few
+# KMS calls per key id per minute and process, not one per read.
+DEFAULT_FAILURE_BACKOFF = 5.0
+MAX_FAILURE_BACKOFF = 60.0
 STORE_KEY = "redis-encrypted-fields:keystore"
 PURPOSE = "redis-encrypted-fields master key"
 _TIMEOUT = 5.0  # seconds, for the store's own Redis client
@@ -391,6 +397,8 @@ def cache_ttl(environ: Mapping[str, str] | None = None) -> float:
 
 
 _Entry = tuple[MasterKey, float]  # a key and the monotonic time its cache lifetime ends
+# A failed unwrap: the error, the monotonic time the KMS may be asked again, failures in a row.
+_Failure = tuple[KeyStoreError, float, int]
 _CURRENT = b"current"  # the single-flight slot of the active key (not a key id: wrong length)
 _monotonic = time.monotonic
 
@@ -404,15 +412,20 @@ class StoreKeyRing(KeyRing):
     that one KMS call. Encryption never falls back to another key: without an active key, or
     once the active key's lifetime has ended and neither the store nor the KMS answers,
     ``current`` raises ``MasterKeyError`` (a ``KeyStoreError`` or ``KmsError``).
+
+    A key id whose unwrap failed is not sent to the KMS again for ``backoff`` seconds (doubled
+    after each further failure, up to a minute): meanwhile its uses raise the same error at once.
     """
 
     __slots__ = (
         "__weakref__",
         "_active",
         "_entries",
+        "_failures",
         "_flights",
         "_lock",
         "_stored",
+        "backoff",
         "store",
         "ttl",
     )
@@ -423,11 +436,15 @@ class StoreKeyRing(KeyRing):
         *,
         ttl: float = DEFAULT_CACHE_TTL,
         decrypt_only: Iterable[MasterKey] = (),
+        backoff: float = DEFAULT_FAILURE_BACKOFF,
     ) -> None:
         if not (ttl > 0 and math.isfinite(ttl)):
             raise ConfigurationError("the key cache lifetime must be a number of seconds above 0")
+        if not (backoff > 0 and math.isfinite(backoff)):
+            raise ConfigurationError("the failure back-off must be a number of seconds above 0")
         self.store = store
         self.ttl = ttl
+        self.backoff = backoff
         self.previous = tuple(decrypt_only)
         self._by_id = {k.key_id: k for k in reversed(self.previous)}
         # Read without a lock on the hot path; replaced whole (copy on write) under _lock.
@@ -435,6 +452,8 @@ class StoreKeyRing(KeyRing):
         self._active: _Entry | None = None
         self._stored: tuple[bytes, ...] = ()  # the store's decrypt-only key ids, read with _active
         self._flights: dict[bytes, Future[_Entry]] = {}
+        # Replaced whole under _lock, like _entries.
+        self._failures: dict[bytes, _Failure] = {}
         self._lock = threading.Lock()
         _rings.add(self)
 
@@ -518,7 +537,28 @@ class StoreKeyRing(KeyRing):
             )
         if record.state is KeyState.RETIRED:
             raise DecryptionError(f"Decryption failed: master key {key_id.hex()} is retired")
-        return self._keep(key_id, self.store.unwrap(record))
+        failure = self._failures.get(key_id)
+        now = _monotonic()
+        if failure is not None and failure[1] > now:
+            error, retry_at, _ = failure
+            wait = math.ceil(retry_at - now)
+            raise type(error)(f"{error} (the KMS is not asked again for {wait} s)")
+        try:
+            key = self.store.unwrap(record)
+        except KeyStoreError as exc:
+            self._failed(key_id, exc, 1 if failure is None else failure[2] + 1)
+            raise
+        return self._keep(key_id, key)
+
+    def _failed(self, key_id: bytes, error: KeyStoreError, count: int) -> None:
+        delay = min(self.backoff * 2 ** min(count - 1, 16), max(self.backoff, MAX_FAILURE_BACKOFF))
+        with self._lock:
+            now = _monotonic()
+            # A failure is kept one cache lifetime past its back-off (the count the next delay
+            # doubles), then dropped: key ids that stop failing leave no trace.
+            failures = {k: f for k, f in self._failures.items() if f[1] + self.ttl > now}
+            failures[key_id] = (error, now + delay, count)
+            self._failures = failures
 
     def _load_active(self) -> _Entry:
         active = self._active
@@ -543,6 +583,8 @@ class StoreKeyRing(KeyRing):
             entries = {k: e for k, e in self._entries.items() if e[1] > now}
             entries[key_id] = entry
             self._entries = entries
+            if key_id in self._failures:
+                self._failures = {k: f for k, f in self._failures.items() if k != key_id}
         return entry
 
     def _after_fork(self) -> None:

@@ -42,6 +42,7 @@ from redis_encrypted_fields import (
     AwsKms,
     ConfigurationError,
     DecryptionError,
+    KeyRing,
     KeyStore,
     KeyStoreError,
     KmsError,
@@ -860,3 +861,56 @@ def test_a_forked_child_can_use_an_aws_kms_whose_lock_its_parent_held(kms: KmsKe
         aws._lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     assert ring.current.key_id_hex == record.key_id  # and the parent's provider still works
+
+
+def test_a_planted_record_costs_one_kms_call_per_back_off_not_one_per_read(
+    kms: KmsKey, kms_server: KmsServer, store_url: str, vaults: None
+) -> None:
+    """A record for an unknown key id with a junk wrapped key, and values naming that id: reads
+    must not turn into one failing KMS Decrypt each (quota, throttling of real unwraps)."""
+    active = store().create()
+    planted = MasterKey.generate()
+    set_keyring(KeyRing(planted))
+    pks = []
+    for i in range(5):
+        vault = Vault(name="planted", secret=f"s3cret {i}")
+        vault.save()
+        pks.append(vault.pk)
+    junk = KeyRecord(
+        planted.key_id_hex, KeyState.DECRYPT_ONLY, "2020-01-01T00:00:00+00:00", kms.arn, b"junk"
+    )
+    redis.Redis.from_url(store_url).hset(STORE_KEY, planted.key_id_hex, junk.to_json())
+    set_keyring(None)  # a process configured by the environment, as in production
+    kms_server.reset_requests()
+    errors = []
+    for _ in range(5):
+        for pk in pks:
+            with pytest.raises(KmsError) as info:
+                Vault.get(pk)
+            errors.append(str(info.value))
+    assert kms_server.requests() == ["Decrypt"]
+    assert all(f"master key {planted.key_id_hex}:" in e for e in errors)
+    assert "InvalidCiphertextException" in errors[0]
+    assert all("the KMS is not asked again for" in e for e in errors[1:])
+    # The real keys are not held back.
+    fresh = Vault(name="fresh", secret="still works")
+    fresh.save()
+    assert Vault.get(fresh.pk).secret == "still works"
+    assert key_id_of(Vault, fresh.pk) == active.key_id
+
+    # Once the back-off has passed, the KMS is asked again: once, then the back-off doubles.
+    ring = StoreKeyRing(store(), backoff=1.0)
+    set_keyring(ring)
+    kms_server.reset_requests()
+    for _ in range(10):
+        with pytest.raises(KmsError):
+            Vault.get(pks[0])
+    assert kms_server.requests() == ["Decrypt"]
+    time.sleep(1.2)
+    for _ in range(10):
+        with pytest.raises(KmsError):
+            Vault.get(pks[0])
+    time.sleep(1.0)  # within the doubled back-off (2 s)
+    with pytest.raises(KmsError, match="the KMS is not asked again for 1 s"):
+        Vault.get(pks[0])
+    assert kms_server.requests() == ["Decrypt", "Decrypt"]
