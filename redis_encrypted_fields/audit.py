@@ -1,6 +1,7 @@
 """Audit trail: one structured event per encrypt, decrypt, re-wrap and failed decrypt, and per
 KMS call and key store change (``kms_generate``, ``kms_encrypt``, ``kms_decrypt``, ``key_created``,
-``key_retired``; see ``keystore``).
+``key_retired``), and per active key the key store refuses to encrypt under (``key_refused``: older
+than another key, a sign of a replayed record; see ``keystore``).
 
 Events go to the ``redis_encrypted_fields.audit`` logger at INFO, which is set to WARNING here so
 that it stays silent until the application turns it on::

@@ -471,16 +471,17 @@ def keys_retire(
     url: UrlOpt = None,
     batch_size: BatchOpt = 500,
 ) -> None:
-    """Retire a decrypt-only key for good (its wrapped key is deleted).
+    """Retire a decrypt-only key (its wrapped key is deleted from the store), and print the KMS
+    key policy statement that denies unwrapping it from a backup of its record.
 
-    Refused while status finds a value of the models in TARGET under it (run rotate first), or if
-    it is the active key.
+    Refused while status finds a value of the models in TARGET under it (run rotate first), if it
+    is the active key, or until it has been inactive for REDIS_SRE_KEY_CACHE_TTL seconds.
     """
-    from .keystore import KeyStore
+    from .keystore import KeyStore, deny_statement
 
     with _errors():
         store = KeyStore.from_env()
-        store.retirable(key_id)  # before the data is read: a wrong id fails at once
+        store.retirable(key_id)  # before the data is read: a wrong id (or too soon) fails at once
         if url:
             os.environ["REDIS_OM_URL"] = url
         models = load_models(target)
@@ -488,6 +489,12 @@ def keys_retire(
         report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
         record = store.retire(key_id, report)
     print(f"retired {record.key_id}")
+    print(
+        f"# a backup of its key store record still unwraps with kms:Decrypt: add this statement "
+        f"to the key policy of {record.kms_key_id} to make retiring it final (docs/keys.md)",
+        file=sys.stderr,
+    )
+    print(json.dumps(deny_statement(record.key_id), indent=2))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import gc
 import json
 import logging
@@ -44,6 +45,7 @@ from redis_encrypted_fields import (
     AwsKms,
     ConfigurationError,
     DecryptionError,
+    KeyRing,
     KeyStore,
     KeyStoreError,
     KmsError,
@@ -209,15 +211,19 @@ def test_redis_holds_each_master_key_only_wrapped_by_kms(
         first.key_id: "decrypt-only",
         second.key_id: "active",
     }
+    fields = {"wrapped", "state", "created_at", "kms_key_id", "context_version"}
+    assert set(docs[first.key_id]) == {*fields, "deactivated_at"}  # when it stopped being active
+    assert set(docs[second.key_id]) == fields
     for doc in docs.values():
-        assert set(doc) == {"wrapped", "state", "created_at", "kms_key_id"}
         assert doc["kms_key_id"] == kms.arn
+        assert doc["context_version"] == 2
     key = StoreKeyRing(store()).current
     assert key.key_id_hex == second.key_id
-    # The record's wrapped key is KMS ciphertext of the key, bound to its key id and purpose.
+    # The record's wrapped key is KMS ciphertext of the key, bound to its key id, purpose and
+    # creation time.
     plain = kms_server.client().decrypt(
         CiphertextBlob=base64.b64decode(docs[second.key_id]["wrapped"]),
-        EncryptionContext=encryption_context(second.key_id),
+        EncryptionContext=encryption_context(second.key_id, docs[second.key_id]["created_at"]),
     )["Plaintext"]
     assert MasterKey(plain) == key
     dump = json.dumps(docs) + json.dumps(sorted(client().keys("*")))
@@ -271,7 +277,7 @@ def test_a_key_wrapped_for_a_records_id_must_also_have_that_id(
     active = store().create()
     known = os.urandom(32)
     blob = kms_server.client().encrypt(
-        KeyId=kms.arn, Plaintext=known, EncryptionContext=encryption_context(active.key_id)
+        KeyId=kms.arn, Plaintext=known, EncryptionContext=active.context
     )["CiphertextBlob"]
     overwrite(store_url, active.key_id, wrapped=base64.b64encode(blob).decode())
     vault = Vault(name="planted", secret="s3cret")
@@ -426,7 +432,8 @@ def test_index_keys_expire_with_the_store_key_they_were_derived_from(store_url: 
     c = redis.Redis.from_url(store_url, decode_responses=True)
     KeyStore(c, local).create()
     ttl = 0.5
-    ring = StoreKeyRing(KeyStore(c, local), ttl=ttl)
+    backoff = 0.2  # after the failed unwrap, the KMS is asked again only this much later
+    ring = StoreKeyRing(KeyStore(c, local), ttl=ttl, backoff=backoff)
     set_keyring(ring)
     wipe(Member)
     try:
@@ -441,6 +448,7 @@ def test_index_keys_expire_with_the_store_key_they_were_derived_from(store_url: 
         assert expired() is None, "an expired master key is still referenced"
 
         local.down = False
+        time.sleep(backoff + 0.1)
         assert member_pks() == [member.pk]
         expired = weakref.ref(ring.current)
         time.sleep(ttl + 0.1)
@@ -749,7 +757,10 @@ def test_cli_keys_errors_are_one_line_and_exit_2(kms: KmsKey) -> None:
     assert "no master key 0123456789abcdef in the key store" in unknown.stderr
 
 
-def test_keys_retire_after_rotate_end_to_end(kms: KmsKey, store_url: str, vaults: None) -> None:
+def test_keys_retire_after_rotate_end_to_end(
+    kms: KmsKey, monkeypatch: pytest.MonkeyPatch, store_url: str, vaults: None
+) -> None:
+    monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", "1")  # retiring waits for it after a demotion
     old = cli("keys", "create").stdout.strip()
     for i in range(3):
         Vault(name="retire", secret=f"secret {i}").save()
@@ -757,6 +768,7 @@ def test_keys_retire_after_rotate_end_to_end(kms: KmsKey, store_url: str, vaults
     new = cli("keys", "create").stdout.strip()
     assert KEY_ID.fullmatch(old)
     assert KEY_ID.fullmatch(new)
+    time.sleep(1.1)
 
     active = cli("keys", "retire", new, "keystore_models:Vault")
     assert active.returncode != 0
@@ -840,7 +852,8 @@ def test_kms_calls_and_key_store_changes_are_audit_events(kms: KmsKey, vaults: N
         remove_audit_hook(hook)  # status's own decrypt events are not the subject here
         report = ops.status(Vault)
         add_audit_hook(hook)
-        store().retire(old.key_id, report)
+        time.sleep(0.2)
+        store().retire(old.key_id, report, ttl=0.1)
         refused = AwsKms(kms.alias)
         with Stubber(refused.client) as stub:
             stub.add_client_error("decrypt", service_error_code="DisabledException")
@@ -896,3 +909,266 @@ def test_a_forked_child_makes_its_own_kms_client_and_waits_for_no_flight_of_its_
     _, status = os.waitpid(pid, 0)
     leader.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_can_use_an_aws_kms_whose_lock_its_parent_held(kms: KmsKey) -> None:
+    """A thread of the parent making the boto3 client holds the provider's lock; a child forked
+    meanwhile must make its own client, not wait for a lock no thread of it will release."""
+    record = store().create()
+    aws = AwsKms(kms.alias)
+    ring = StoreKeyRing(KeyStore(store().client, aws))
+    aws._lock.acquire()  # what a parent thread inside `aws.client` holds
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
+            code = 1
+            try:
+                signal.alarm(20)
+                if ring.current.key_id_hex == record.key_id:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        aws._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ring.current.key_id_hex == record.key_id  # and the parent's provider still works
+
+
+def test_a_planted_record_costs_one_kms_call_per_back_off_not_one_per_read(
+    kms: KmsKey, kms_server: KmsServer, store_url: str, vaults: None
+) -> None:
+    """A record for an unknown key id with a junk wrapped key, and values naming that id: reads
+    must not turn into one failing KMS Decrypt each (quota, throttling of real unwraps)."""
+    active = store().create()
+    planted = MasterKey.generate()
+    set_keyring(KeyRing(planted))
+    pks = []
+    for i in range(5):
+        vault = Vault(name="planted", secret=f"s3cret {i}")
+        vault.save()
+        pks.append(vault.pk)
+    junk = KeyRecord(
+        planted.key_id_hex, KeyState.DECRYPT_ONLY, "2020-01-01T00:00:00+00:00", kms.arn, b"junk"
+    )
+    redis.Redis.from_url(store_url).hset(STORE_KEY, planted.key_id_hex, junk.to_json())
+    set_keyring(None)  # a process configured by the environment, as in production
+    kms_server.reset_requests()
+    errors = []
+    for _ in range(5):
+        for pk in pks:
+            with pytest.raises(KmsError) as info:
+                Vault.get(pk)
+            errors.append(str(info.value))
+    assert kms_server.requests() == ["Decrypt"]
+    assert all(f"master key {planted.key_id_hex}:" in e for e in errors)
+    assert "InvalidCiphertextException" in errors[0]
+    assert all("the KMS is not asked again for" in e for e in errors[1:])
+    # The real keys are not held back.
+    fresh = Vault(name="fresh", secret="still works")
+    fresh.save()
+    assert Vault.get(fresh.pk).secret == "still works"
+    assert key_id_of(Vault, fresh.pk) == active.key_id
+
+    # Once the back-off has passed, the KMS is asked again: once, then the back-off doubles.
+    ring = StoreKeyRing(store(), backoff=1.0)
+    set_keyring(ring)
+    kms_server.reset_requests()
+    for _ in range(10):
+        with pytest.raises(KmsError):
+            Vault.get(pks[0])
+    assert kms_server.requests() == ["Decrypt"]
+    time.sleep(1.2)
+    for _ in range(10):
+        with pytest.raises(KmsError):
+            Vault.get(pks[0])
+    time.sleep(1.0)  # within the doubled back-off (2 s)
+    with pytest.raises(KmsError, match="the KMS is not asked again for 1 s"):
+        Vault.get(pks[0])
+    assert kms_server.requests() == ["Decrypt", "Decrypt"]
+
+
+# 9. Rolling the store back (issue 19)
+
+
+def test_a_retired_key_written_back_as_active_never_encrypts(
+    kms: KmsKey, monkeypatch: pytest.MonkeyPatch, store_url: str, vaults: None
+) -> None:
+    """After create, rotate, retire, someone with write access to Redis (and the old key, from
+    the exposure that caused the rotation) writes the old key's record back from a backup as
+    active, and demotes the new key. No process, running or fresh, may encrypt under it."""
+    ttl = 1.0
+    monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", str(ttl))
+    old = store().create()
+    backup = stored_docs(store_url)[old.key_id]
+    running = get_keyring()  # a process that runs throughout
+    vault = Vault(name="replay", secret="before")
+    vault.save()
+    new = store().create()
+    time.sleep(ttl + 0.1)
+    vault.secret = "after"
+    vault.save()
+    assert key_id_of(Vault, vault.pk) == new.key_id
+    ops.rotate(Vault)
+    store().retire(old.key_id, ops.status(Vault))
+    assert stored_docs(store_url)[old.key_id]["wrapped"] == ""
+
+    events: list[AuditEvent] = []
+    hook = add_audit_hook(events.append)
+    try:
+        replayed = {**backup, "state": "active"}
+        redis.Redis.from_url(store_url).hset(STORE_KEY, old.key_id, json.dumps(replayed))
+        overwrite(store_url, new.key_id, state="decrypt-only")
+        time.sleep(ttl + 0.1)  # the running process re-reads which key is active
+        for ring in (running, StoreKeyRing.from_env()):
+            set_keyring(ring)
+            attempt = Vault(name="replay", secret="under the replayed key?")
+            with pytest.raises(
+                KeyStoreError,
+                match=f"master key {old.key_id} is active but older than master key {new.key_id}",
+            ):
+                attempt.save()
+            assert not client().exists(Vault.make_primary_key(attempt.pk))
+            with pytest.raises(KeyStoreError, match="rolled back"):
+                encrypt_secret("under the replayed key?")
+            assert Vault.get(vault.pk).secret == "after"  # reads go on
+
+        # The replayed record also claims to be the newest: a fresh process's KMS refuses the
+        # changed creation time (it is in the encryption context); the running process refuses
+        # a key it has seen demoted.
+        overwrite(store_url, old.key_id, created_at="2099-01-01T00:00:00.000+00:00")
+        set_keyring(running)
+        with pytest.raises(KeyStoreError, match="this process has seen it replaced"):
+            encrypt_secret("under the replayed key?")
+        set_keyring(StoreKeyRing.from_env())
+        with pytest.raises(KmsError, match=f"master key {old.key_id}: .*InvalidCiphertext"):
+            encrypt_secret("under the replayed key?")
+    finally:
+        remove_audit_hook(hook)
+    refused = [e for e in events if e.operation == "key_refused"]
+    assert len(refused) == 5
+    assert {(e.outcome, e.key_id, e.kms_key_id) for e in refused} == {
+        ("failed", old.key_id, kms.arn)
+    }
+    assert "rolled back" in (refused[0].reason or "")
+    assert not [e for e in events if e.operation == "encrypt" and e.key_id == old.key_id]
+
+
+def test_keys_retire_prints_the_kms_policy_statement_that_denies_the_retired_key(
+    kms: KmsKey, kms_server: KmsServer, monkeypatch: pytest.MonkeyPatch, store_url: str
+) -> None:
+    """Deleting the wrapped key from Redis is undone by a backup of the record; only the KMS key
+    policy makes retirement final. `keys retire` prints the statement, ready to paste."""
+    monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", "1")
+    old = store().create()
+    backup = stored_docs(store_url)[old.key_id]
+    store().create()
+    time.sleep(1.1)
+    retired = cli("keys", "retire", old.key_id, "keystore_models:Vault")
+    assert retired.returncode == 0, retired.stderr
+    first, _, rest = retired.stdout.partition("\n")
+    assert first == f"retired {old.key_id}"
+    statement = json.loads(rest)
+    assert statement == {
+        "Sid": f"DenyRetiredMasterKey{old.key_id}",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "kms:Decrypt",
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {
+                "kms:EncryptionContext:purpose": "redis-encrypted-fields master key",
+                "kms:EncryptionContext:key_id": old.key_id,
+            }
+        },
+    }
+    assert kms.arn in retired.stderr
+    # The condition names the context the key store really unwraps the backup with.
+    context = KeyRecord.from_json(old.key_id, json.dumps(backup)).context
+    condition = {
+        name.removeprefix("kms:EncryptionContext:"): value
+        for name, value in statement["Condition"]["StringEquals"].items()
+    }
+    assert condition.items() <= context.items()
+    plain = kms_server.client().decrypt(
+        CiphertextBlob=base64.b64decode(backup["wrapped"]), EncryptionContext=context
+    )["Plaintext"]
+    assert MasterKey(plain).key_id_hex == old.key_id  # what the statement must deny
+
+
+def test_keys_retire_waits_until_no_process_can_still_encrypt_with_the_key(
+    kms: KmsKey, monkeypatch: pytest.MonkeyPatch, store_url: str, vaults: None
+) -> None:
+    """A process that read the active key just before `keys create` encrypts with it for up to
+    its cache lifetime: retiring it before then would lose what those processes write."""
+    ttl = 4.0
+    monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", str(ttl))
+    old = store().create()
+    running = StoreKeyRing(store(), ttl=ttl)
+    assert running.current.key_id_hex == old.key_id
+    store().create()
+    set_keyring(running)
+    late = Vault(name="late", secret="written by a process that has the old key cached")
+    late.save()
+    assert key_id_of(Vault, late.pk) == old.key_id
+    set_keyring(None)
+    ops.rotate(Vault)
+    assert ops.status(Vault).ok  # nothing under the old key: as far as status can tell
+
+    refused = cli("keys", "retire", old.key_id, "keystore_models:Vault")
+    assert refused.returncode == 2
+    assert re.search(
+        f"error: master key {old.key_id} stopped being active at .*: processes may encrypt with "
+        r"it until their key cache lifetime \(4 s, REDIS_SRE_KEY_CACHE_TTL\) has passed; "
+        r"retire it in \d s",
+        refused.stderr,
+    )
+    with pytest.raises(KeyStoreError, match="retire it in"):
+        store().retire(old.key_id, ops.status(Vault))
+    doc = stored_docs(store_url)[old.key_id]
+    assert doc["state"] == "decrypt-only"
+    assert doc["wrapped"]
+
+    until = datetime.datetime.fromisoformat(doc["deactivated_at"]) + datetime.timedelta(seconds=ttl)
+    time.sleep(max(0.0, (until - datetime.datetime.now(datetime.UTC)).total_seconds()) + 0.3)
+    retired = cli("keys", "retire", old.key_id, "keystore_models:Vault")
+    assert retired.returncode == 0, retired.stderr
+    assert Vault.get(late.pk).secret == "written by a process that has the old key cached"
+
+
+def test_a_new_key_is_newer_than_every_listed_key_whatever_the_clock(
+    kms: KmsKey, store_url: str
+) -> None:
+    """Rings refuse an active key older than a listed one: a key made on a machine whose clock
+    is behind must not be refused."""
+    ahead = MasterKey.generate().key_id_hex
+    future = KeyRecord(ahead, KeyState.DECRYPT_ONLY, "2099-01-01T00:00:00.000+00:00", kms.arn, b"x")
+    redis.Redis.from_url(store_url).hset(STORE_KEY, ahead, future.to_json())
+    record = store().create()
+    assert record.created_at > "2099-01-01T00:00:00.000+00:00"
+    assert StoreKeyRing(store()).current.key_id_hex == record.key_id
+    overwrite(store_url, record.key_id, created_at="not a time")
+    with pytest.raises(KeyStoreError, match=f"record of {record.key_id} is malformed"):
+        _ = StoreKeyRing(store()).current
+
+
+def test_a_key_creation_overtaken_by_another_does_not_activate_the_older_key(
+    store_url: str,
+) -> None:
+    """Two `keys create` at once: the one that finishes last must not make its key, older than
+    the other's, the active one (rings would refuse it)."""
+    c = redis.Redis.from_url(store_url, decode_responses=True)
+    first = KeyStore(c, LocalKms()).create()
+    overtaking: list[KeyRecord] = []
+
+    class Overtaken(LocalKms):
+        def wrap(self, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:
+            if not overtaking:  # another operator's `keys create` runs meanwhile
+                overtaking.append(KeyStore(c, LocalKms()).create())
+            return super().wrap(plaintext, context)
+
+    with pytest.raises(KeyStoreError, match="was created meanwhile") as info:
+        KeyStore(c, Overtaken()).create()
+    assert f"master key {overtaking[0].key_id} was created meanwhile" in str(info.value)
+    states = {r.key_id: r.state for r in KeyStore(c).records()}
+    assert states == {first.key_id: KeyState.DECRYPT_ONLY, overtaking[0].key_id: KeyState.ACTIVE}
