@@ -12,7 +12,7 @@ library's key ring does.
 from __future__ import annotations
 
 from redis_encrypted_fields import decrypt_secret, encrypt_secret, get_keyring
-from redis_encrypted_fields.envelope import binding, open_envelope, seal
+from redis_encrypted_fields.crypto.envelope import binding, open_envelope, seal
 
 from . import BENCHMARKS
 from .floor import RECORD_KEY, SECRET, inline_ops, master_aead, record_aad

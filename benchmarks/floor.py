@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from redis_encrypted_fields import get_keyring
-from redis_encrypted_fields.envelope import binding
+from redis_encrypted_fields.crypto.envelope import binding
 
 from .harness import time_batch
 

@@ -56,8 +56,8 @@ def _workloads(bulk: int) -> dict[str, tuple[Callable[[], Any], int]]:
     import asyncio
 
     from redis_encrypted_fields import decrypt_secret, encrypt_secret, get_keyring
-    from redis_encrypted_fields.envelope import binding, open_envelope, seal
-    from redis_encrypted_fields.models import _reading
+    from redis_encrypted_fields.crypto.envelope import binding, open_envelope, seal
+    from redis_encrypted_fields.model.mixin import _reading
 
     from .floor import SECRET, inline_ops, master_aead, record_aad
     from .models import (

@@ -28,7 +28,7 @@ from redis_encrypted_fields import (
     get_keyring,
     is_encrypted,
 )
-from redis_encrypted_fields.envelope import parse
+from redis_encrypted_fields.crypto.envelope import parse
 
 # --- the model ----------------------------------------------------------------------------------
 

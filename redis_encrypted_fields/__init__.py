@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .api import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
 from .audit import AuditEvent, add_audit_hook, remove_audit_hook
-from .blind_index import BlindIndex, IndexPlan, plan_index
+from .compat import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
 from .errors import (
     BlindIndexError,
     ConcurrentChangeError,
@@ -19,11 +18,12 @@ from .errors import (
     StoredMaskError,
     UnsupportedQueryError,
 )
-from .fields import EncryptedStr, Mask, UrlMask
-from .keys import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
-from .keystore import KeyStore, StoreKeyRing
-from .kms import AwsKms, KmsProvider
-from .models import EncryptedModel, set_plaintext_reads
+from .keys.kms import AwsKms, KmsProvider
+from .keys.ring import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
+from .keys.store import KeyStore, StoreKeyRing
+from .model.blind_index import BlindIndex, IndexPlan, plan_index
+from .model.fields import EncryptedStr, Mask, UrlMask
+from .model.mixin import EncryptedModel, set_plaintext_reads
 
 __all__ = [
     "AuditEvent",

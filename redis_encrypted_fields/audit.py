@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .envelope import looks_like_envelope, parse
+from .crypto.envelope import looks_like_envelope, parse
 from .errors import DecryptionError, printable
 
 __all__ = [

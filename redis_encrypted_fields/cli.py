@@ -20,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from . import __version__, ops
 from .errors import EncryptionError, printable
-from .keys import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
-from .models import ENV_REJECT_PLAINTEXT
+from .keys.ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
+from .model.mixin import ENV_REJECT_PLAINTEXT
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
 
@@ -158,7 +158,7 @@ def load_models(target: str) -> list[type[BaseModel]]:
     import aredis_om
     import redis_om
 
-    from .plan import plan_for
+    from .model.plan import plan_for
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -398,8 +398,8 @@ def plan_index(
 ) -> None:
     """The safe range of BlindIndex(bits=...) for a field, by the AWS Database Encryption SDK's
     rule for beacon lengths: sqrt(X) < 2^bits < X/2 for X distinct values."""
-    from .blind_index import DEFAULT_BITS, PLAN_RULE
-    from .blind_index import plan_index as plan_bits
+    from .model.blind_index import DEFAULT_BITS, PLAN_RULE
+    from .model.blind_index import plan_index as plan_bits
 
     with _errors():
         plan = plan_bits(records, distinct)
@@ -430,7 +430,7 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("create")
 def keys_create() -> None:
     """Create a new active master key (the active one becomes decrypt-only); print its key id."""
-    from .keystore import KeyStore
+    from .keys.store import KeyStore
 
     with _errors():
         record = KeyStore.from_env().create()
@@ -446,7 +446,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """List the keys: key id, state, creation time, KMS key."""
-    from .keystore import KeyStore
+    from .keys.store import KeyStore
 
     with _errors():
         records = KeyStore.from_env().records()
@@ -477,7 +477,7 @@ def keys_retire(
     Refused while status finds a value of the models in TARGET under it (run rotate first), if it
     is the active key, or until it has been inactive for REDIS_SRE_KEY_CACHE_TTL seconds.
     """
-    from .keystore import KeyStore, deny_statement
+    from .keys.store import KeyStore, deny_statement
 
     with _errors():
         store = KeyStore.from_env()

@@ -33,13 +33,13 @@ from redis_encrypted_fields import (
     DecryptionError,
     MasterKey,
     add_audit_hook,
-    batch,
     decrypt_secret,
     encrypt_secret,
     ops,
     remove_audit_hook,
 )
 from redis_encrypted_fields.audit import audit_enabled
+from redis_encrypted_fields.ops import batch
 
 
 def kid(master_key_b64: str) -> str:

@@ -29,10 +29,12 @@ from redis.cluster import RedisCluster
 from security_support import cli
 from support import aw, new_key
 
-from redis_encrypted_fields import DecryptionError, batch, get_keyring, models, ops
-from redis_encrypted_fields.envelope import PREFIX, binding, seal
-from redis_encrypted_fields.keys import MasterKey
-from redis_encrypted_fields.topology import TopologyError
+from redis_encrypted_fields import DecryptionError, get_keyring, ops
+from redis_encrypted_fields.crypto.envelope import PREFIX, binding, seal
+from redis_encrypted_fields.keys.ring import MasterKey
+from redis_encrypted_fields.model import mixin as models
+from redis_encrypted_fields.ops import batch
+from redis_encrypted_fields.ops.topology import TopologyError
 
 TESTS = Path(__file__).parent
 URL = os.environ["REDIS_OM_CLUSTER_URL"]
@@ -429,7 +431,7 @@ def test_sigkill_of_a_primary_during_rotate(fault_cluster: Any, master_key: str)
 
 
 def _kid(envelope: bytes) -> bytes | None:
-    from redis_encrypted_fields.envelope import parse
+    from redis_encrypted_fields.crypto.envelope import parse
 
     try:
         return parse(envelope.decode()).key_id

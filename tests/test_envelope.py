@@ -8,7 +8,7 @@ import binascii
 import pytest
 
 from redis_encrypted_fields import DecryptionError, KeyRing, MasterKey
-from redis_encrypted_fields.envelope import (
+from redis_encrypted_fields.crypto.envelope import (
     PREFIX,
     binding,
     is_envelope,

@@ -24,7 +24,7 @@ except (ImportError, RuntimeError):  # RuntimeError: Starlette's TestClient with
     pytest.skip("the examples extra is not installed", allow_module_level=True)
 
 from redis_encrypted_fields import encrypt_secret, set_keyring
-from redis_encrypted_fields.envelope import PREFIX
+from redis_encrypted_fields.crypto.envelope import PREFIX
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:

@@ -20,8 +20,8 @@ from redis_encrypted_fields import (
     get_keyring,
     set_keyring,
 )
-from redis_encrypted_fields import keys as keys_module
-from redis_encrypted_fields.envelope import parse
+from redis_encrypted_fields.crypto.envelope import parse
+from redis_encrypted_fields.keys import ring as keys_module
 
 
 def test_missing_key_raises_master_key_error_with_the_design_note_message(

@@ -60,9 +60,9 @@ from redis_encrypted_fields import (
     remove_audit_hook,
     set_keyring,
 )
-from redis_encrypted_fields.envelope import parse
-from redis_encrypted_fields.keystore import STORE_KEY, KeyRecord, KeyState, encryption_context
-from redis_encrypted_fields.kms import WrappedKey
+from redis_encrypted_fields.crypto.envelope import parse
+from redis_encrypted_fields.keys.kms import WrappedKey
+from redis_encrypted_fields.keys.store import STORE_KEY, KeyRecord, KeyState, encryption_context
 
 TESTS = Path(__file__).parent
 KEY_ID = re.compile(r"[0-9a-f]{16}")

@@ -36,8 +36,8 @@ from redis_encrypted_fields import (
     PlaintextSecretError,
     set_plaintext_reads,
 )
-from redis_encrypted_fields.api import decrypt_stored
-from redis_encrypted_fields.envelope import PREFIX, binding, parse
+from redis_encrypted_fields.compat import decrypt_stored
+from redis_encrypted_fields.crypto.envelope import PREFIX, binding, parse
 
 URL = "redis://default:hunter2-url@db.internal:6379/0"
 PASSWORD = "s3cret-Pa55"

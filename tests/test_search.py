@@ -64,9 +64,9 @@ from redis_encrypted_fields import (
     plan_index,
     set_keyring,
 )
-from redis_encrypted_fields.blind_index import companion_name
 from redis_encrypted_fields.cli import app
-from redis_encrypted_fields.envelope import PREFIX, binding_part
+from redis_encrypted_fields.crypto.envelope import PREFIX, binding_part
+from redis_encrypted_fields.model.blind_index import companion_name
 
 # ruff: noqa: UP045  (Optional[...] on purpose, see search_models)
 
@@ -656,7 +656,7 @@ def test_no_secret_or_query_value_in_reprs_and_errors() -> None:
 
 def test_both_shapes_of_redisearch_replies_are_read() -> None:
     """redis-py 8 parses FT.SEARCH into a dict; older versions (and RESP2 callers) give a list."""
-    from redis_encrypted_fields.search import _documents, _only
+    from redis_encrypted_fields.model.query import _documents, _only
 
     hash_fields = ["pk", "1", "email", "REFv2:x", "email__bidx", "ab"]
     listed = [2, "k:1", hash_fields, "k:2", ["$", '{"pk": "2", "email": "REFv2:y"}']]

@@ -64,15 +64,22 @@ from redis_encrypted_fields import (
     encrypt_secret,
     get_keyring,
     get_secret_value,
-    models,
     ops,
     remove_audit_hook,
     set_keyring,
     set_plaintext_reads,
 )
-from redis_encrypted_fields.envelope import PREFIX, Envelope, binding, open_envelope, parse, seal
+from redis_encrypted_fields.crypto.envelope import (
+    PREFIX,
+    Envelope,
+    binding,
+    open_envelope,
+    parse,
+    seal,
+)
 from redis_encrypted_fields.errors import printable
-from redis_encrypted_fields.keep import resolve_masks
+from redis_encrypted_fields.model import mixin as models
+from redis_encrypted_fields.model.keep import resolve_masks
 
 URL = "redis://default:tamper-pw@db.internal:6379/0"
 

@@ -22,7 +22,7 @@ from redis_encrypted_fields import (
     get_secret_value,
     is_encrypted,
 )
-from redis_encrypted_fields.envelope import PREFIX
+from redis_encrypted_fields.crypto.envelope import PREFIX
 
 
 class PlainHash(redis_om.HashModel, index=True):

@@ -27,7 +27,7 @@ from redis_encrypted_fields import (
     UrlMask,
     ops,
 )
-from redis_encrypted_fields.keys import MasterKey
+from redis_encrypted_fields.keys.ring import MasterKey
 
 # --- masks in lists -------------------------------------------------------------------------------
 

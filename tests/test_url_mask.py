@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from support import aw, dump_redis, raw
 
 from redis_encrypted_fields import EncryptedModel, EncryptedStr, MaskedSecretError, UrlMask
-from redis_encrypted_fields.envelope import PREFIX
+from redis_encrypted_fields.crypto.envelope import PREFIX
 
 MASK = UrlMask()
 

@@ -16,12 +16,12 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from .api import decrypt_stored
-from .audit import track
-from .envelope import looks_like_envelope, seal
-from .errors import MaskedSecretError
-from .keys import get_keyring
-from .legacy import parse_legacy
+from ..audit import track
+from ..compat import decrypt_stored
+from ..crypto.envelope import looks_like_envelope, seal
+from ..crypto.legacy import parse_legacy
+from ..errors import MaskedSecretError
+from ..keys.ring import get_keyring
 
 __all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "is_star_mask"]
 

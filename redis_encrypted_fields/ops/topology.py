@@ -23,8 +23,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._driver import Request, Steps
-from .errors import EncryptionError
+from ..errors import EncryptionError
+from ..steps import Request, Steps
 
 __all__ = [
     "Script",

@@ -26,13 +26,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._driver import Request, Steps, Submit, Wait, run_async, run_sync
+from ..errors import EncryptionError
+from ..keys.ring import KeyRing, get_keyring
+from ..model.codec import plaintext_allowed
+from ..model.plan import encrypted_paths
+from ..steps import Request, Steps, Submit, Wait, run_async, run_sync
 from .batch import _RETRIES, _batch, _plan_batch, _Planned, _read_request, _send, _settle, _writes
-from .errors import EncryptionError
-from .keys import KeyRing, get_keyring
 from .layout import _HASH_CAS, _HASH_READ, _JSON_CAS, _JSON_READ, _index_name, _Layout, _text
-from .plan import encrypted_paths
-from .records import plaintext_allowed
 from .report import Failure, Group, Operation, Report, Scanned
 from .topology import Script, TopologyError, check, describe, fingerprint, nodes
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .envelope import binding_part
-from .errors import BlindIndexError, EncryptionError
-from .keys import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
+from ..crypto.envelope import binding_part
+from ..errors import BlindIndexError, EncryptionError
+from ..keys.ring import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
 
 __all__ = [
     "COMPANION_SUFFIX",

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
-from .errors import KmsError
+from ..errors import KmsError
 
 __all__ = ["AwsKms", "KmsProvider", "WrappedKey"]
 

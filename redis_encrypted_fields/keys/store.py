@@ -39,9 +39,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .audit import track
-from .errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
-from .keys import (
+from ..audit import track
+from ..errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
+from .kms import AwsKms, KmsProvider, WrappedKey
+from .ring import (
     ENV_KMS_KEY_ID,
     ENV_MASTER_KEY,
     ENV_PREVIOUS_MASTER_KEYS,
@@ -50,10 +51,9 @@ from .keys import (
     MasterKey,
     env_keys,
 )
-from .kms import AwsKms, KmsProvider, WrappedKey
 
 if TYPE_CHECKING:
-    from .report import Report
+    from ..ops.report import Report
 
 __all__ = [
     "DEFAULT_CACHE_TTL",
@@ -417,7 +417,7 @@ class KeyStore:
         for ``ttl`` seconds (default: ``REDIS_SRE_KEY_CACHE_TTL``), the longest a process may
         still encrypt with it.
         """
-        from .report import Operation, key_state
+        from ..ops.report import Operation, key_state
 
         ttl = cache_ttl() if ttl is None else ttl
         record = self.retirable(key_id, ttl=ttl)

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .blind_index import INDEX_SUFFIX, BlindIndex
-from .envelope import binding_part
-from .errors import EncryptionError
-from .models import EncryptedModel
-from .plan import FieldPath, Leaf, Many, Nested, Node, plan_for
+from ..crypto.envelope import binding_part
+from ..errors import EncryptionError
+from ..model.blind_index import INDEX_SUFFIX, BlindIndex
+from ..model.mixin import EncryptedModel
+from ..model.plan import FieldPath, Leaf, Many, Nested, Node, plan_for
 
 # Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .blind_index import INDEX_MISSING, INDEX_OUTDATED, INDEX_SUFFIX
-from .errors import printable
+from ..errors import printable
+from ..model.blind_index import INDEX_MISSING, INDEX_OUTDATED, INDEX_SUFFIX
 
 __all__ = [
     "EMPTY",

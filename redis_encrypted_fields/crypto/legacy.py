@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import DecryptionError
-from .keys import KeyRing
+from ..errors import DecryptionError
+from ..keys.ring import KeyRing
 
 __all__ = ["LegacyEnvelope", "is_legacy_envelope", "open_legacy", "parse_legacy"]
 

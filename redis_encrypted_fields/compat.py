@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 
 from .audit import audit_enabled, track
-from .envelope import PREFIX, decode, is_envelope, looks_like_envelope, open_blob, seal
+from .crypto.envelope import PREFIX, decode, is_envelope, looks_like_envelope, open_blob, seal
+from .crypto.legacy import is_legacy_envelope, open_legacy, parse_legacy
 from .errors import DecryptionError, located
-from .keys import get_keyring
-from .legacy import is_legacy_envelope, open_legacy, parse_legacy
+from .keys.ring import get_keyring
 
 __all__ = ["decrypt_secret", "encrypt_secret", "get_secret_value", "is_encrypted"]
 

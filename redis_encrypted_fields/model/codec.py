@@ -21,10 +21,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel
 from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
-from .api import decrypt_stored
-from .audit import audit_enabled, track
-from .envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
-from .errors import (
+from ..audit import audit_enabled, track
+from ..compat import decrypt_stored
+from ..crypto.envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
+from ..crypto.legacy import parse_legacy
+from ..errors import (
     ConfigurationError,
     DecryptionError,
     EncryptionError,
@@ -34,6 +35,7 @@ from .errors import (
     located,
     printable,
 )
+from ..keys.ring import KeyRing, get_keyring
 from .fields import (
     EncryptedStr,
     KeepExisting,
@@ -41,8 +43,6 @@ from .fields import (
     Pending,
     is_star_mask,
 )
-from .keys import KeyRing, get_keyring
-from .legacy import parse_legacy
 from .plan import (
     FieldPath,
     Leaf,
@@ -54,7 +54,7 @@ from .plan import (
 )
 
 if typing.TYPE_CHECKING:
-    from .models import _Facts
+    from .mixin import _Facts
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",

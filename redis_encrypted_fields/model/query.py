@@ -42,15 +42,15 @@ from redis_om.search_reply import (
     to_string,
 )
 
-from ._driver import Steps, run_async, run_sync
-from .api import decrypt_stored
+from ..compat import decrypt_stored
+from ..crypto.envelope import PREFIX, binding
+from ..crypto.legacy import parse_legacy
+from ..errors import UnsupportedQueryError
+from ..keys.ring import KeyRing, get_keyring
+from ..steps import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
-from .envelope import PREFIX, binding
-from .errors import UnsupportedQueryError
+from .codec import check_stored_key, check_unbound, opened
 from .fields import DEFER, EncryptedStr, Pending
-from .keys import KeyRing, get_keyring
-from .legacy import parse_legacy
-from .records import check_stored_key, check_unbound, opened
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 

@@ -13,17 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._driver import Request, Steps
-from .audit import audit_enabled, track
-from .blind_index import (
-    INDEX_MISSING,
-    INDEX_OUTDATED,
-    INDEX_SUFFIX,
-    companion_name,
-    companion_state,
-    domain,
-)
-from .envelope import (
+from ..audit import audit_enabled, track
+from ..crypto.envelope import (
     KEY_ID_SLICE,
     PREFIX,
     binding_part,
@@ -32,13 +23,22 @@ from .envelope import (
     rewrap_blob,
     seal,
 )
-from .errors import DecryptionError, EncryptionError
-from .fields import is_star_mask
-from .keys import KeyRing
+from ..crypto.legacy import open_legacy, parse_legacy
+from ..errors import DecryptionError, EncryptionError
+from ..keys.ring import KeyRing
+from ..model.blind_index import (
+    INDEX_MISSING,
+    INDEX_OUTDATED,
+    INDEX_SUFFIX,
+    companion_name,
+    companion_state,
+    domain,
+)
+from ..model.codec import ENV_REJECT_PLAINTEXT
+from ..model.fields import is_star_mask
+from ..model.plan import FieldPath, dotted
+from ..steps import Request, Steps
 from .layout import _field_part, _index_name, _json_path, _Layout, _name, _text, _values
-from .legacy import open_legacy, parse_legacy
-from .plan import FieldPath, dotted
-from .records import ENV_REJECT_PLAINTEXT
 from .report import (
     EMPTY,
     LEGACY,

@@ -24,12 +24,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .envelope import looks_like_envelope
-from .errors import MaskedSecretError, printable
+from ..crypto.envelope import looks_like_envelope
+from ..crypto.legacy import parse_legacy
+from ..errors import MaskedSecretError, printable
+from .codec import check_unbound
 from .fields import EncryptedStr, KeepExisting, is_star_mask
-from .legacy import parse_legacy
 from .plan import FieldPath, Leaf, Many, Node, Plan, dotted, plan_for
-from .records import check_unbound
 
 __all__ = ["Opener", "has_masks", "resolve_masks"]
 

@@ -35,9 +35,22 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import WatchError
 from redis_om.search_reply import search_documents
 
-from ._driver import Steps, run_async, run_sync
+from ..crypto.legacy import is_legacy_envelope
+from ..errors import ConcurrentChangeError
+from ..steps import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
-from .errors import ConcurrentChangeError
+from .codec import (
+    ENV_REJECT_PLAINTEXT,
+    _field_binding,
+    _Opener,
+    _Page,
+    _Sealer,
+    _unconverted,
+    check_input,
+    open_stored,
+    reply_results,
+    set_plaintext_reads,
+)
 from .fields import (
     DEFER,
     EncryptedStr,
@@ -46,7 +59,6 @@ from .fields import (
     model_scope,
 )
 from .keep import has_masks, resolve_masks
-from .legacy import is_legacy_envelope
 from .plan import (
     FieldPath,
     Leaf,
@@ -58,18 +70,6 @@ from .plan import (
     encrypted_paths,
     forget,
     plan_for,
-)
-from .records import (
-    ENV_REJECT_PLAINTEXT,
-    _field_binding,
-    _Opener,
-    _Page,
-    _Sealer,
-    _unconverted,
-    check_input,
-    open_stored,
-    reply_results,
-    set_plaintext_reads,
 )
 
 __all__ = [
@@ -662,7 +662,7 @@ class EncryptedModel:
         ``only()`` in plaintext (see ``search``)."""
         if not _facts_for(cls).plan:
             return typing.cast(Any, super()).find(*expressions, knn=knn)
-        from .search import find_query
+        from .query import find_query
 
         return find_query(cls, expressions, knn, cls.__ref_async__)
 

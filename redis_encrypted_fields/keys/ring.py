@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import DecryptionError, MasterKeyError
+from ..errors import DecryptionError, MasterKeyError
 
 __all__ = [
     "ENV_KMS_KEY_ID",
@@ -323,7 +323,7 @@ def _read_environ() -> KeyRing:
     data = getattr(os.environ, "_data", None) if _POSIX else None
     names: tuple[str, ...] = (ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, ENV_KMS_KEY_ID)
     if (os.environ.get(ENV_KMS_KEY_ID) or "").strip():
-        from .keystore import ENVIRONMENT
+        from .store import ENVIRONMENT
 
         names += ENVIRONMENT
     raw_names = [os.fsencode(n) for n in names]
@@ -334,7 +334,7 @@ def _read_environ() -> KeyRing:
     ring = cached[1] if cached is not None and cached[0] == texts else None
     if ring is None:
         if texts[2] is not None and texts[2].strip():
-            from .keystore import StoreKeyRing
+            from .store import StoreKeyRing
 
             ring = StoreKeyRing.from_env()
         else:
