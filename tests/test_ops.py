@@ -17,9 +17,9 @@ from ops_models import Account, AsyncAccount, Bulk, Tenant, Unbound
 from support import client, dump_redis, new_key, origin_encrypt_v1, raw, wipe
 
 from redis_encrypted_fields import EncryptionError, ops
-from redis_encrypted_fields.ops import batch
 from redis_encrypted_fields.crypto.envelope import PREFIX, parse
 from redis_encrypted_fields.keys.ring import MasterKey
+from redis_encrypted_fields.ops import batch
 
 TESTS = Path(__file__).parent
 
