@@ -42,7 +42,7 @@ from redis_encrypted_fields import (
     get_keyring,
     set_keyring,
 )
-from redis_encrypted_fields.keys.kms import AwsKms, WrappedKey
+from redis_encrypted_fields.keys import AwsKms, WrappedKey
 
 from . import BENCHMARKS
 from .harness import (
@@ -75,7 +75,7 @@ import json, os, sys, time
 start = time.perf_counter()
 import redis
 from redis_encrypted_fields import KeyStore, StoreKeyRing, set_keyring
-from redis_encrypted_fields.keys.kms import AwsKms, WrappedKey
+from redis_encrypted_fields.keys import AwsKms, WrappedKey
 from benchmarks.models import SyncHashEncrypted, secret_values
 imported = time.perf_counter()
 if sys.argv[1] == "store":

@@ -18,9 +18,17 @@ from .errors import (
     StoredMaskError,
     UnsupportedQueryError,
 )
-from .keys.kms import AwsKms, KmsProvider
-from .keys.ring import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
-from .keys.store import KeyStore, StoreKeyRing
+from .keys import (
+    AwsKms,
+    KeyRing,
+    KeyStore,
+    KmsProvider,
+    MasterKey,
+    StoreKeyRing,
+    generate_master_key,
+    get_keyring,
+    set_keyring,
+)
 from .model.blind_index import BlindIndex, IndexPlan, plan_index
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads

@@ -20,7 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from . import __version__, ops
 from .errors import EncryptionError, printable
-from .keys.ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
+from .keys import (
+    ENV_MASTER_KEY,
+    ENV_PREVIOUS_MASTER_KEYS,
+    KeyStore,
+    deny_statement,
+    generate_master_key,
+)
 from .model.mixin import ENV_REJECT_PLAINTEXT
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
@@ -430,8 +436,6 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("create")
 def keys_create() -> None:
     """Create a new active master key (the active one becomes decrypt-only); print its key id."""
-    from .keys.store import KeyStore
-
     with _errors():
         record = KeyStore.from_env().create()
     print(
@@ -446,8 +450,6 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
     """List the keys: key id, state, creation time, KMS key."""
-    from .keys.store import KeyStore
-
     with _errors():
         records = KeyStore.from_env().records()
     if as_json:
@@ -477,8 +479,6 @@ def keys_retire(
     Refused while status finds a value of the models in TARGET under it (run rotate first), if it
     is the active key, or until it has been inactive for REDIS_SRE_KEY_CACHE_TTL seconds.
     """
-    from .keys.store import KeyStore, deny_statement
-
     with _errors():
         store = KeyStore.from_env()
         store.retirable(key_id)  # before the data is read: a wrong id (or too soon) fails at once

@@ -12,7 +12,7 @@ from .audit import audit_enabled, track
 from .crypto.envelope import PREFIX, decode, is_envelope, looks_like_envelope, open_blob, seal
 from .crypto.legacy import is_legacy_envelope, open_legacy, parse_legacy
 from .errors import DecryptionError, located
-from .keys.ring import get_keyring
+from .keys import get_keyring
 
 __all__ = ["decrypt_secret", "encrypt_secret", "get_secret_value", "is_encrypted"]
 

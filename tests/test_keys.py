@@ -21,7 +21,7 @@ from redis_encrypted_fields import (
     set_keyring,
 )
 from redis_encrypted_fields.crypto.envelope import parse
-from redis_encrypted_fields.keys import ring as keys_module
+from redis_encrypted_fields.keys import env as keys_module
 
 
 def test_missing_key_raises_master_key_error_with_the_design_note_message(
@@ -130,3 +130,19 @@ def test_keys_never_show_their_material() -> None:
 def test_generated_keys_are_standard_base64_of_32_bytes() -> None:
     assert len(base64.b64decode(generate_master_key(), validate=True)) == 32
     assert generate_master_key() != generate_master_key()
+
+
+def test_every_ring_is_a_key_ring_and_key_ring_builds_the_static_one() -> None:
+    from redis_encrypted_fields import KeyStore, StoreKeyRing
+    from redis_encrypted_fields.keys import StaticKeyRing
+
+    key = MasterKey.generate()
+    ring = KeyRing(key)
+    assert type(ring) is StaticKeyRing
+    assert type(KeyRing.from_base64(key.to_base64())) is StaticKeyRing
+    assert ring.current is key
+    assert ring.get(key.key_id) is key
+    assert key.key_id in ring
+    store_ring = StoreKeyRing(KeyStore(client=None))
+    assert isinstance(store_ring, KeyRing)
+    assert not isinstance(store_ring, StaticKeyRing)

@@ -31,7 +31,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import DecryptionError, EncryptionError
-from ..keys.ring import KEY_ID_SIZE, KeyRing
+from ..keys import KEY_ID_SIZE, KeyRing
 
 __all__ = [
     "KEY_ID_SLICE",

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import DecryptionError
-from ..keys.ring import KeyRing
+from ..keys import KeyRing
 
 __all__ = ["LegacyEnvelope", "is_legacy_envelope", "open_legacy", "parse_legacy"]
 

@@ -1,5 +1,52 @@
-"""Master keys and where they come from: key rings (``ring``), the KMS-backed key store
-(``store``), KMS providers (``kms``).
+"""Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
+``aws``: AWS KMS), key rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
+ring), the KMS-backed key store and its ring (``store``), and the environment factory
+(``env``: ``get_keyring``, ``set_keyring``) above them.
 
-Imports neither pydantic nor redis-om.
+Imports neither pydantic nor redis-om. The names below are this layer's public surface; the
+package ``redis_encrypted_fields`` says which of them users see.
 """
+
+from __future__ import annotations
+
+from .aws import AwsKms
+from .env import get_keyring, set_keyring
+from .kms import KmsProvider, WrappedKey
+from .ring import (
+    ENV_MASTER_KEY,
+    ENV_PREVIOUS_MASTER_KEYS,
+    KEY_ID_SIZE,
+    KeyRing,
+    MasterKey,
+    StaticKeyRing,
+    generate_master_key,
+)
+from .store import (
+    ENV_KMS_KEY_ID,
+    KeyRecord,
+    KeyState,
+    KeyStore,
+    StoreKeyRing,
+    deny_statement,
+)
+
+__all__ = [
+    "ENV_KMS_KEY_ID",
+    "ENV_MASTER_KEY",
+    "ENV_PREVIOUS_MASTER_KEYS",
+    "KEY_ID_SIZE",
+    "AwsKms",
+    "KeyRecord",
+    "KeyRing",
+    "KeyState",
+    "KeyStore",
+    "KmsProvider",
+    "MasterKey",
+    "StaticKeyRing",
+    "StoreKeyRing",
+    "WrappedKey",
+    "deny_statement",
+    "generate_master_key",
+    "get_keyring",
+    "set_keyring",
+]

@@ -1,4 +1,6 @@
-"""Master keys and key rings: where the keys come from and how an envelope's key id selects one."""
+"""Master keys and key rings: the ``KeyRing`` interface every ring implements, the static ring,
+and how an envelope's key id selects a key. The environment factory (``get_keyring``) is
+``env``, the key store's ring ``store``."""
 
 from __future__ import annotations
 
@@ -7,9 +9,8 @@ import binascii
 import hashlib
 import hmac
 import os
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -18,16 +19,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ..errors import DecryptionError, MasterKeyError
 
 __all__ = [
-    "ENV_KMS_KEY_ID",
     "ENV_MASTER_KEY",
     "ENV_PREVIOUS_MASTER_KEYS",
     "KEY_ID_SIZE",
     "KeyRing",
     "MasterKey",
+    "StaticKeyRing",
     "env_keys",
     "generate_master_key",
-    "get_keyring",
-    "set_keyring",
+    "parse_env",
 ]
 
 ENV_MASTER_KEY = "REDIS_SRE_MASTER_KEY"
@@ -151,21 +151,35 @@ class MasterKey:
 
 
 class KeyRing:
-    """The current key (encrypts and decrypts) and previous keys (decrypt only), by key id."""
+    """What every key ring does: ``current`` encrypts, ``get(key_id)`` finds the key an envelope
+    names, ``keys`` lists them all (current first). ``StaticKeyRing`` (keys given once) and
+    ``StoreKeyRing`` (keys from the key store, cached) implement it; callers never know which
+    they hold.
 
-    __slots__ = ("_by_id", "current", "previous")
+    ``KeyRing(current, previous)``, ``KeyRing.from_base64`` and ``KeyRing.from_env`` build a
+    ``StaticKeyRing``, as ``pathlib.Path(...)`` builds the running system's path: the documented
+    way to build a ring in code, and ``isinstance(ring, KeyRing)`` holds for every ring.
+    """
 
-    def __init__(self, current: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
-        self.current = current
-        self.previous = tuple(k for k in previous if k.key_id != current.key_id)
-        self._by_id = {k.key_id: k for k in (*reversed(self.previous), current)}
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        # What type checkers see of ``KeyRing(...)``: the static ring's arguments (a subclass's
+        # own __init__ is checked for it).
+        def __new__(cls, current: MasterKey, previous: Iterable[MasterKey] = ()) -> KeyRing: ...
+
+    else:
+
+        def __new__(cls, *args, **kwargs):
+            # object.__new__ of the class to build; Python then runs that class's __init__.
+            return object.__new__(StaticKeyRing if cls is KeyRing else cls)
 
     @classmethod
     def from_base64(cls, current: str, previous: Iterable[str] = ()) -> KeyRing:
-        """Build a ring from base64 keys, as ``REDIS_SRE_MASTER_KEY`` holds them."""
+        """A static ring from base64 keys, as ``REDIS_SRE_MASTER_KEY`` holds them."""
         entries = list(previous)
         where = "previous key {n} of {count} given to KeyRing.from_base64"
-        return cls(
+        return StaticKeyRing(
             MasterKey.from_base64(
                 current,
                 where="the current key given to KeyRing.from_base64",
@@ -181,23 +195,57 @@ class KeyRing:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyRing:
-        """Read the current and previous master keys from the environment."""
-
+        """A static ring of the current and previous master keys in the environment."""
         env = os.environ if environ is None else environ
-        return _parse_env(env.get(ENV_MASTER_KEY), env.get(ENV_PREVIOUS_MASTER_KEYS))
+        return parse_env(env.get(ENV_MASTER_KEY), env.get(ENV_PREVIOUS_MASTER_KEYS))
+
+    @property
+    def current(self) -> MasterKey:
+        """The key that encrypts (it also decrypts)."""
+        raise NotImplementedError
 
     @property
     def keys(self) -> tuple[MasterKey, ...]:
-        """Every key, current first."""
-        return (self.current, *self.previous)
+        """Every key, current first: what a blind-index query looks under, and what origin v1
+        values (which name no key) are tried with."""
+        raise NotImplementedError
 
     @property
     def previous_ids(self) -> tuple[str, ...]:
         """The hex ids of the decrypt-only keys (what ``status`` calls previous keys)."""
+        raise NotImplementedError
+
+    def get(self, key_id: bytes) -> MasterKey:
+        """The key with this id (``DecryptionError`` if none); no trial decryption."""
+        raise NotImplementedError
+
+    def __contains__(self, key_id: object) -> bool:
+        raise NotImplementedError
+
+
+class StaticKeyRing(KeyRing):
+    """The current key (encrypts and decrypts) and previous keys (decrypt only), given once:
+    what ``KeyRing(current, previous)`` and the environment's master keys make."""
+
+    __slots__ = ("_by_id", "current", "previous")
+
+    # An attribute here (one slot read per secret sealed), the interface's property above.
+    current: MasterKey
+
+    def __init__(self, current: MasterKey, previous: Iterable[MasterKey] = ()) -> None:
+        self.current = current
+        self.previous = tuple(k for k in previous if k.key_id != current.key_id)
+        self._by_id = {k.key_id: k for k in (*reversed(self.previous), current)}
+
+    @property
+    def keys(self) -> tuple[MasterKey, ...]:
+        return (self.current, *self.previous)
+
+    @property
+    def previous_ids(self) -> tuple[str, ...]:
         return tuple(k.key_id_hex for k in self.previous)
 
     def get(self, key_id: bytes) -> MasterKey:
-        """The key with this id; no trial decryption with the others."""
         key = self._by_id.get(key_id)
         if key is None:
             raise DecryptionError(
@@ -214,10 +262,12 @@ class KeyRing:
         return f"KeyRing(current={self.current.key_id_hex}, previous=[{prev}])"
 
 
-def _parse_env(current: str | None, previous: str | None) -> KeyRing:
+def parse_env(current: str | None, previous: str | None) -> KeyRing:
+    """The static ring the two variables' text describes (``MasterKeyError`` without a current
+    key)."""
     if not current or not current.strip():
         raise MasterKeyError(_MISSING_MESSAGE)
-    return KeyRing(_parse_current(current), _parse_previous(previous))
+    return StaticKeyRing(_parse_current(current), _parse_previous(previous))
 
 
 def _parse_current(current: str) -> MasterKey:
@@ -251,99 +301,3 @@ def env_keys(environ: Mapping[str, str] | None = None) -> list[MasterKey]:
 def generate_master_key() -> str:
     """A new master key as standard base64 of 32 random bytes."""
     return MasterKey.generate().to_base64()
-
-
-# The ring in force. Set in code with set_keyring(); otherwise read from the environment at use
-# time (the design note's rotation script changes os.environ in a running process) and parsed
-# again only when the variables' text changes. With REDIS_SRE_KMS_KEY_ID set, the environment
-# describes a key store (keystore.StoreKeyRing). Only the ring in force is kept: a ring the
-# variables no longer describe is dropped with its keys (and what was derived from them), so no
-# key outlives its configuration; the variables set again to the same text keep their ring.
-ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
-_lock = threading.Lock()
-_configured: KeyRing | None = None
-
-
-def set_keyring(keyring: KeyRing | None) -> None:
-    """Use this ring (a ``KeyRing``, or a ``keystore.StoreKeyRing``) instead of the environment;
-    ``None`` returns to the environment, read afresh."""
-    global _configured, _env_ring, _fast
-    _configured = keyring
-    with _lock:
-        _env_ring = None
-        _fast = None
-
-
-# get_keyring() runs for every secret sealed or opened, and os.environ.get() costs ~1.7 us (key
-# encoding, Mapping machinery): twice that per secret. On POSIX, os.environ keeps its bytes in a
-# dict (``_data``) that every os.environ write updates with new bytes objects; the cache holds
-# that dict and the bytes objects it had, and is valid while they are still there (identity
-# checks, ~0.1 us). The text is read through os.environ only when they changed.
-_RAW_KEYS = (
-    os.fsencode(ENV_MASTER_KEY),
-    os.fsencode(ENV_PREVIOUS_MASTER_KEYS),
-    os.fsencode(ENV_KMS_KEY_ID),
-)
-_POSIX = os.name == "posix"
-
-# The ring in force, with the text of the variables that made it.
-_env_ring: tuple[tuple[str | None, ...], KeyRing] | None = None
-_K_CURRENT, _K_PREVIOUS, _K_KMS = _RAW_KEYS
-# The fast path: (os.environ's byte dict, the three values' bytes objects in it, the key store's
-# variables and their bytes objects (None without a key store), their ring).
-_StoreRaw = tuple[tuple[bytes, object], ...]
-_fast: tuple[dict[bytes, bytes], object, object, object, _StoreRaw | None, KeyRing] | None = None
-
-
-def get_keyring() -> KeyRing:
-    """The ring in force: the one set in code, else the one the environment describes."""
-    configured = _configured
-    if configured is not None:
-        return configured
-    fast = _fast
-    if fast is not None:
-        data, raw_current, raw_previous, raw_kms, store_raw, ring = fast
-        try:
-            same = os.environ._data is data  # type: ignore[attr-defined]
-        except AttributeError:  # os.environ replaced by a plain mapping
-            same = False
-        if (
-            same
-            and data.get(_K_CURRENT) is raw_current
-            and data.get(_K_PREVIOUS) is raw_previous
-            and data.get(_K_KMS) is raw_kms
-            and (store_raw is None or all(data.get(k) is v for k, v in store_raw))
-        ):
-            return ring
-    return _read_environ()
-
-
-def _read_environ() -> KeyRing:
-    global _env_ring, _fast
-    data = getattr(os.environ, "_data", None) if _POSIX else None
-    names: tuple[str, ...] = (ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, ENV_KMS_KEY_ID)
-    if (os.environ.get(ENV_KMS_KEY_ID) or "").strip():
-        from .store import ENVIRONMENT
-
-        names += ENVIRONMENT
-    raw_names = [os.fsencode(n) for n in names]
-    # The bytes before the text: if the environment changes in between, the cache is stale at once.
-    raw = [data.get(n) for n in raw_names] if type(data) is dict else None
-    texts = tuple(os.environ.get(n) for n in names)
-    cached = _env_ring
-    ring = cached[1] if cached is not None and cached[0] == texts else None
-    if ring is None:
-        if texts[2] is not None and texts[2].strip():
-            from .store import StoreKeyRing
-
-            ring = StoreKeyRing.from_env()
-        else:
-            ring = _parse_env(texts[0], texts[1])
-    with _lock:
-        _env_ring = (texts, ring)
-        if raw is None:
-            _fast = None
-        else:
-            store_raw = tuple(zip(raw_names[3:], raw[3:], strict=True)) if len(names) > 3 else None
-            _fast = (data, raw[0], raw[1], raw[2], store_raw, ring)  # type: ignore[assignment]
-    return ring

@@ -39,11 +39,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..audit import track
+import redis
+
+# The module, not its names: while audit imports crypto (which imports this layer), this module
+# runs during audit's own import; track is looked up when called.
+from .. import audit
 from ..errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
-from .kms import AwsKms, KmsProvider, WrappedKey
+from .aws import AwsKms
+from .kms import KmsProvider, WrappedKey
 from .ring import (
-    ENV_KMS_KEY_ID,
     ENV_MASTER_KEY,
     ENV_PREVIOUS_MASTER_KEYS,
     KEY_ID_SIZE,
@@ -61,6 +65,7 @@ __all__ = [
     "ENVIRONMENT",
     "ENV_KEYSTORE_URL",
     "ENV_KEY_CACHE_TTL",
+    "ENV_KMS_KEY_ID",
     "STORE_KEY",
     "KeyRecord",
     "KeyState",
@@ -71,6 +76,7 @@ __all__ = [
     "encryption_context",
 ]
 
+ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
 ENV_KEYSTORE_URL = "REDIS_SRE_KEYSTORE_URL"
 ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
 # The variables a store-backed ring is built from (besides the KMS key id and the env keys).
@@ -244,8 +250,6 @@ class KeyStore:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
         """The store at ``REDIS_SRE_KEYSTORE_URL``, else ``REDIS_OM_URL`` (the models' Redis),
         with AWS KMS key ``REDIS_SRE_KMS_KEY_ID`` if set."""
-        import redis
-
         env = os.environ if environ is None else environ
         url = (
             env.get(ENV_KEYSTORE_URL) or env.get("REDIS_OM_URL") or "redis://localhost:6379"
@@ -266,8 +270,6 @@ class KeyStore:
         return cls(client, AwsKms(kms_key_id) if kms_key_id else None)
 
     def _redis(self, call: Callable[[], T]) -> T:
-        import redis
-
         try:
             return call()
         except redis.RedisError as exc:
@@ -320,9 +322,9 @@ class KeyStore:
             key = _checked(material, record.key_id)
         except KeyStoreError as exc:
             error = type(exc)(f"master key {record.key_id}: {exc}")
-            track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id, error=error)
+            audit.track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id, error=error)
             raise error from None
-        track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id)
+        audit.track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id)
         return key
 
     def create(self) -> KeyRecord:
@@ -345,16 +347,16 @@ class KeyStore:
             key = _checked(material, None)
         except KeyStoreError as exc:
             error = type(exc)(f"new master key: {exc}")
-            track("kms_generate", kms_key_id=kms.kms_key_id, error=error)
+            audit.track("kms_generate", kms_key_id=kms.kms_key_id, error=error)
             raise error from None
-        track("kms_generate", key_id=key.key_id, kms_key_id=kms.kms_key_id)
+        audit.track("kms_generate", key_id=key.key_id, kms_key_id=kms.kms_key_id)
         try:
             wrapped = kms.wrap(material, encryption_context(key.key_id_hex, created_at))
         except KeyStoreError as exc:
             error = type(exc)(f"master key {key.key_id_hex}: {exc}")
-            track("kms_encrypt", key_id=key.key_id, kms_key_id=kms.kms_key_id, error=error)
+            audit.track("kms_encrypt", key_id=key.key_id, kms_key_id=kms.kms_key_id, error=error)
             raise error from None
-        track("kms_encrypt", key_id=key.key_id, kms_key_id=wrapped.kms_key_id)
+        audit.track("kms_encrypt", key_id=key.key_id, kms_key_id=wrapped.kms_key_id)
         record = KeyRecord(
             key.key_id_hex,
             KeyState.ACTIVE,
@@ -386,7 +388,7 @@ class KeyStore:
             pipe.hset(self.key, mapping=updates)
 
         self._redis(lambda: self.client.transaction(activate, self.key))
-        track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
+        audit.track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
         return record
 
     # --- retirement ----------------------------------------------------------------------------
@@ -459,7 +461,7 @@ class KeyStore:
             pipe.hset(self.key, key_id, retired[0].to_json())
 
         self._redis(lambda: self.client.transaction(retire, self.key))
-        track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
+        audit.track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
         return retired[0]
 
     def __repr__(self) -> str:
@@ -568,6 +570,7 @@ class StoreKeyRing(KeyRing):
         "_lock",
         "_stored",
         "backoff",
+        "previous",
         "store",
         "ttl",
     )
@@ -587,10 +590,12 @@ class StoreKeyRing(KeyRing):
         self.store = store
         self.ttl = ttl
         self.backoff = backoff
-        self.previous = tuple(decrypt_only)
-        self._by_id = {k.key_id: k for k in reversed(self.previous)}
+        self.previous = tuple(decrypt_only)  # the environment's keys, when built by from_env
         # Read without a lock on the hot path; replaced whole (copy on write) under _lock.
-        self._entries: dict[bytes, _Entry] = {k: (v, math.inf) for k, v in self._by_id.items()}
+        # Reversed: of two keys with one id, the first given is kept.
+        self._entries: dict[bytes, _Entry] = {
+            k.key_id: (k, math.inf) for k in reversed(self.previous)
+        }
         self._active: _Entry | None = None
         self._stored: tuple[bytes, ...] = ()  # the store's decrypt-only key ids, read with _active
         self._flights: dict[bytes, Future[_Entry]] = {}
@@ -611,7 +616,7 @@ class StoreKeyRing(KeyRing):
         return cls(store, ttl=cache_ttl(env), decrypt_only=env_keys(env))
 
     @property
-    def current(self) -> MasterKey:  # type: ignore[override]
+    def current(self) -> MasterKey:
         """The store's active key (re-read once its cache lifetime has ended)."""
         active = self._active
         if active is not None and active[1] > _monotonic():
@@ -751,7 +756,7 @@ class StoreKeyRing(KeyRing):
             "rolled back (an old record written back); not encrypting under it. If the store is "
             "as it should be, make a new key active: `redis-encrypted-fields keys create`"
         )
-        track(
+        audit.track(
             "key_refused",
             key_id=bytes.fromhex(record.key_id),
             kms_key_id=record.kms_key_id,

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from ..crypto.envelope import binding_part
 from ..errors import BlindIndexError, EncryptionError
-from ..keys.ring import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
+from ..keys import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
 
 __all__ = [
     "COMPANION_SUFFIX",

@@ -35,7 +35,7 @@ from ..errors import (
     located,
     printable,
 )
-from ..keys.ring import KeyRing, get_keyring
+from ..keys import KeyRing, get_keyring
 from .fields import (
     EncryptedStr,
     KeepExisting,

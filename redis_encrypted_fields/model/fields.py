@@ -21,7 +21,7 @@ from ..compat import decrypt_stored
 from ..crypto.envelope import looks_like_envelope, seal
 from ..crypto.legacy import parse_legacy
 from ..errors import MaskedSecretError
-from ..keys.ring import get_keyring
+from ..keys import get_keyring
 
 __all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "is_star_mask"]
 

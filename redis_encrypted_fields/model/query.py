@@ -46,7 +46,7 @@ from ..compat import decrypt_stored
 from ..crypto.envelope import PREFIX, binding
 from ..crypto.legacy import parse_legacy
 from ..errors import UnsupportedQueryError
-from ..keys.ring import KeyRing, get_keyring
+from ..keys import KeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
 from .codec import check_stored_key, check_unbound, opened

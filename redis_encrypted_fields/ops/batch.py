@@ -25,7 +25,7 @@ from ..crypto.envelope import (
 )
 from ..crypto.legacy import open_legacy, parse_legacy
 from ..errors import DecryptionError, EncryptionError
-from ..keys.ring import KeyRing
+from ..keys import KeyRing
 from ..model.blind_index import (
     INDEX_MISSING,
     INDEX_OUTDATED,

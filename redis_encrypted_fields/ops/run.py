@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import EncryptionError
-from ..keys.ring import KeyRing, get_keyring
+from ..keys import KeyRing, get_keyring
 from ..model.codec import plaintext_allowed
 from ..model.plan import encrypted_paths
 from ..steps import Request, Steps, Submit, Wait, run_async, run_sync

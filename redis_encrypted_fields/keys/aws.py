@@ -1,0 +1,182 @@
+"""AWS KMS as a key store's KMS provider (``kms.KmsProvider``), through boto3 (``pip install
+redis-encrypted-fields[aws]``), imported here and only here, on first use."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import KmsError
+from .kms import WrappedKey
+
+__all__ = ["AwsKms"]
+
+
+# botocore logs request parameters and response bodies at DEBUG (``botocore.endpoint``,
+# ``botocore.parsers``): with KMS that is key material in the clear, in the log of any application
+# that turns DEBUG on. Records emitted by this thread during one of our calls are dropped.
+_in_call = threading.local()
+
+
+class _DropDuringKmsCall(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG or not getattr(_in_call, "active", False)
+
+
+_drop_filter = _DropDuringKmsCall()
+
+
+def _guard_botocore_logs() -> None:
+    for name in list(logging.root.manager.loggerDict):
+        if name in ("botocore", "boto3", "urllib3") or name.startswith(
+            ("botocore.", "boto3.", "urllib3.")
+        ):
+            logger = logging.getLogger(name)
+            if _drop_filter not in logger.filters:
+                logger.addFilter(_drop_filter)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    _in_call.active = True
+    try:
+        yield
+    finally:
+        _in_call.active = False
+
+
+class AwsKms:
+    """AWS KMS through boto3, configured the standard boto3 way (region, credentials,
+    ``AWS_ENDPOINT_URL_KMS``).
+
+    ``key_id`` is a KMS key id, ARN or alias. Timeouts are short and retries few, so that a KMS
+    that does not answer is an error within seconds, never a hang. ``client`` replaces the boto3
+    client this provider makes (its own timeouts then apply).
+    """
+
+    def __init__(
+        self,
+        key_id: str,
+        *,
+        client: Any = None,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 5.0,
+        max_attempts: int = 2,
+    ) -> None:
+        if not key_id or not key_id.strip():
+            raise KmsError("AwsKms needs a KMS key id, ARN or alias")
+        self._key_id = key_id.strip()
+        self._client = client
+        # The process that made the client: a forked child makes its own (boto3 clients share
+        # their connection pool's sockets with the parent otherwise).
+        self._pid = os.getpid() if client is None else None
+        self._config = {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
+        }
+        self._lock = threading.Lock()
+        _providers.add(self)
+
+    @property
+    def kms_key_id(self) -> str:
+        return self._key_id
+
+    @property
+    def client(self) -> Any:
+        """The boto3 KMS client, made on first use."""
+        client = self._client
+        if client is None or (self._pid is not None and self._pid != os.getpid()):
+            with self._lock:
+                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
+                    self._client = self._make_client()
+                    self._pid = os.getpid()
+                client = self._client
+        return client
+
+    def _make_client(self) -> Any:
+        try:
+            import boto3
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
+        except ImportError:
+            raise KmsError(
+                "the AWS KMS provider needs boto3: pip install 'redis-encrypted-fields[aws]'"
+            ) from None
+        try:
+            client = boto3.session.Session().client("kms", config=Config(**self._config))
+        except BotoCoreError as exc:
+            raise KmsError(f"AWS KMS client: {exc}") from None
+        return client
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        client = self.client
+        from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+        _guard_botocore_logs()  # again: botocore makes some loggers on first use
+        try:
+            with _quiet():
+                return dict(getattr(client, operation)(**params))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "error")
+            message = error.get("Message") or ""
+            detail = f"{code}: {message}" if message else code
+        except ParamValidationError:
+            # Its message quotes the parameters, which may be key material.
+            detail = "invalid request parameters"
+        except BotoCoreError as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+        name = "".join(part.capitalize() for part in operation.split("_"))
+        raise KmsError(f"AWS KMS {name} with {self._key_id} failed: {detail}")
+
+    def generate(self, context: Mapping[str, str]) -> bytes:
+        response = self._call(
+            "generate_data_key",
+            KeyId=self._key_id,
+            KeySpec="AES_256",
+            EncryptionContext=dict(context),
+        )
+        return bytes(response["Plaintext"])
+
+    def wrap(self, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:
+        response = self._call(
+            "encrypt", KeyId=self._key_id, Plaintext=plaintext, EncryptionContext=dict(context)
+        )
+        return WrappedKey(bytes(response["CiphertextBlob"]), str(response["KeyId"]))
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        # KeyId is the configured key, not the one the record names: a record written by someone
+        # with Redis access, wrapped under a KMS key of theirs, is refused by KMS itself.
+        response = self._call(
+            "decrypt",
+            KeyId=self._key_id,
+            CiphertextBlob=wrapped.blob,
+            EncryptionContext=dict(context),
+        )
+        return bytes(response["Plaintext"])
+
+    def _after_fork(self) -> None:
+        # A thread of the parent making the client at fork time held the lock; nothing in the
+        # child would ever release it, and the child's first KMS call would wait forever.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"AwsKms({self._key_id!r})"
+
+
+_providers: weakref.WeakSet[AwsKms] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for provider in list(_providers):
+        provider._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
