@@ -146,3 +146,30 @@ def test_every_ring_is_a_key_ring_and_key_ring_builds_the_static_one() -> None:
     store_ring = StoreKeyRing(KeyStore(client=None))
     assert isinstance(store_ring, KeyRing)
     assert not isinstance(store_ring, StaticKeyRing)
+
+
+def test_the_keys_layer_imports_neither_pydantic_nor_redis_om_nor_a_higher_layer() -> None:
+    import ast
+    import pathlib
+
+    import redis_encrypted_fields.keys as keys
+
+    allowed_own = {"errors", "audit", "keys"}
+    for path in pathlib.Path(keys.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1:  # within keys/
+                    continue
+                if node.level == 2:  # the package: its modules' names
+                    names = [node.module or alias.name for alias in node.names]
+                    assert {n.split(".")[0] for n in names} <= allowed_own, (path.name, names)
+                    continue
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("pydantic", "redis_om", "aredis_om"), (path.name, name)
+                assert top != "redis_encrypted_fields", (path.name, name)

@@ -1172,3 +1172,15 @@ def test_a_key_creation_overtaken_by_another_does_not_activate_the_older_key(
     assert f"master key {overtaking[0].key_id} was created meanwhile" in str(info.value)
     states = {r.key_id: r.state for r in KeyStore(c).records()}
     assert states == {first.key_id: KeyState.DECRYPT_ONLY, overtaking[0].key_id: KeyState.ACTIVE}
+
+
+def test_retire_refuses_without_a_status_check_of_the_data(kms: KmsKey, vaults: None) -> None:
+    """What retire checks comes from the maintenance reports (``KeyUsage``): none, or a report
+    that did not look at every value (migrate, rotate), is refused, not taken as 'no value'."""
+    old = store().create()
+    store().create()
+    time.sleep(0.2)
+    for unchecked in ((), (ops.migrate(Vault, dry_run=True),)):
+        with pytest.raises(KeyStoreError, match=f"not retiring master key {old.key_id} unchecked"):
+            store().retire(old.key_id, *unchecked, ttl=0.1)
+    assert store().retire(old.key_id, ops.status(Vault), ttl=0.1).state is KeyState.RETIRED

@@ -26,6 +26,7 @@ from .store import (
     KeyRecord,
     KeyState,
     KeyStore,
+    KeyUsage,
     StoreKeyRing,
     deny_statement,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "KeyRing",
     "KeyState",
     "KeyStore",
+    "KeyUsage",
     "KmsProvider",
     "MasterKey",
     "StaticKeyRing",

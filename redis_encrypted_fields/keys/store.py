@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 
@@ -56,9 +56,6 @@ from .ring import (
     env_keys,
 )
 
-if TYPE_CHECKING:
-    from ..ops.report import Report
-
 __all__ = [
     "DEFAULT_CACHE_TTL",
     "DEFAULT_FAILURE_BACKOFF",
@@ -70,6 +67,7 @@ __all__ = [
     "KeyRecord",
     "KeyState",
     "KeyStore",
+    "KeyUsage",
     "StoreKeyRing",
     "cache_ttl",
     "deny_statement",
@@ -230,6 +228,17 @@ class KeyRecord:
             return record
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise KeyStoreError(f"the key store record of {key_id} is malformed") from None
+
+
+class KeyUsage(Protocol):
+    """What retiring a key asks of a check of the data: the values found under the key. The
+    report of ``ops.status`` is one (the check lives with the maintenance operations, above
+    this layer)."""
+
+    def values_under(self, key_id: str) -> Mapping[str, int] | None:
+        """The values under master key ``key_id`` (hex), decrypted or not, per model field (only
+        those with some); ``None`` if this check cannot tell (not a status report)."""
+        ...
 
 
 class KeyStore:
@@ -408,7 +417,7 @@ class KeyStore:
             _refuse_recent(record, records, now, cache_ttl() if ttl is None else ttl)
         return record
 
-    def retire(self, key_id: str, *reports: Report, ttl: float | None = None) -> KeyRecord:
+    def retire(self, key_id: str, *reports: KeyUsage, ttl: float | None = None) -> KeyRecord:
         """Retire a decrypt-only key: its wrapped key is deleted from the store, so nothing under
         it can be decrypted with the store any more. A copy of its record (a backup) unwraps
         until the KMS key policy has ``deny_statement(key_id)``: add it to make this final.
@@ -419,27 +428,21 @@ class KeyStore:
         for ``ttl`` seconds (default: ``REDIS_SRE_KEY_CACHE_TTL``), the longest a process may
         still encrypt with it.
         """
-        from ..ops.report import Operation, key_state
-
         ttl = cache_ttl() if ttl is None else ttl
         record = self.retirable(key_id, ttl=ttl)
         kid = bytes.fromhex(key_id)
         if record.state is KeyState.RETIRED:
             return record
-        if not reports or any(r.operation is not Operation.STATUS for r in reports):
+        found = [report.values_under(key_id) for report in reports]
+        if not found or any(values is None for values in found):
             raise KeyStoreError(
                 f"not retiring master key {key_id} unchecked: give the status of every model "
                 "whose values may be under it"
             )
         under: dict[str, int] = {}
-        for report in reports:
-            for name, counts in report.states.items():
-                if counts[key_state(kid)]:
-                    under[name] = under.get(name, 0) + counts[key_state(kid)]
-            for failure in report.failures:
-                if failure.key_id == key_id:  # under the key, and not decrypted
-                    name = f"{failure.model}.{failure.field}" if failure.model else failure.field
-                    under[name] = under.get(name, 0) + 1
+        for values in found:
+            for name, n in (values or {}).items():
+                under[name] = under.get(name, 0) + n
         if under:
             where = ", ".join(f"{n} in {name}" for name, n in sorted(under.items()))
             raise KeyStoreError(

@@ -241,6 +241,23 @@ class Report:
             return CURRENT
         return PREVIOUS if key_id in self.previous_keys else UNKNOWN
 
+    def values_under(self, key_id: str) -> dict[str, int] | None:
+        """The values this status report found under master key ``key_id`` (hex), decrypted or
+        not, per model field (only those with some): what ``KeyStore.retire`` checks (this is
+        its ``KeyUsage``). ``None`` for another operation's report, which cannot tell."""
+        if self.operation is not Operation.STATUS:
+            return None
+        state = key_state(bytes.fromhex(key_id))
+        under: dict[str, int] = {}
+        for name, counts in self.states.items():
+            if counts[state]:
+                under[name] = under.get(name, 0) + counts[state]
+        for failure in self.failures:
+            if failure.key_id == key_id:  # under the key, and not decrypted
+                name = f"{failure.model}.{failure.field}" if failure.model else failure.field
+                under[name] = under.get(name, 0) + 1
+        return under
+
     def groups(self) -> list[Group]:
         """One group per field and state (and key id and reason, for failures), sorted."""
         counts: dict[tuple[str, str], int] = defaultdict(int)
