@@ -16,12 +16,12 @@ from .errors import (
     MasterKeyError,
     PlaintextSecretError,
     StoredMaskError,
-    UnsupportedQueryError,
 )
 from .keys.kms import AwsKms, KmsProvider
 from .keys.ring import KeyRing, MasterKey, generate_master_key, get_keyring, set_keyring
 from .keys.store import KeyStore, StoreKeyRing
 from .model.blind_index import BlindIndex, IndexPlan, plan_index
+from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
 

@@ -1,4 +1,5 @@
 """The redis-om integration: field types and masks (``fields``), where a model's secrets are
 (``plan``), a record's values in and out of Redis (``codec``), keep-existing (``keep``), blind
-indexes (``blind_index``) and search (``query``), and the ``EncryptedModel`` mixin (``mixin``).
+indexes (``blind_index``) and search (``query``, its refusal in ``errors``), and the
+``EncryptedModel`` mixin (``mixin``).
 """
