@@ -32,7 +32,7 @@ from support import aw, new_key
 from redis_encrypted_fields import DecryptionError, get_keyring, ops
 from redis_encrypted_fields.crypto.envelope import PREFIX, binding, seal
 from redis_encrypted_fields.keys.ring import MasterKey
-from redis_encrypted_fields.model import mixin as models
+from redis_encrypted_fields.model import saving as models
 from redis_encrypted_fields.ops import batch
 from redis_encrypted_fields.ops.topology import TopologyError
 

@@ -10,17 +10,17 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 - ``save()``: masks are replaced by the stored secrets before anything is written, in one
   transaction with the write (read again when the record changed meanwhile); a ``None``
   encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind;
-  a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``);
-- ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``search``).
+  a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``); the
+  transaction is in ``saving``;
+- ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``query``).
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import typing
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import aredis_om
@@ -28,14 +28,9 @@ import redis_om
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
-from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import WatchError
 from redis_om.search_reply import search_documents
 
 from ..crypto.legacy import is_legacy_envelope
-from ..errors import ConcurrentChangeError
-from ..steps import Steps, run_async, run_sync
 from .blind_index import SearchSpec, with_companions, write_companions
 from .codec import (
     ENV_REJECT_PLAINTEXT,
@@ -43,7 +38,6 @@ from .codec import (
     Page,
     Sealer,
     check_input,
-    open_stored,
     reply_results,
     set_plaintext_reads,
 )
@@ -54,7 +48,6 @@ from .fields import (
     KeepExisting,
     model_scope,
 )
-from .keep import has_masks, resolve_masks
 from .plan import (
     FieldPath,
     Leaf,
@@ -68,6 +61,7 @@ from .plan import (
     plan_for,
 )
 from .query import find_query
+from .saving import save_async, save_sync, saving
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -79,14 +73,7 @@ __all__ = [
 
 log = logging.getLogger("redis_encrypted_fields")
 
-# How many times a save that keeps stored secrets (masks) reads and writes its record when another
-# writer keeps changing it in between; then ConcurrentChangeError.
-_KEEP_ATTEMPTS = 5
-
 # --- the mixin --------------------------------------------------------------------------------
-
-# The instance whose save() is running: its model_dump() then writes what a save must write.
-_saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
 
 # While a model is being built from data read from Redis (get, find): the read's Opener (or
 # True).
@@ -297,7 +284,7 @@ class EncryptedModel:
             data = self._ref_dump_direct(parent, facts)
         else:
             data = self._ref_dump_deferred(parent, mode, context, kwargs)
-        if _saving.get() is self:
+        if saving.get() is self:
             if facts.search.blind:
                 key_prefix, clear = cls._ref_key(""), "" if facts.is_hash else None
                 write_companions(data, self.__dict__, facts.search.blind, key_prefix, cls, clear)
@@ -344,170 +331,11 @@ class EncryptedModel:
 
         With masks and no ``pipeline``, the record is read, the masks resolved and redis-om's
         writes sent in one transaction on the record key (``WATCH``/``MULTI``/``EXEC``), so that
-        a secret changed meanwhile is never written over (see ``_ref_keep_sync``)."""
+        a secret changed meanwhile is never written over (see ``saving``)."""
         parent: Any = super()
         if type(self).__ref_async__:
-            return self._ref_save_async(parent, *args, **kwargs)
-        masked = self._ref_masked()
-        if masked:
-            options = _transactable(args, kwargs)
-            if options is not None:
-                return self._ref_keep_sync(parent, masked, options)
-            run_sync(self._ref_resolve_masks(masked), self._ref_db())
-        token = _saving.set(self)
-        try:
-            return parent.save(*args, **kwargs)
-        finally:
-            _saving.reset(token)
-
-    async def _ref_save_async(self, parent: Any, *args: Any, **kwargs: Any) -> Any:
-        masked = self._ref_masked()
-        if masked:
-            options = _transactable(args, kwargs)
-            if options is not None:
-                return await self._ref_keep_async(parent, masked, options)
-            await run_async(self._ref_resolve_masks(masked), self._ref_db())
-        token = _saving.set(self)
-        try:
-            return await parent.save(*args, **kwargs)
-        finally:
-            _saving.reset(token)
-
-    def _ref_keep_sync(self, parent: Any, masked: list[str], options: dict[str, Any]) -> Any:
-        """A save that keeps stored secrets, as one transaction, retried while another writer
-        changes the record between the read and the write."""
-        undo = self._ref_undo(masked)
-        with self._ref_db().pipeline(transaction=True) as pipe:
-            for _ in range(_KEEP_ATTEMPTS):
-                token = _saving.set(self)
-                try:
-                    return run_sync(self._ref_keep_and_save(parent, masked, options), pipe)
-                except WatchError:
-                    # The masks stand for what is stored now: put them back and read again.
-                    undo()
-                finally:
-                    _saving.reset(token)
-        raise self._ref_conflict()
-
-    async def _ref_keep_async(self, parent: Any, masked: list[str], options: dict[str, Any]) -> Any:
-        """``_ref_keep_sync`` with an asyncio client."""
-        undo = self._ref_undo(masked)
-        db = self._ref_db()
-        if isinstance(db, AsyncRedisCluster):
-            pipe = _AsyncClusterTransaction(db, True)  # type: ignore[call-arg]
-        else:
-            pipe = db.pipeline(transaction=True)
-        async with pipe:
-            for _ in range(_KEEP_ATTEMPTS):
-                token = _saving.set(self)
-                try:
-                    return await run_async(self._ref_keep_and_save(parent, masked, options), pipe)
-                except WatchError:
-                    undo()
-                finally:
-                    _saving.reset(token)
-        raise self._ref_conflict()
-
-    def _ref_keep_and_save(
-        self, parent: Any, masked: list[str], options: dict[str, Any]
-    ) -> Steps[Any]:
-        """One attempt, driven with a transaction pipeline: the record key watched, the stored
-        values read, the masks resolved, redis-om's writes queued in ``MULTI`` and sent with
-        ``EXEC``, which raises ``WatchError`` if the record changed since the ``WATCH``."""
-        cls = type(self)
-        facts = facts_cache.get(cls) or facts_for(cls)
-        record_key = cls._ref_key(self._ref_pk())
-        yield lambda p: p.watch(record_key)
-        stored = yield from self._ref_read_stored(masked, record_key)
-        self._ref_resolve(stored, record_key)
-        rest = dict(options)
-        nx, xx = rest.pop("nx", False), rest.pop("xx", False)
-        if nx or xx:
-            # Decided here, under the WATCH (redis-om's HashModel refuses nx/xx in a pipeline,
-            # and in one its JsonModel would report a save that did not happen).
-            exists = yield lambda p: p.exists(record_key)
-            if (nx and exists) or (xx and not exists):
-                return None
-        expiring: list[tuple[str, int]] = []
-        if facts.is_hash:
-            expiring = yield from self._ref_field_expiry(record_key)
-        yield lambda p: p.multi()
-        saved = yield lambda p: parent.save(pipeline=p, **rest)
-        if expiring:
-            yield lambda p: _queue_expiry(p, record_key, expiring)
-        yield lambda p: p.execute()
-        return saved
-
-    def _ref_field_expiry(self, record_key: str) -> Steps[list[tuple[str, int]]]:
-        """The record's hash fields that expire, with when (ms), read under the WATCH: HSET drops
-        a field's TTL, and redis-om keeps them only when it sends the write itself."""
-        cls: Any = type(self)
-        db = self._ref_db()
-        check = (
-            aredis_om.model.model.supports_hash_field_expiration
-            if cls.__ref_async__
-            else redis_om.model.model.supports_hash_field_expiration
-        )
-        supported = yield lambda p: check(db)
-        if not supported:
-            return []
-        facts = facts_cache.get(cls) or facts_for(cls)
-        fields = [n for n in cls.model_fields if n != facts.pk_name]
-        fields += sorted(facts.search.companions)
-        at = yield lambda p: p.execute_command(
-            "HPEXPIRETIME", record_key, "FIELDS", len(fields), *fields
-        )
-        return [(f, int(t)) for f, t in zip(fields, at or (), strict=False) if int(t) > 0]
-
-    def _ref_masked(self) -> list[str]:
-        """The encrypted fields that hold a mask somewhere; no I/O."""
-        if not self._ref_may_hold_masks():
-            return []
-        values = self.__dict__
-        plan = plan_for(typing.cast(Any, type(self)))
-        return [name for name, node in plan.items() if has_masks(values.get(name), node)]
-
-    def _ref_undo(self, masked: list[str]) -> Callable[[], None]:
-        """A function that puts back every value at the encrypted paths of ``masked`` as it is
-        now (resolving a mask replaces it where it stands)."""
-        plan = plan_for(typing.cast(Any, type(self)))
-        leaves: list[tuple[Any, Any, Any]] = []
-        for name in masked:
-            _leaves(self, name, self.__dict__.get(name), plan[name], leaves)
-
-        def undo() -> None:
-            for holder, key, value in leaves:
-                if isinstance(holder, list):
-                    holder[key] = value
-                else:
-                    holder.__dict__[key] = value
-
-        return undo
-
-    def _ref_conflict(self) -> ConcurrentChangeError:
-        cls = type(self)
-        record_key = cls._ref_key(self._ref_pk())
-        return ConcurrentChangeError(
-            f"{cls.__name__} {record_key}: the record changed between the read and the write "
-            f"of a save that keeps its stored secrets (masks), {_KEEP_ATTEMPTS} times in a row; "
-            "nothing was saved. Save again, or send the real values",
-            model=cls.__name__,
-            record=record_key,
-        )
-
-    def _ref_may_hold_masks(self) -> bool:
-        # The common case, told at once: top-level fields that hold secrets (EncryptedStr, which
-        # a mask never is: validation makes masks KeepExisting) or None.
-        cls = type(self)
-        facts = facts_cache.get(cls) or facts_for(cls)
-        if not facts.flat:
-            return True
-        values = self.__dict__
-        for name in facts.plan:
-            value = values.get(name)
-            if value is not None and type(value) is not EncryptedStr:
-                return True
-        return False
+            return save_async(self, parent, args, kwargs)
+        return save_sync(self, parent, args, kwargs)
 
     def check(self) -> None:
         """redis-om's ``check()``, which ``save()`` runs: the instance's values validated again, in
@@ -516,39 +344,12 @@ class EncryptedModel:
         cls: Any = type(self)
         cls.__pydantic_validator__.validate_python(self.__dict__, self_instance=cls.__new__(cls))
 
-    def _ref_resolve_masks(self, masked: list[str]) -> Steps[None]:
-        """The masks resolved against the record as stored now (a save into the caller's
-        pipeline, which the caller sends when it chooses)."""
-        record_key = type(self)._ref_key(self._ref_pk())
-        stored = yield from self._ref_read_stored(masked, record_key)
-        self._ref_resolve(stored, record_key)
-
-    def _ref_read_stored(self, masked: list[str], record_key: str) -> Steps[Any]:
-        """The stored record as ``resolve_masks`` takes it: the masked fields of a hash, the
-        whole document of a JSON model."""
-        if (facts_cache.get(type(self)) or facts_for(type(self))).is_hash:
-            found = yield lambda r: r.hmget(record_key, masked)
-            return dict(zip(masked, found, strict=True))
-        doc = yield lambda r: r.json().get(record_key)
-        # A watched cluster pipeline returns JSON.GET's reply as text.
-        return json.loads(doc) if isinstance(doc, (str, bytes)) else doc
-
-    def _ref_resolve(self, stored: Any, record_key: str) -> None:
-        cls = type(self)
-        plan = plan_for(typing.cast(Any, cls))
-        name = cls.__name__
-
-        def opener(raw: str, path: FieldPath) -> str:
-            return open_stored(raw, name, path, record_key)
-
-        resolve_masks(typing.cast(BaseModel, self), plan, stored, name, record_key, opener)
-
     # -- search --------------------------------------------------------------------------------
 
     @classmethod
     def find(cls, *expressions: Any, knn: Any = None) -> Any:
         """redis-om's ``find``; blind-indexed fields searchable, results exact, ``values()`` and
-        ``only()`` in plaintext (see ``search``)."""
+        ``only()`` in plaintext (see ``query``)."""
         if not facts_for(cls).plan:
             return typing.cast(Any, super()).find(*expressions, knn=knn)
         return find_query(cls, expressions, knn, cls.__ref_async__)
@@ -610,56 +411,3 @@ class EncryptedModel:
 
     def _ref_db(self) -> Any:
         return typing.cast(Any, self).db()
-
-
-# The installed stubs describe an older redis-py: generic, no transaction argument, another
-# __await__.
-class _AsyncClusterTransaction(AsyncClusterPipeline):  # type: ignore[type-arg]
-    """A transaction of an asyncio cluster client that redis-om's save() can queue into.
-
-    redis-om awaits each command it queues; other pipelines then give themselves back, but
-    redis-py's asyncio ``ClusterPipeline`` starts afresh, its queue emptied, and the transaction
-    would send nothing."""
-
-    def __await__(self) -> Generator[Any, None, Any]:  # type: ignore[override]
-        return self._queued().__await__()
-
-    async def _queued(self) -> Any:
-        return self
-
-
-# redis-om's save() parameters, in order (HashModel's; JsonModel has the first three).
-_SAVE_PARAMETERS = ("pipeline", "nx", "xx", "field_expirations")
-
-
-def _transactable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """save()'s arguments by name, when a save that keeps stored secrets can be its own
-    transaction; ``None`` for a save into the caller's pipeline (the caller sends the write when
-    it chooses, so no transaction of ours can cover it) or arguments redis-om refuses (it then
-    raises them as before)."""
-    if len(args) > len(_SAVE_PARAMETERS) or any(n in kwargs for n in _SAVE_PARAMETERS[: len(args)]):
-        return None
-    options = {**dict(zip(_SAVE_PARAMETERS, args, strict=False)), **kwargs}
-    if options.get("pipeline") is not None or (options.get("nx") and options.get("xx")):
-        return None
-    options.pop("pipeline", None)
-    return options
-
-
-def _leaves(holder: Any, key: Any, value: Any, node: Node, out: list[tuple[Any, Any, Any]]) -> None:
-    """Every value at the encrypted paths ``node`` describes, with where it is held."""
-    if isinstance(node, Leaf):
-        out.append((holder, key, value))
-    elif isinstance(node, Many):
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                _leaves(value, i, item, node.item, out)
-    elif isinstance(value, BaseModel):
-        for name, sub in plan_for(type(value)).items():
-            _leaves(value, name, value.__dict__.get(name), sub, out)
-
-
-def _queue_expiry(pipe: Any, record_key: str, expiring: list[tuple[str, int]]) -> None:
-    """Queue the expiry times read before the write, after it (HSET dropped them)."""
-    for field, at in expiring:
-        pipe.execute_command("HPEXPIREAT", record_key, at, "FIELDS", 1, field)
