@@ -221,6 +221,21 @@ def _mentions_blind(annotations: Sequence[Any]) -> bool:
 
 
 def dotted(path: FieldPath) -> str:
+    """A value's field path as text, list items by index: ``replicas.1.password`` (what errors,
+    audit events and reports name, and what a value's binding holds)."""
     if len(path) == 1 and type(path[0]) is str:
         return path[0]  # a top-level field, the common case
     return ".".join(str(p) for p in path)
+
+
+def pattern(path: FieldPath | str) -> str:
+    """``replicas.1.password`` → ``replicas[].password``: the name values are counted under
+    (``path`` as a tuple, or dotted)."""
+    parts: Sequence[str | int] = path.split(".") if isinstance(path, str) else path
+    out = ""
+    for part in parts:
+        if isinstance(part, int) or part.isdigit():
+            out += "[]"
+        else:
+            out += f".{part}" if out else part
+    return out
