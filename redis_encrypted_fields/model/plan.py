@@ -1,9 +1,9 @@
 """Where a model's encrypted values are: a plan per model class, worked out from its annotations.
 
 A plan maps each field holding secrets to a node: ``Leaf`` (an ``EncryptedStr``, with its mask
-and blind index),
-``Many`` (a list of nodes) or ``Nested`` (a model with encrypted fields of its own). The
-integration (``models``), keep-existing (``keep``) and the maintenance tools (``ops``) all walk it.
+and blind index), ``Many`` (a list of nodes) or ``Nested`` (a model with encrypted fields of its
+own). The integration (``mixin``), keep-existing (``keep``) and the maintenance tools (``ops``) all
+walk it, and name a value's path the one way written here (``dotted``, ``pattern``).
 """
 
 from __future__ import annotations
