@@ -16,7 +16,6 @@ from .errors import (
     MasterKeyError,
     PlaintextSecretError,
     StoredMaskError,
-    UnsupportedQueryError,
 )
 from .keys import (
     AwsKms,
@@ -30,6 +29,7 @@ from .keys import (
     set_keyring,
 )
 from .model.blind_index import BlindIndex, IndexPlan, plan_index
+from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
 

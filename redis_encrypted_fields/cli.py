@@ -13,8 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
+import aredis_om
+import redis
+import redis_om
 import typer
 from pydantic import BaseModel
+from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
@@ -27,7 +31,10 @@ from .keys import (
     deny_statement,
     generate_master_key,
 )
+from .model.blind_index import DEFAULT_BITS, PLAN_RULE
+from .model.blind_index import plan_index as plan_bits
 from .model.mixin import ENV_REJECT_PLAINTEXT
+from .model.plan import plan_for
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
 
@@ -132,8 +139,6 @@ def _fail(message: str) -> NoReturn:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Every failure as one line on stderr and exit status 2; a traceback only with --debug."""
-    import redis
-
     try:
         yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -161,11 +166,6 @@ def _hint() -> str:
 
 def load_models(target: str) -> list[type[BaseModel]]:
     """The models TARGET names: ``module:Model``, or every encrypted model of ``module``."""
-    import aredis_om
-    import redis_om
-
-    from .model.plan import plan_for
-
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = target.partition(":")
@@ -198,9 +198,6 @@ def load_models(target: str) -> list[type[BaseModel]]:
 
 def client_for_url(url: str) -> Any:
     """A client for ``url``: a cluster client when the server says it is a cluster node."""
-    import redis
-    from redis.cluster import RedisCluster
-
     plain = redis.Redis.from_url(url, decode_responses=True)
     if str(plain.info("cluster").get("cluster_enabled", 0)) == "1":
         plain.close()
@@ -220,8 +217,6 @@ def _progress(label: str) -> Iterator[Callable[[int], None]]:
 
 
 def _is_async(model: type[BaseModel]) -> bool:
-    import aredis_om
-
     return issubclass(model, aredis_om.RedisModel)
 
 
@@ -404,9 +399,6 @@ def plan_index(
 ) -> None:
     """The safe range of BlindIndex(bits=...) for a field, by the AWS Database Encryption SDK's
     rule for beacon lengths: sqrt(X) < 2^bits < X/2 for X distinct values."""
-    from .model.blind_index import DEFAULT_BITS, PLAN_RULE
-    from .model.blind_index import plan_index as plan_bits
-
     with _errors():
         plan = plan_bits(records, distinct)
     print(f"{plan.records:,} records, {plan.distinct:,} distinct values")
@@ -422,7 +414,7 @@ def plan_index(
     )
 
 
-# --- keys: master keys in the key store (redis_encrypted_fields.keystore) ----------------------
+# --- keys: master keys in the key store (redis_encrypted_fields.keys.store) ----------------------
 
 keys_app = typer.Typer(
     help="Master keys in the key store, wrapped by the KMS key $REDIS_SRE_KMS_KEY_ID, kept in "

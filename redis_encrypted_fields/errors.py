@@ -1,10 +1,11 @@
 """The library's exceptions: one base, a few precise subclasses, no secret in any message; and
-``printable``, which every message, log line and report line naming a record key goes through."""
+``printable``, which every message, log line and report line naming a record key goes through.
+
+Imports nothing from redis-om (the bottom layer, imported by every other). The one exception that
+must also be redis-om's own, ``UnsupportedQueryError`` (a ``QueryNotSupportedError`` of both
+flavours), lives with search in ``model/errors.py``; the package exports it with the others."""
 
 from __future__ import annotations
-
-from aredis_om.model.model import QueryNotSupportedError as _AsyncQueryNotSupportedError
-from redis_om.model.model import QueryNotSupportedError as _QueryNotSupportedError
 
 __all__ = [
     "BlindIndexError",
@@ -18,7 +19,6 @@ __all__ = [
     "MasterKeyError",
     "PlaintextSecretError",
     "StoredMaskError",
-    "UnsupportedQueryError",
     "printable",
 ]
 
@@ -147,13 +147,3 @@ class ConcurrentChangeError(EncryptionError):
 class BlindIndexError(ConfigurationError):
     """A ``BlindIndex`` argument or normalize function is unusable, or the planner was given a
     population it cannot plan for."""
-
-
-class UnsupportedQueryError(
-    EncryptionError,
-    _QueryNotSupportedError,  # type: ignore[misc]  # redis_om (sync) is untyped
-    _AsyncQueryNotSupportedError,
-):
-    """A query on an encrypted field that cannot be answered exactly (``!=``, ranges, prefixes,
-    full text, a field without a blind index); ``model`` and ``field`` name it. Also a
-    redis-om ``QueryNotSupportedError``, of both flavours."""

@@ -264,7 +264,7 @@ def test_operation_events_describe_decisions_even_when_a_write_loses_a_race(
     wipe(SecAccount)
     key = SecAccount.make_primary_key("race")
     client().hset(key, mapping={"pk": "race", "name": "n", "password": secret("plain")})
-    real = batch._write_request
+    real = batch.write_request
 
     def racing(sha: Any, keys: Any, args: Any, *rest: Any) -> Any:
         send = real(sha, keys, args, *rest)
@@ -275,7 +275,7 @@ def test_operation_events_describe_decisions_even_when_a_write_loses_a_race(
 
         return request
 
-    monkeypatch.setattr(batch, "_write_request", racing)
+    monkeypatch.setattr(batch, "write_request", racing)
     report = ops.migrate(SecAccount)
     assert (report.encrypted, report.unchanged, report.ok) == (0, 1, True)
     assert [(e.operation, e.model, e.record) for e in events] == [

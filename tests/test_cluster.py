@@ -32,7 +32,7 @@ from support import aw, new_key
 from redis_encrypted_fields import DecryptionError, get_keyring, ops
 from redis_encrypted_fields.crypto.envelope import PREFIX, binding, seal
 from redis_encrypted_fields.keys.ring import MasterKey
-from redis_encrypted_fields.model import mixin as models
+from redis_encrypted_fields.model import saving as models
 from redis_encrypted_fields.ops import batch
 from redis_encrypted_fields.ops.topology import TopologyError
 
@@ -215,7 +215,7 @@ def test_a_write_racing_the_rotation_is_not_overwritten(
     plant(ClusterAccount, 30)
     ops.migrate(ClusterAccount)
     use_keys(monkeypatch, new_key(), master_key)
-    real = batch._write_request
+    real = batch.write_request
 
     def racing(script: Any, keys: Any, args: Any, *rest: Any) -> Any:
         send = real(script, keys, args, *rest)
@@ -227,7 +227,7 @@ def test_a_write_racing_the_rotation_is_not_overwritten(
 
         return request
 
-    monkeypatch.setattr(batch, "_write_request", racing)
+    monkeypatch.setattr(batch, "write_request", racing)
     report = ops.rotate(ClusterAccount, batch_size=8)
     assert report.ok
     assert ClusterAccount.get("p00003").password == "changed-by-app"

@@ -241,7 +241,7 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
     plant_accounts(10)
     ops.migrate(Account)
     use_keys(monkeypatch, new_key(), master_key)
-    real = batch._write_request
+    real = batch.write_request
 
     def racing(sha: Any, keys: Any, args: Any, *rest: Any) -> Any:
         send = real(sha, keys, args, *rest)
@@ -254,7 +254,7 @@ def test_a_value_changed_between_read_and_write_is_not_overwritten(
 
         return request
 
-    monkeypatch.setattr(batch, "_write_request", racing)
+    monkeypatch.setattr(batch, "write_request", racing)
     report = ops.rotate(Account, batch_size=4)
     assert report.ok
     assert Account.get("acc000003").password == "changed-by-app"

@@ -78,7 +78,7 @@ from redis_encrypted_fields.crypto.envelope import (
     seal,
 )
 from redis_encrypted_fields.errors import printable
-from redis_encrypted_fields.model import mixin as models
+from redis_encrypted_fields.model import saving as models
 from redis_encrypted_fields.model.keep import resolve_masks
 
 URL = "redis://default:tamper-pw@db.internal:6379/0"

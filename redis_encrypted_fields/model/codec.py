@@ -1,24 +1,20 @@
-"""One record's values on their way in and out of Redis: what validation opens (``_Opener``,
-and ``_Page`` for a ``find()`` page), what ``model_dump()`` seals (``_Sealer``), the policy
-for plaintext found in Redis, and which values redis-om's read conversions leave as they are
-(``_unconverted``). ``EncryptedModel`` (``models``) calls these at redis-om's hooks.
+"""One record's values on their way in and out of Redis: what validation opens (``Opener``,
+and ``Page`` for a ``find()`` page), what ``model_dump()`` seals (``Sealer``), and the policy
+for plaintext found in Redis. ``EncryptedModel`` (``mixin``) calls these at redis-om's hooks,
+with the class's facts (``field_map``).
 """
 
 from __future__ import annotations
 
 import contextvars
-import datetime
-import enum
 import functools
 import json
 import logging
 import os
-import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
-from pydantic import BaseModel
 from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
 from ..audit import audit_enabled, track
@@ -36,6 +32,7 @@ from ..errors import (
     printable,
 )
 from ..keys import KeyRing, get_keyring
+from .field_map import Facts
 from .fields import (
     EncryptedStr,
     KeepExisting,
@@ -53,11 +50,11 @@ from .plan import (
     plan_for,
 )
 
-if typing.TYPE_CHECKING:
-    from .mixin import _Facts
-
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
+    "Opener",
+    "Page",
+    "Sealer",
     "check_input",
     "check_stored_key",
     "check_unbound",
@@ -172,7 +169,7 @@ opened: contextvars.ContextVar[Mapping[tuple[str, str, str], str] | None] = cont
 )
 
 
-class _Opener:
+class Opener:
     """Turns raw input at encrypted paths into ``EncryptedStr`` values, record by record.
 
     One serves a whole read from Redis (a ``get``, a page of ``find`` results): the key ring,
@@ -202,7 +199,7 @@ class _Opener:
         self._record_part: bytes | None = None  # the record's half of every binding
 
     def record(
-        self, raw: dict[str, Any], facts: _Facts, *, own: bool = False, key: str | None = None
+        self, raw: dict[str, Any], facts: Facts, *, own: bool = False, key: str | None = None
     ) -> dict[str, Any]:
         """A record's input with the values at its encrypted paths opened: in a new dict, or in
         ``raw`` itself when it is the opener's ``own`` (a document it has just parsed).
@@ -249,7 +246,7 @@ class _Opener:
             return key  # the common case, without a method call
         return check_stored_key(self.model, key, pk)
 
-    def item(self, item: Any, facts: _Facts, knn: Any) -> Any:
+    def item(self, item: Any, facts: Facts, knn: Any) -> Any:
         """One result of an FT.SEARCH reply (redis-py's dict form) with its record's values
         opened and bound to the key the reply names, in the form redis-om's ``from_redis``
         reads: a JSON document is given parsed, as a hash's fields are, which redis-om builds
@@ -411,7 +408,7 @@ def reply_results(res: Any) -> list[Any] | None:
     return results
 
 
-class _Page(Sequence[Any]):
+class Page(Sequence[Any]):
     """The results of an FT.SEARCH reply, as ``from_redis`` reads them: each record's values
     opened when it is read.
 
@@ -423,7 +420,7 @@ class _Page(Sequence[Any]):
 
     __slots__ = ("_facts", "_knn", "_opener", "_results")
 
-    def __init__(self, results: list[Any], opener: _Opener, facts: _Facts, knn: Any) -> None:
+    def __init__(self, results: list[Any], opener: Opener, facts: Facts, knn: Any) -> None:
         self._results, self._opener, self._facts, self._knn = results, opener, facts, knn
 
     def __len__(self) -> int:
@@ -437,33 +434,6 @@ class _Page(Sequence[Any]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self._results)))]
         return self._opener.item(self._results[index], self._facts, self._knn)
-
-
-# What redis-om's read conversions never touch; datetime, date and bytes are what they convert.
-_AS_STORED = (str, int, float, bool, type(None), enum.Enum)
-_CONTAINERS = (Annotated, Union, types.UnionType, list, dict, set, frozenset, tuple)
-
-
-def _unconverted(annotation: Any, seen: set[type]) -> bool:
-    """Whether redis-om's read conversions leave a value of this annotation as it is. Told by
-    what is known to pass (scalars other than datetime, date and bytes, enums, literals, and
-    containers and models of those), so that anything else keeps redis-om's own path."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal or annotation is Any:
-        return True
-    if origin is not None:
-        args = typing.get_args(annotation)
-        if origin is Annotated:
-            args = args[:1]  # the type; the rest is metadata
-        return origin in _CONTAINERS and all(a is ... or _unconverted(a, seen) for a in args)
-    if not isinstance(annotation, type) or issubclass(annotation, (datetime.date, bytes)):
-        return False
-    if issubclass(annotation, BaseModel):
-        if annotation not in seen:
-            seen.add(annotation)
-            return all(_unconverted(f.annotation, seen) for f in annotation.model_fields.values())
-        return True
-    return issubclass(annotation, _AS_STORED)
 
 
 def check_stored_key(model: Any, key: str, pk: Any) -> str:
@@ -505,7 +475,7 @@ def _bound(record_key: str, field: str) -> bytes:
     return binding_part(record_key) + _field_binding(field)
 
 
-class _Sealer:
+class Sealer:
     """Seals the values of one record, bound to it; the record's half of the binding and the
     key ring are looked up once per record, not per value."""
 

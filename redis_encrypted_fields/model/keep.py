@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from aredis_om.model.encoders import jsonable_encoder
+from aredis_om.model.model import convert_datetime_to_timestamp
 from pydantic import BaseModel
 
 from ..crypto.envelope import looks_like_envelope
@@ -288,9 +290,6 @@ def _shown(text: str, leaf: Leaf) -> str:
 
 def _plain_fields(item: BaseModel, plan: Plan) -> dict[str, Any]:
     """The non-secret fields of an embedded model, as redis-om stores them in JSON."""
-    from aredis_om.model.encoders import jsonable_encoder
-    from aredis_om.model.model import convert_datetime_to_timestamp
-
     fields = type(item).model_fields
     names = {name for name, field in fields.items() if name not in plan and not field.exclude}
     data = item.model_dump(include=names)

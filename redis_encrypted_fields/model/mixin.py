@@ -10,55 +10,44 @@ Listed first in a model's bases, the mixin hooks the points where redis-om moves
 - ``save()``: masks are replaced by the stored secrets before anything is written, in one
   transaction with the write (read again when the record changed meanwhile); a ``None``
   encrypted field of a ``HashModel`` overwrites the stored secret instead of leaving it behind;
-  a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``);
-- ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``search``).
+  a field with a ``BlindIndex`` gets its companion written beside it (``blind_index``); the
+  transaction is in ``saving``;
+- ``find()`` and ``redisearch_schema()``: search on blind-indexed fields (``query``).
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
-import types
 import typing
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import aredis_om
 import redis_om
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidatorFunctionWrapHandler
-from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import WatchError
 from redis_om.search_reply import search_documents
 
 from ..crypto.legacy import is_legacy_envelope
-from ..errors import ConcurrentChangeError
-from ..steps import Steps, run_async, run_sync
-from .blind_index import BlindIndex, SearchSpec, with_companions, write_companions
+from .blind_index import SearchSpec, with_companions, write_companions
 from .codec import (
     ENV_REJECT_PLAINTEXT,
-    _field_binding,
-    _Opener,
-    _Page,
-    _Sealer,
-    _unconverted,
+    Opener,
+    Page,
+    Sealer,
     check_input,
-    open_stored,
     reply_results,
     set_plaintext_reads,
 )
+from .field_map import Facts, facts_cache, facts_for, search_spec
 from .fields import (
     DEFER,
     EncryptedStr,
     KeepExisting,
-    Mask,
     model_scope,
 )
-from .keep import has_masks, resolve_masks
 from .plan import (
     FieldPath,
     Leaf,
@@ -71,6 +60,8 @@ from .plan import (
     forget,
     plan_for,
 )
+from .query import find_query
+from .saving import save_async, save_sync, saving
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -82,18 +73,11 @@ __all__ = [
 
 log = logging.getLogger("redis_encrypted_fields")
 
-# How many times a save that keeps stored secrets (masks) reads and writes its record when another
-# writer keeps changing it in between; then ConcurrentChangeError.
-_KEEP_ATTEMPTS = 5
-
 # --- the mixin --------------------------------------------------------------------------------
 
-# The instance whose save() is running: its model_dump() then writes what a save must write.
-_saving: contextvars.ContextVar[object] = contextvars.ContextVar("ref_saving", default=None)
-
-# While a model is being built from data read from Redis (get, find): the read's _Opener (or
+# While a model is being built from data read from Redis (get, find): the read's Opener (or
 # True).
-_reading: contextvars.ContextVar[_Opener | bool] = contextvars.ContextVar(
+_reading: contextvars.ContextVar[Opener | bool] = contextvars.ContextVar(
     "ref_reading", default=False
 )
 
@@ -147,114 +131,6 @@ def _without_input(exc: ValidationError) -> ValidationError:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """What the hooks ask of a model class on every call, worked out once per class."""
-
-    plan: Plan
-    flat: bool  # every encrypted field is a top-level EncryptedStr (no nesting, no lists)
-    embedded: bool
-    opens: bool  # validation opens values: the class has encrypted fields and is not embedded
-    is_hash: bool
-    # The top-level encrypted fields, each with its plan node and its half of every binding.
-    opening: tuple[tuple[str, Node, bytes], ...]
-    pk_name: str | None
-    nullable: frozenset[str]  # encrypted fields that accept None
-    # Encrypted fields that model_dump() may seal straight from the instance (see there), or
-    # None when the class has anything that could change how they dump.
-    direct: frozenset[str] | None
-    # The fields in dump order, each with its Leaf if model_dump() seals it from the instance.
-    layout: tuple[tuple[str, Leaf | None], ...]
-    search: SearchSpec  # blind indexes
-    # redis-om's read conversions (timestamps to datetime, base64 to bytes) leave every record
-    # of the class as it is: no field of those types at any depth (see _unconverted).
-    unconverted: bool
-    # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
-    # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
-    keys: tuple[Any, Any, Any, Any, str] | None
-
-
-_facts: dict[type, _Facts] = {}
-
-
-def _key_parts(cls: Any, meta: Any) -> tuple[Any, Any, Any, Any, str] | None:
-    """The parts of ``_ref_key``'s fast path, or ``None`` where it does not apply."""
-    if meta is None or getattr(meta, "embedded", False):
-        return None
-    base: Any = (
-        aredis_om.RedisModel if issubclass(cls, aredis_om.RedisModel) else redis_om.RedisModel
-    )
-    default = all(
-        getattr(cls, name).__func__ is getattr(base, name).__func__
-        for name in ("make_key", "make_primary_key")
-    )
-    parts = (
-        getattr(meta, "global_key_prefix", None),
-        getattr(meta, "model_key_prefix", None),
-        getattr(meta, "primary_key_pattern", None),
-    )
-    if not default or parts[2] != "{pk}" or not all(isinstance(p, str) for p in parts):
-        return None
-    prefix = str(cls.make_key(""))
-    return (meta, *parts, prefix)
-
-
-def _facts_for(cls: Any) -> _Facts:
-    facts = _facts.get(cls)
-    if facts is None:
-        # Worked out on first use, not at class creation: redis-om fills ``_meta`` after pydantic
-        # has completed the class.
-        plan = plan_for(cls)
-        meta = getattr(cls, "_meta", None)
-        embedded = bool(getattr(meta, "embedded", False))
-        fields = cls.model_fields
-        direct = frozenset(plan) if _dumps_plainly(cls, plan) else None
-        facts = _Facts(
-            plan=plan,
-            flat=all(isinstance(node, Leaf) for node in plan.values()),
-            embedded=embedded,
-            opens=bool(plan) and not embedded,
-            is_hash=issubclass(cls, (aredis_om.HashModel, redis_om.HashModel)),
-            opening=tuple((n, node, _field_binding(n)) for n, node in plan.items()),
-            pk_name=None if embedded or meta is None else str(meta.primary_key.name),
-            nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
-            direct=direct,
-            layout=tuple((n, typing.cast(Leaf | None, plan.get(n))) for n in fields),
-            keys=_key_parts(cls, meta),
-            search=_search_spec(plan),
-            unconverted=all(
-                _unconverted(f.annotation, set()) and getattr(f, "vector_options", None) is None
-                for f in fields.values()
-            ),
-        )
-        _facts[cls] = facts
-    return facts
-
-
-def _search_spec(plan: Plan) -> SearchSpec:
-    blind = {n: x.blind for n, x in plan.items() if isinstance(x, Leaf) and x.blind is not None}
-    return SearchSpec.of(blind, plan)
-
-
-def _dumps_plainly(cls: Any, plan: Plan) -> bool:
-    """Whether every encrypted field dumps as itself: top level, under its own name, with no
-    serializer or option of the user's in the way."""
-    if not plan or cls.model_config.get("serialize_by_alias"):
-        return False
-    if (
-        cls.__pydantic_decorators__.model_serializers
-        or cls.__pydantic_decorators__.field_serializers
-    ):
-        return False
-    for name, node in plan.items():
-        field = cls.model_fields[name]
-        if not isinstance(node, Leaf) or field.exclude or field.serialization_alias or field.alias:
-            return False
-        if any(not isinstance(m, (Mask, BlindIndex)) for m in field.metadata):
-            return False
-    return True
-
-
 def _needs_opening(data: dict[str, Any], plan: Plan) -> bool:
     """Whether validating ``data`` has anything to open: a ``str`` (not yet an ``EncryptedStr``)
     at an encrypted field, or a container that may hold one. Not so when redis-om re-validates
@@ -290,7 +166,7 @@ class EncryptedModel:
         # resolves a forward reference.
         model = typing.cast(type[BaseModel], cls)
         forget(model)
-        _facts.pop(model, None)
+        facts_cache.pop(model, None)
         check_not_indexed(model, plan_for(model), declared=cls.__ref_index_flags__)
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
         typing.cast(Any, super()).__pydantic_on_complete__()
@@ -300,7 +176,7 @@ class EncryptedModel:
     @model_validator(mode="wrap")
     @classmethod
     def _ref_open(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        facts = _facts.get(cls) or _facts_for(cls)
+        facts = facts_cache.get(cls) or facts_for(cls)
         scoped = True
         if isinstance(data, dict):
             companions = facts.search.companions
@@ -329,12 +205,12 @@ class EncryptedModel:
                 model_scope.reset(token)
 
     @classmethod
-    def _ref_opener(cls) -> _Opener:
+    def _ref_opener(cls) -> Opener:
         """The opener of the read in progress, or one for a record validated outside reads."""
         read = _reading.get()
-        if type(read) is _Opener and read.model is cls:
+        if type(read) is Opener and read.model is cls:
             return read
-        return _Opener(cls, bool(read))
+        return Opener(cls, bool(read))
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A plain str assigned to an encrypted field becomes an EncryptedStr at once, so that
@@ -361,7 +237,7 @@ class EncryptedModel:
         parent: Any = super()
         if cls.__ref_async__:
             return cls._ref_get_async(parent, pk)
-        token = _reading.set(_Opener(cls, True))
+        token = _reading.set(Opener(cls, True))
         try:
             return parent.get(pk)
         finally:
@@ -369,7 +245,7 @@ class EncryptedModel:
 
     @classmethod
     async def _ref_get_async(cls, parent: Any, pk: Any) -> Any:
-        token = _reading.set(_Opener(cls, True))
+        token = _reading.set(Opener(cls, True))
         try:
             return await parent.get(pk)
         finally:
@@ -378,15 +254,15 @@ class EncryptedModel:
     @classmethod
     def from_redis(cls, res: Any, knn: Any = None) -> Any:
         """redis-om's ``from_redis`` (a page of ``find()`` results), marked as a read from Redis,
-        with one opener for the page (see ``_Page``)."""
-        opener = _Opener(cls, True)
+        with one opener for the page (see ``Page``)."""
+        opener = Opener(cls, True)
         token = _reading.set(opener)
         try:
-            facts = _facts.get(cls) or _facts_for(cls)
+            facts = facts_cache.get(cls) or facts_for(cls)
             results = reply_results(res) if facts.opens else None
             if results is not None:
                 # Every record is opened here, bound to the key the reply names for it.
-                res = {"results": _Page(results, opener, facts, knn)}
+                res = {"results": Page(results, opener, facts, knn)}
                 if facts.unconverted and knn is None:
                     # redis-om's from_redis without its two conversion passes, which return a
                     # record of this class as it is and cost more than building it.
@@ -401,14 +277,14 @@ class EncryptedModel:
         """In python mode (what redis-om stores), envelopes bound to this record and field."""
         parent: Any = super()
         cls = type(self)
-        facts = _facts.get(cls) or _facts_for(cls)
+        facts = facts_cache.get(cls) or facts_for(cls)
         if mode != "python" or facts.embedded or not facts.plan:
             return parent.model_dump(mode=mode, context=context, **kwargs)
         if facts.direct is not None and context is None and not kwargs:
             data = self._ref_dump_direct(parent, facts)
         else:
             data = self._ref_dump_deferred(parent, mode, context, kwargs)
-        if _saving.get() is self:
+        if saving.get() is self:
             if facts.search.blind:
                 key_prefix, clear = cls._ref_key(""), "" if facts.is_hash else None
                 write_companions(data, self.__dict__, facts.search.blind, key_prefix, cls, clear)
@@ -420,13 +296,13 @@ class EncryptedModel:
                         data[name] = ""
         return data
 
-    def _ref_dump_direct(self, parent: Any, facts: _Facts) -> dict[str, Any]:
+    def _ref_dump_direct(self, parent: Any, facts: Facts) -> dict[str, Any]:
         # redis-om's own call (save() dumps with no options): the encrypted fields are left out
         # of pydantic's dump and sealed from the instance, which spares a serializer call per
         # field; the fields keep their order.
         cls = type(self)
         rest = parent.model_dump(exclude=facts.direct)
-        sealer = _Sealer(cls.__name__, cls._ref_key(getattr(self, facts.pk_name)))  # type: ignore[arg-type]
+        sealer = Sealer(cls.__name__, cls._ref_key(getattr(self, facts.pk_name)))  # type: ignore[arg-type]
         values = self.__dict__
         data: dict[str, Any] = {}
         for name, leaf in facts.layout:
@@ -447,7 +323,7 @@ class EncryptedModel:
         defer: dict[str, Any] = {DEFER: True}
         merged = {**context, **defer} if isinstance(context, Mapping) else defer
         data: dict[str, Any] = parent.model_dump(mode=mode, context=merged, **kwargs)
-        _Sealer(cls.__name__, cls._ref_key(self._ref_pk())).tree(data, ())
+        Sealer(cls.__name__, cls._ref_key(self._ref_pk())).tree(data, ())
         return data
 
     def save(self, *args: Any, **kwargs: Any) -> Any:
@@ -455,170 +331,11 @@ class EncryptedModel:
 
         With masks and no ``pipeline``, the record is read, the masks resolved and redis-om's
         writes sent in one transaction on the record key (``WATCH``/``MULTI``/``EXEC``), so that
-        a secret changed meanwhile is never written over (see ``_ref_keep_sync``)."""
+        a secret changed meanwhile is never written over (see ``saving``)."""
         parent: Any = super()
         if type(self).__ref_async__:
-            return self._ref_save_async(parent, *args, **kwargs)
-        masked = self._ref_masked()
-        if masked:
-            options = _transactable(args, kwargs)
-            if options is not None:
-                return self._ref_keep_sync(parent, masked, options)
-            run_sync(self._ref_resolve_masks(masked), self._ref_db())
-        token = _saving.set(self)
-        try:
-            return parent.save(*args, **kwargs)
-        finally:
-            _saving.reset(token)
-
-    async def _ref_save_async(self, parent: Any, *args: Any, **kwargs: Any) -> Any:
-        masked = self._ref_masked()
-        if masked:
-            options = _transactable(args, kwargs)
-            if options is not None:
-                return await self._ref_keep_async(parent, masked, options)
-            await run_async(self._ref_resolve_masks(masked), self._ref_db())
-        token = _saving.set(self)
-        try:
-            return await parent.save(*args, **kwargs)
-        finally:
-            _saving.reset(token)
-
-    def _ref_keep_sync(self, parent: Any, masked: list[str], options: dict[str, Any]) -> Any:
-        """A save that keeps stored secrets, as one transaction, retried while another writer
-        changes the record between the read and the write."""
-        undo = self._ref_undo(masked)
-        with self._ref_db().pipeline(transaction=True) as pipe:
-            for _ in range(_KEEP_ATTEMPTS):
-                token = _saving.set(self)
-                try:
-                    return run_sync(self._ref_keep_and_save(parent, masked, options), pipe)
-                except WatchError:
-                    # The masks stand for what is stored now: put them back and read again.
-                    undo()
-                finally:
-                    _saving.reset(token)
-        raise self._ref_conflict()
-
-    async def _ref_keep_async(self, parent: Any, masked: list[str], options: dict[str, Any]) -> Any:
-        """``_ref_keep_sync`` with an asyncio client."""
-        undo = self._ref_undo(masked)
-        db = self._ref_db()
-        if isinstance(db, AsyncRedisCluster):
-            pipe = _AsyncClusterTransaction(db, True)  # type: ignore[call-arg]
-        else:
-            pipe = db.pipeline(transaction=True)
-        async with pipe:
-            for _ in range(_KEEP_ATTEMPTS):
-                token = _saving.set(self)
-                try:
-                    return await run_async(self._ref_keep_and_save(parent, masked, options), pipe)
-                except WatchError:
-                    undo()
-                finally:
-                    _saving.reset(token)
-        raise self._ref_conflict()
-
-    def _ref_keep_and_save(
-        self, parent: Any, masked: list[str], options: dict[str, Any]
-    ) -> Steps[Any]:
-        """One attempt, driven with a transaction pipeline: the record key watched, the stored
-        values read, the masks resolved, redis-om's writes queued in ``MULTI`` and sent with
-        ``EXEC``, which raises ``WatchError`` if the record changed since the ``WATCH``."""
-        cls = type(self)
-        facts = _facts.get(cls) or _facts_for(cls)
-        record_key = cls._ref_key(self._ref_pk())
-        yield lambda p: p.watch(record_key)
-        stored = yield from self._ref_read_stored(masked, record_key)
-        self._ref_resolve(stored, record_key)
-        rest = dict(options)
-        nx, xx = rest.pop("nx", False), rest.pop("xx", False)
-        if nx or xx:
-            # Decided here, under the WATCH (redis-om's HashModel refuses nx/xx in a pipeline,
-            # and in one its JsonModel would report a save that did not happen).
-            exists = yield lambda p: p.exists(record_key)
-            if (nx and exists) or (xx and not exists):
-                return None
-        expiring: list[tuple[str, int]] = []
-        if facts.is_hash:
-            expiring = yield from self._ref_field_expiry(record_key)
-        yield lambda p: p.multi()
-        saved = yield lambda p: parent.save(pipeline=p, **rest)
-        if expiring:
-            yield lambda p: _queue_expiry(p, record_key, expiring)
-        yield lambda p: p.execute()
-        return saved
-
-    def _ref_field_expiry(self, record_key: str) -> Steps[list[tuple[str, int]]]:
-        """The record's hash fields that expire, with when (ms), read under the WATCH: HSET drops
-        a field's TTL, and redis-om keeps them only when it sends the write itself."""
-        cls: Any = type(self)
-        db = self._ref_db()
-        check = (
-            aredis_om.model.model.supports_hash_field_expiration
-            if cls.__ref_async__
-            else redis_om.model.model.supports_hash_field_expiration
-        )
-        supported = yield lambda p: check(db)
-        if not supported:
-            return []
-        facts = _facts.get(cls) or _facts_for(cls)
-        fields = [n for n in cls.model_fields if n != facts.pk_name]
-        fields += sorted(facts.search.companions)
-        at = yield lambda p: p.execute_command(
-            "HPEXPIRETIME", record_key, "FIELDS", len(fields), *fields
-        )
-        return [(f, int(t)) for f, t in zip(fields, at or (), strict=False) if int(t) > 0]
-
-    def _ref_masked(self) -> list[str]:
-        """The encrypted fields that hold a mask somewhere; no I/O."""
-        if not self._ref_may_hold_masks():
-            return []
-        values = self.__dict__
-        plan = plan_for(typing.cast(Any, type(self)))
-        return [name for name, node in plan.items() if has_masks(values.get(name), node)]
-
-    def _ref_undo(self, masked: list[str]) -> Callable[[], None]:
-        """A function that puts back every value at the encrypted paths of ``masked`` as it is
-        now (resolving a mask replaces it where it stands)."""
-        plan = plan_for(typing.cast(Any, type(self)))
-        leaves: list[tuple[Any, Any, Any]] = []
-        for name in masked:
-            _leaves(self, name, self.__dict__.get(name), plan[name], leaves)
-
-        def undo() -> None:
-            for holder, key, value in leaves:
-                if isinstance(holder, list):
-                    holder[key] = value
-                else:
-                    holder.__dict__[key] = value
-
-        return undo
-
-    def _ref_conflict(self) -> ConcurrentChangeError:
-        cls = type(self)
-        record_key = cls._ref_key(self._ref_pk())
-        return ConcurrentChangeError(
-            f"{cls.__name__} {record_key}: the record changed between the read and the write "
-            f"of a save that keeps its stored secrets (masks), {_KEEP_ATTEMPTS} times in a row; "
-            "nothing was saved. Save again, or send the real values",
-            model=cls.__name__,
-            record=record_key,
-        )
-
-    def _ref_may_hold_masks(self) -> bool:
-        # The common case, told at once: top-level fields that hold secrets (EncryptedStr, which
-        # a mask never is: validation makes masks KeepExisting) or None.
-        cls = type(self)
-        facts = _facts.get(cls) or _facts_for(cls)
-        if not facts.flat:
-            return True
-        values = self.__dict__
-        for name in facts.plan:
-            value = values.get(name)
-            if value is not None and type(value) is not EncryptedStr:
-                return True
-        return False
+            return save_async(self, parent, args, kwargs)
+        return save_sync(self, parent, args, kwargs)
 
     def check(self) -> None:
         """redis-om's ``check()``, which ``save()`` runs: the instance's values validated again, in
@@ -627,43 +344,14 @@ class EncryptedModel:
         cls: Any = type(self)
         cls.__pydantic_validator__.validate_python(self.__dict__, self_instance=cls.__new__(cls))
 
-    def _ref_resolve_masks(self, masked: list[str]) -> Steps[None]:
-        """The masks resolved against the record as stored now (a save into the caller's
-        pipeline, which the caller sends when it chooses)."""
-        record_key = type(self)._ref_key(self._ref_pk())
-        stored = yield from self._ref_read_stored(masked, record_key)
-        self._ref_resolve(stored, record_key)
-
-    def _ref_read_stored(self, masked: list[str], record_key: str) -> Steps[Any]:
-        """The stored record as ``resolve_masks`` takes it: the masked fields of a hash, the
-        whole document of a JSON model."""
-        if (_facts.get(type(self)) or _facts_for(type(self))).is_hash:
-            found = yield lambda r: r.hmget(record_key, masked)
-            return dict(zip(masked, found, strict=True))
-        doc = yield lambda r: r.json().get(record_key)
-        # A watched cluster pipeline returns JSON.GET's reply as text.
-        return json.loads(doc) if isinstance(doc, (str, bytes)) else doc
-
-    def _ref_resolve(self, stored: Any, record_key: str) -> None:
-        cls = type(self)
-        plan = plan_for(typing.cast(Any, cls))
-        name = cls.__name__
-
-        def opener(raw: str, path: FieldPath) -> str:
-            return open_stored(raw, name, path, record_key)
-
-        resolve_masks(typing.cast(BaseModel, self), plan, stored, name, record_key, opener)
-
     # -- search --------------------------------------------------------------------------------
 
     @classmethod
     def find(cls, *expressions: Any, knn: Any = None) -> Any:
         """redis-om's ``find``; blind-indexed fields searchable, results exact, ``values()`` and
-        ``only()`` in plaintext (see ``search``)."""
-        if not _facts_for(cls).plan:
+        ``only()`` in plaintext (see ``query``)."""
+        if not facts_for(cls).plan:
             return typing.cast(Any, super()).find(*expressions, knn=knn)
-        from .query import find_query
-
         return find_query(cls, expressions, knn, cls.__ref_async__)
 
     @classmethod
@@ -673,15 +361,15 @@ class EncryptedModel:
         if not cls.__dict__.get("__pydantic_complete__"):
             return schema  # JsonModel's check while the class is being built
         is_json = issubclass(cls, (aredis_om.JsonModel, redis_om.JsonModel))
-        return with_companions(schema, _facts_for(cls).search.blind, is_json)
+        return with_companions(schema, facts_for(cls).search.blind, is_json)
 
     @classmethod
     def _ref_search_spec(cls) -> SearchSpec:
-        facts = _facts.get(cls)
+        facts = facts_cache.get(cls)
         if facts is not None:
             return facts.search
         # From the plan alone: ops also runs on models redis-om has not completed (no pk).
-        return _search_spec(plan_for(typing.cast(Any, cls)))
+        return search_spec(plan_for(typing.cast(Any, cls)))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -691,7 +379,7 @@ class EncryptedModel:
         return None if pk in (None, "") else type(self)._ref_key(pk)
 
     def _ref_pk(self) -> Any:
-        name: Any = _facts_for(type(self)).pk_name
+        name: Any = facts_for(type(self)).pk_name
         return getattr(self, name)
 
     @classmethod
@@ -706,7 +394,7 @@ class EncryptedModel:
     def _ref_key_prefix(cls) -> str | None:
         """What every record key of this class starts with, when redis-om makes its keys its own
         way (``prefix + pk``); ``None`` otherwise."""
-        keys = (_facts.get(cls) or _facts_for(cls)).keys
+        keys = (facts_cache.get(cls) or facts_for(cls)).keys
         if keys is None:
             return None
         # Worked out once: valid while _meta still holds the same prefix and pattern objects it
@@ -723,62 +411,3 @@ class EncryptedModel:
 
     def _ref_db(self) -> Any:
         return typing.cast(Any, self).db()
-
-
-# The installed stubs describe an older redis-py: generic, no transaction argument, another
-# __await__.
-class _AsyncClusterTransaction(AsyncClusterPipeline):  # type: ignore[type-arg]
-    """A transaction of an asyncio cluster client that redis-om's save() can queue into.
-
-    redis-om awaits each command it queues; other pipelines then give themselves back, but
-    redis-py's asyncio ``ClusterPipeline`` starts afresh, its queue emptied, and the transaction
-    would send nothing."""
-
-    def __await__(self) -> Generator[Any, None, Any]:  # type: ignore[override]
-        return self._queued().__await__()
-
-    async def _queued(self) -> Any:
-        return self
-
-
-# redis-om's save() parameters, in order (HashModel's; JsonModel has the first three).
-_SAVE_PARAMETERS = ("pipeline", "nx", "xx", "field_expirations")
-
-
-def _transactable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """save()'s arguments by name, when a save that keeps stored secrets can be its own
-    transaction; ``None`` for a save into the caller's pipeline (the caller sends the write when
-    it chooses, so no transaction of ours can cover it) or arguments redis-om refuses (it then
-    raises them as before)."""
-    if len(args) > len(_SAVE_PARAMETERS) or any(n in kwargs for n in _SAVE_PARAMETERS[: len(args)]):
-        return None
-    options = {**dict(zip(_SAVE_PARAMETERS, args, strict=False)), **kwargs}
-    if options.get("pipeline") is not None or (options.get("nx") and options.get("xx")):
-        return None
-    options.pop("pipeline", None)
-    return options
-
-
-def _leaves(holder: Any, key: Any, value: Any, node: Node, out: list[tuple[Any, Any, Any]]) -> None:
-    """Every value at the encrypted paths ``node`` describes, with where it is held."""
-    if isinstance(node, Leaf):
-        out.append((holder, key, value))
-    elif isinstance(node, Many):
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                _leaves(value, i, item, node.item, out)
-    elif isinstance(value, BaseModel):
-        for name, sub in plan_for(type(value)).items():
-            _leaves(value, name, value.__dict__.get(name), sub, out)
-
-
-def _queue_expiry(pipe: Any, record_key: str, expiring: list[tuple[str, int]]) -> None:
-    """Queue the expiry times read before the write, after it (HSET dropped them)."""
-    for field, at in expiring:
-        pipe.execute_command("HPEXPIREAT", record_key, at, "FIELDS", 1, field)
-
-
-def _allows_none(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (Union, types.UnionType) and type(None) in (
-        typing.get_args(annotation)
-    )

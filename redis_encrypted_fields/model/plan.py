@@ -1,9 +1,9 @@
 """Where a model's encrypted values are: a plan per model class, worked out from its annotations.
 
 A plan maps each field holding secrets to a node: ``Leaf`` (an ``EncryptedStr``, with its mask
-and blind index),
-``Many`` (a list of nodes) or ``Nested`` (a model with encrypted fields of its own). The
-integration (``models``), keep-existing (``keep``) and the maintenance tools (``ops``) all walk it.
+and blind index), ``Many`` (a list of nodes) or ``Nested`` (a model with encrypted fields of its
+own). The integration (``mixin``), keep-existing (``keep``) and the maintenance tools (``ops``) all
+walk it, and name a value's path the one way written here (``dotted``, ``pattern``).
 """
 
 from __future__ import annotations
@@ -221,6 +221,21 @@ def _mentions_blind(annotations: Sequence[Any]) -> bool:
 
 
 def dotted(path: FieldPath) -> str:
+    """A value's field path as text, list items by index: ``replicas.1.password`` (what errors,
+    audit events and reports name, and what a value's binding holds)."""
     if len(path) == 1 and type(path[0]) is str:
         return path[0]  # a top-level field, the common case
     return ".".join(str(p) for p in path)
+
+
+def pattern(path: FieldPath | str) -> str:
+    """``replicas.1.password`` → ``replicas[].password``: the name values are counted under
+    (``path`` as a tuple, or dotted)."""
+    parts: Sequence[str | int] = path.split(".") if isinstance(path, str) else path
+    out = ""
+    for part in parts:
+        if isinstance(part, int) or part.isdigit():
+            out += "[]"
+        else:
+            out += f".{part}" if out else part
+    return out

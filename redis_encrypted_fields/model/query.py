@@ -45,11 +45,11 @@ from redis_om.search_reply import (
 from ..compat import decrypt_stored
 from ..crypto.envelope import PREFIX, binding
 from ..crypto.legacy import parse_legacy
-from ..errors import UnsupportedQueryError
 from ..keys import KeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
 from .codec import check_stored_key, check_unbound, opened
+from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]

@@ -38,7 +38,7 @@ from ..model.codec import ENV_REJECT_PLAINTEXT
 from ..model.fields import is_star_mask
 from ..model.plan import FieldPath, dotted
 from ..steps import Request, Steps
-from .layout import _field_part, _index_name, _json_path, _Layout, _name, _text, _values
+from .layout import Layout, as_text, counted_name, field_part, index_name, json_path, stored_values
 from .report import (
     EMPTY,
     LEGACY,
@@ -55,7 +55,7 @@ from .topology import Script, evaluate
 
 # Reads and compare-and-sets of a record that keeps changing meanwhile, before it is counted as a
 # conflict and left for another run.
-_RETRIES = 3
+RETRIES = 3
 
 
 # --- deciding what to do with one value --------------------------------------------------------
@@ -146,7 +146,7 @@ _tallies: dict[_Tally, _Tally] = {}  # one tuple of each kind, shared
 
 
 @dataclass(slots=True)
-class _Planned:
+class Planned:
     """One batch, decided: the compare-and-set to send, and what to count once it is written."""
 
     keys: Sequence[str]
@@ -162,12 +162,12 @@ class _Planned:
     tally: Counter[_Tally] = field(default_factory=Counter)
 
 
-def _read_request(script: Script, layout: _Layout, keys: Sequence[str]) -> Request:
+def read_request(script: Script, layout: Layout, keys: Sequence[str]) -> Request:
     fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
     return evaluate(script, keys, fields)
 
 
-def _write_request(
+def write_request(
     script: Script, keys: Sequence[str], args: Sequence[Any], starts: Sequence[int] = ()
 ) -> Request:
     return evaluate(script, keys, (), args, starts)
@@ -175,11 +175,11 @@ def _write_request(
 
 def _plan_record(
     op: Operation,
-    layout: _Layout,
+    layout: Layout,
     key: str,
     stored: Any,
     keyring: KeyRing,
-    planned: _Planned,
+    planned: Planned,
     suspect: bool = False,
 ) -> None:
     values: Iterable[tuple[FieldPath, Any]]
@@ -187,10 +187,10 @@ def _plan_record(
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
         # registered its response callbacks on the client.
-        doc = json.loads(_text(stored)) if isinstance(stored, (str, bytes)) else stored
+        doc = json.loads(as_text(stored)) if isinstance(stored, (str, bytes)) else stored
         if doc is None:
             return  # deleted since the scan
-        values = list(_values(doc, layout.plan, ()))
+        values = list(stored_values(doc, layout.plan, ()))
         if layout.blind and isinstance(doc, dict):
             companions = {name: doc.get(companion_name(name)) for name in layout.blind}
     else:
@@ -198,7 +198,7 @@ def _plan_record(
             return  # deleted since the scan
         paths = layout.hash_paths
         if layout.blind:
-            companions = dict(zip(layout.blind, map(_text, stored[len(paths) :]), strict=True))
+            companions = dict(zip(layout.blind, map(as_text, stored[len(paths) :]), strict=True))
             stored = stored[: len(paths)]
         values = zip(paths, stored, strict=True)
     planned.records += 1
@@ -210,15 +210,15 @@ def _plan_record(
     record = binding_part(key) if layout.bound else None
     for path, value in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
-        context = b"" if record is None else record + _field_part(path)
+        context = b"" if record is None else record + field_part(path)
         d = _decide(op, raw, keyring, context, suspect)
         if auditing:
             _audit(d, layout, key, path, raw, keyring)
-        kind = (_name(layout.name, path), d.state, d.outcome)
+        kind = (counted_name(layout.name, path), d.state, d.outcome)
         tally.append(_tallies.setdefault(kind, kind))
         if d.new is not None:
             if layout.is_json:
-                args += [_json_path(path), raw, json.dumps(d.new)]
+                args += [json_path(path), raw, json.dumps(d.new)]
             else:
                 args += [path[0], raw, d.new]
         elif d.outcome in _LEFT:
@@ -233,11 +233,11 @@ def _plan_record(
             if kind[2] == "indexed":
                 if d.new is None:  # the value is compared too: the companion goes beside it
                     if layout.is_json:
-                        args += [_json_path(path), raw or "", json.dumps(raw)]
+                        args += [json_path(path), raw or "", json.dumps(raw)]
                     else:
                         args += [name, raw or "", raw or ""]
                 if layout.is_json:
-                    args += [_json_path((companion_name(name),)), old or "", json.dumps(detail)]
+                    args += [json_path((companion_name(name),)), old or "", json.dumps(detail)]
                 else:
                     args += [companion_name(name), old or "", detail]
             elif kind[2] == "failed" and d.outcome not in _LEFT:
@@ -255,7 +255,7 @@ def _plan_record(
 
 def _reindex(
     op: Operation,
-    layout: _Layout,
+    layout: Layout,
     name: str,
     raw: Any,
     d: _Decision,
@@ -267,7 +267,7 @@ def _reindex(
     writes ("indexed": ``migrate`` when it is missing or outdated, ``rotate`` also when it is
     under an old key), or why it cannot be made ("failed"). The value has just been decrypted
     (and audited) by ``_decide``; it is opened again here for its plaintext."""
-    counted = _index_name(layout.name, name)
+    counted = index_name(layout.name, name)
     if d.outcome in _LEFT:  # no companion for a value left as it is
         return (counted, d.state, "failed"), d.reason
     index = layout.blind[name]
@@ -299,7 +299,7 @@ _AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"
 
 
 def _audit(
-    d: _Decision, layout: _Layout, key: str, path: FieldPath, raw: Any, ring: KeyRing
+    d: _Decision, layout: Layout, key: str, path: FieldPath, raw: Any, ring: KeyRing
 ) -> None:
     # Events describe what the tool decided; a write that then loses a compare-and-set race is
     # decided again, and audited again, on the retry.
@@ -315,15 +315,15 @@ def _audit(
         track("decrypt", envelope=raw, **common)
 
 
-def _plan_batch(
+def plan_batch(
     op: Operation,
-    layout: _Layout,
+    layout: Layout,
     keys: Sequence[str],
     stored: Sequence[Any],
     keyring: KeyRing,
     suspect: bool = False,
-) -> _Planned:
-    planned = _Planned(keys, Report(op))
+) -> Planned:
+    planned = Planned(keys, Report(op))
     for key, value in zip(keys, stored, strict=True):
         _plan_record(op, layout, key, value, keyring, planned, suspect)
     return planned
@@ -332,7 +332,7 @@ def _plan_batch(
 _OUTCOMES = ("encrypted", "upgraded", "rewrapped", "indexed", "unchanged")
 
 
-def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
+def settle(planned: Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
     """Count what was written; return the batch's report and the keys that lost a race.
 
     A record that lost a race is not counted: it is decided again on the retry.
@@ -358,7 +358,7 @@ def _settle(planned: _Planned, results: Sequence[Any], dry_run: bool) -> tuple[R
     return report, [k for k in planned.keys if k in conflicted]
 
 
-def _writes(op: Operation, planned: _Planned, script: Script | None, dry_run: bool) -> bool:
+def writes(op: Operation, planned: Planned, script: Script | None, dry_run: bool) -> bool:
     return (
         bool(planned.send_keys)
         and script is not None
@@ -367,19 +367,19 @@ def _writes(op: Operation, planned: _Planned, script: Script | None, dry_run: bo
     )
 
 
-def _send(script: Script, planned: _Planned) -> Steps[Any]:
-    request = _write_request(script, planned.send_keys, planned.send_args, planned.send_starts)
+def send(script: Script, planned: Planned) -> Steps[Any]:
+    request = write_request(script, planned.send_keys, planned.send_args, planned.send_starts)
     return (yield request)
 
 
-def _batch(
+def run_batch(
     op: Operation,
-    layout: _Layout,
+    layout: Layout,
     keys: Sequence[str],
     scripts: tuple[Script, Script | None],
     keyring: KeyRing,
     dry_run: bool,
-    attempts: int = _RETRIES,
+    attempts: int = RETRIES,
     suspect: bool = False,
 ) -> Steps[Report]:
     """One batch, read then written, with retries of the records that changed meanwhile."""
@@ -389,12 +389,12 @@ def _batch(
     for _ in range(attempts):
         if not pending:
             return report
-        stored = yield _read_request(read, layout, pending)
-        planned = _plan_batch(op, layout, pending, stored, keyring, suspect)
+        stored = yield read_request(read, layout, pending)
+        planned = plan_batch(op, layout, pending, stored, keyring, suspect)
         results: Any = []
-        if _writes(op, planned, write, dry_run):
-            results = yield from _send(typing.cast(Script, write), planned)
-        done, pending = _settle(planned, results, dry_run)
+        if writes(op, planned, write, dry_run):
+            results = yield from send(typing.cast(Script, write), planned)
+        done, pending = settle(planned, results, dry_run)
         report.merge(done)
     report.conflicts += len(pending)
     return report

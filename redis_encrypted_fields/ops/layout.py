@@ -11,13 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aredis_om
+import redis_om
 from pydantic import BaseModel
 
 from ..crypto.envelope import binding_part
 from ..errors import EncryptionError
 from ..model.blind_index import INDEX_SUFFIX, BlindIndex
 from ..model.mixin import EncryptedModel
-from ..model.plan import FieldPath, Leaf, Many, Nested, Node, plan_for
+from ..model.plan import FieldPath, Leaf, Many, Nested, Node, dotted, pattern, plan_for
 
 # Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
@@ -25,7 +27,7 @@ from ..model.plan import FieldPath, Leaf, Many, Nested, Node, plan_for
 # Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
 # has hash field expiration. JSON triples: path, expected string, new value as JSON text. A
 # missing field (JSON: or null) is expected as "" (a blind index's companion not written yet).
-_HASH_CAS = """
+HASH_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
   local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
@@ -53,7 +55,7 @@ end
 return done
 """
 
-_JSON_CAS = """
+JSON_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
   local key, n, ok = KEYS[k], tonumber(ARGV[a]), 1
@@ -74,13 +76,13 @@ return done
 
 # Reads of a batch of records in one call, for the same reason. KEYS: the records; ARGV (hash):
 # the fields. A missing record reads as nil (false keeps the reply array without holes).
-_HASH_READ = """
+HASH_READ = """
 local out = {}
 for k = 1, #KEYS do out[k] = redis.call('HMGET', KEYS[k], unpack(ARGV)) end
 return out
 """
 
-_JSON_READ = """
+JSON_READ = """
 local out = {}
 for k = 1, #KEYS do out[k] = redis.call('JSON.GET', KEYS[k]) or false end
 return out
@@ -91,7 +93,7 @@ return out
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     model: type[BaseModel]
     name: str
     prefix: str
@@ -101,10 +103,7 @@ class _Layout:
     blind: dict[str, BlindIndex]  # top-level fields with a blind index (bound models only)
 
     @classmethod
-    def of(cls, model: type[BaseModel]) -> _Layout:
-        import aredis_om
-        import redis_om
-
+    def of(cls, model: type[BaseModel]) -> Layout:
         m: Any = model
         if not issubclass(model, (redis_om.RedisModel, aredis_om.RedisModel)):
             raise EncryptionError(f"{model.__name__} is not a redis-om model")
@@ -130,36 +129,30 @@ class _Layout:
 
 
 @functools.lru_cache(maxsize=4096)
-def _field_part(path: FieldPath) -> bytes:
+def field_part(path: FieldPath) -> bytes:
     """The field half of a value's binding (see ``envelope.binding_part``)."""
-    return binding_part(".".join(map(str, path)))
+    return binding_part(dotted(path))
 
 
 @functools.lru_cache(maxsize=4096)
-def _name(model: str, path: FieldPath) -> str:
+def counted_name(model: str, path: FieldPath) -> str:
     """What status counts a value under, e.g. ``Tenant.replicas[].password``."""
-    return f"{model}.{_pattern(path)}"
-
-
-def _pattern(path: FieldPath) -> str:
-    """``replicas.1.password`` → ``replicas[].password``: the name status counts under."""
-    out = ""
-    for part in path:
-        out += "[]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
+    return f"{model}.{pattern(path)}"
 
 
 @functools.lru_cache(maxsize=4096)
-def _index_name(model: str, field: str) -> str:
+def index_name(model: str, field: str) -> str:
     """What status counts a blind index's companions under."""
     return f"{model}.{field}{INDEX_SUFFIX}"
 
 
-def _json_path(path: FieldPath) -> str:
+def json_path(path: FieldPath) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f"[{json.dumps(p)}]" for p in path)
 
 
-def _values(doc: Any, plan: dict[str, Node], path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+def stored_values(
+    doc: Any, plan: dict[str, Node], path: FieldPath
+) -> Iterator[tuple[FieldPath, Any]]:
     if not isinstance(doc, dict):
         return
     for name, node in plan.items():
@@ -174,8 +167,8 @@ def _node_values(value: Any, node: Node, path: FieldPath) -> Iterator[tuple[Fiel
             for i, item in enumerate(value):
                 yield from _node_values(item, node.item, (*path, i))
     elif isinstance(node, Nested):
-        yield from _values(value, plan_for(node.model), path)
+        yield from stored_values(value, plan_for(node.model), path)
 
 
-def _text(value: Any) -> Any:
+def as_text(value: Any) -> Any:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import printable
 from ..model.blind_index import INDEX_MISSING, INDEX_OUTDATED, INDEX_SUFFIX
+from ..model.plan import pattern
 
 __all__ = [
     "EMPTY",
@@ -67,14 +68,6 @@ def key_state(key_id: bytes) -> str:
     if state is None:
         state = _key_states.setdefault(key_id, f"{_KEY}{key_id.hex()}")
     return state
-
-
-def pattern(path: str) -> str:
-    """``replicas.1.password`` → ``replicas[].password``: the name values are counted under."""
-    out = ""
-    for part in path.split("."):
-        out += "[]" if part.isdigit() else (f".{part}" if out else part)
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import aredis_om
 from pydantic import BaseModel
 
 from ..errors import EncryptionError
@@ -31,8 +32,8 @@ from ..keys import KeyRing, get_keyring
 from ..model.codec import plaintext_allowed
 from ..model.plan import encrypted_paths
 from ..steps import Request, Steps, Submit, Wait, run_async, run_sync
-from .batch import _RETRIES, _batch, _plan_batch, _Planned, _read_request, _send, _settle, _writes
-from .layout import _HASH_CAS, _HASH_READ, _JSON_CAS, _JSON_READ, _index_name, _Layout, _text
+from .batch import RETRIES, Planned, plan_batch, read_request, run_batch, send, settle, writes
+from .layout import HASH_CAS, HASH_READ, JSON_CAS, JSON_READ, Layout, as_text, index_name
 from .report import Failure, Group, Operation, Report, Scanned
 from .topology import Script, TopologyError, check, describe, fingerprint, nodes
 
@@ -102,7 +103,7 @@ class _Scanner:
             node = self.nodes[0]
             request = _scan_request(self.cursor, self.match, self.count, self.kind, node)
             cursor, found = yield request
-            self.keys += [_text(k) for k in found]
+            self.keys += [as_text(k) for k in found]
             self.cursor = cursor
             if int(cursor) == 0:
                 # This node is done; on to the next primary of a cluster.
@@ -113,11 +114,11 @@ class _Scanner:
         return batch
 
 
-def _read_next(scanner: _Scanner, layout: _Layout, read: Script) -> Steps[tuple[list[str], Any]]:
+def _read_next(scanner: _Scanner, layout: Layout, read: Script) -> Steps[tuple[list[str], Any]]:
     keys = yield from scanner.next_batch()
     if not keys:
         return keys, []
-    return keys, (yield _read_request(read, layout, keys))
+    return keys, (yield read_request(read, layout, keys))
 
 
 # --- the pass over the keyspace -------------------------------------------------------------------
@@ -144,17 +145,17 @@ def _steps(
         raise EncryptionError("batch_size must be at least 1")
     # Read once, before anything is done (an invalid switch is an error here, not mid-run).
     suspect = not plaintext_allowed() and not accept_plaintext
-    layout = _Layout.of(model)
+    layout = Layout.of(model)
     ring = keyring or get_keyring()
     client = yield _the_client
     yield from check(client)  # the whole keyspace is in sight, or nothing is done
-    read = Script(_JSON_READ if layout.is_json else _HASH_READ)
-    read.sha = _text((yield lambda c: c.script_load(read.text)))
+    read = Script(JSON_READ if layout.is_json else HASH_READ)
+    read.sha = as_text((yield lambda c: c.script_load(read.text)))
     write: Script | None = None
     if op is not Operation.STATUS and not dry_run:
-        write = Script(_JSON_CAS if layout.is_json else _HASH_CAS)
+        write = Script(JSON_CAS if layout.is_json else HASH_CAS)
         text = write.text
-        write.sha = _text((yield lambda c: c.script_load(text)))
+        write.sha = as_text((yield lambda c: c.script_load(text)))
     scripts = (read, write)
     report: Report | None = None
     for attempt in range(_PASSES):
@@ -177,7 +178,7 @@ def _steps(
 
 def _pass(
     op: Operation,
-    layout: _Layout,
+    layout: Layout,
     client: Any,
     scripts: tuple[Script, Script | None],
     ring: KeyRing,
@@ -194,7 +195,7 @@ def _pass(
     for path in encrypted_paths(layout.model):
         report.states.setdefault(f"{layout.name}.{path}", Counter())
     for name in layout.blind:
-        report.states.setdefault(_index_name(layout.name, name), Counter())
+        report.states.setdefault(index_name(layout.name, name), Counter())
     kind = "ReJSON-RL" if layout.is_json else "hash"
     match = _glob_escape(layout.prefix) + "*"
     scanner = _Scanner(match, batch_size, kind, nodes(client))
@@ -202,20 +203,20 @@ def _pass(
     # of batch N-1 and the read of batch N+1 (each on its own connection). Memory holds at most
     # three batches, whatever the size of the data set.
     reading = yield Submit(_read_next(scanner, layout, read))
-    writing: tuple[Any, _Planned] | None = None
+    writing: tuple[Any, Planned] | None = None
     while True:
         keys, stored = yield Wait(reading)
-        planned: _Planned | None = None
+        planned: Planned | None = None
         if keys:
             reading = yield Submit(_read_next(scanner, layout, read))
-            planned = _plan_batch(op, layout, keys, stored, ring, suspect)
+            planned = plan_batch(op, layout, keys, stored, ring, suspect)
         if writing is not None:
             handle, previous = writing
             results = (yield Wait(handle)) if handle is not None else []
-            done, conflicted = _settle(previous, results, dry_run)
+            done, conflicted = settle(previous, results, dry_run)
             if conflicted:
-                retried = _batch(
-                    op, layout, conflicted, scripts, ring, dry_run, _RETRIES - 1, suspect
+                retried = run_batch(
+                    op, layout, conflicted, scripts, ring, dry_run, RETRIES - 1, suspect
                 )
                 done.merge((yield from retried))
             report.merge(done)
@@ -225,8 +226,8 @@ def _pass(
             report.scanned.append(Scanned(layout.name, describe(client), match, report.records))
             return report
         handle = None
-        if _writes(op, planned, write, dry_run):
-            handle = yield Submit(_send(typing.cast(Script, write), planned))
+        if writes(op, planned, write, dry_run):
+            handle = yield Submit(send(typing.cast(Script, write), planned))
         writing = (handle, planned)
 
 
@@ -236,8 +237,6 @@ def _pass(
 def _client(model: type[BaseModel], client: Any, *, sync: bool = True) -> Any:
     if client is not None:
         return client
-    import aredis_om
-
     if sync and issubclass(model, aredis_om.RedisModel):
         raise EncryptionError(
             f"{model.__name__} is an aredis_om (asyncio) model: use the a-prefixed function "

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterCrossSlotError,
@@ -47,9 +49,6 @@ class TopologyError(EncryptionError):
 
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a Redis Cluster client (sync or asyncio)."""
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
     return isinstance(client, (RedisCluster, AsyncRedisCluster))
 
 
@@ -314,8 +313,6 @@ def _in_order(
 
 
 def _is_async(client: Any) -> bool:
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-
     return isinstance(client, AsyncRedisCluster)
 
 
