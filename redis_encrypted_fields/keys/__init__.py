@@ -1,7 +1,8 @@
 """Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
 ``aws``: AWS KMS), key rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
-ring), the KMS-backed key store and its ring (``store``), and the environment factory
-(``env``: ``get_keyring``, ``set_keyring``) above them.
+ring), the KMS-backed key store (``store``: its records and their states) and the cached ring
+over it (``store_ring``), and the environment factory (``env``: ``get_keyring``,
+``set_keyring``) above them.
 
 Imports neither pydantic nor redis-om. The names below are this layer's public surface; the
 package ``redis_encrypted_fields`` says which of them users see.
@@ -27,9 +28,9 @@ from .store import (
     KeyState,
     KeyStore,
     KeyUsage,
-    StoreKeyRing,
     deny_statement,
 )
+from .store_ring import StoreKeyRing
 
 __all__ = [
     "ENV_KMS_KEY_ID",

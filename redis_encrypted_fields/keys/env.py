@@ -1,6 +1,6 @@
 """The environment factory: ``get_keyring()``, the ring in force, and ``set_keyring()``.
 
-Above ``ring`` and ``store``: the environment describes either a static ring
+Above ``ring``, ``store`` and ``store_ring``: the environment describes either a static ring
 (``REDIS_SRE_MASTER_KEY``, ``REDIS_SRE_PREVIOUS_MASTER_KEYS``) or, with ``REDIS_SRE_KMS_KEY_ID``
 set, a key store's ring.
 """
@@ -11,7 +11,8 @@ import os
 import threading
 
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, parse_env
-from .store import ENV_KMS_KEY_ID, ENVIRONMENT, StoreKeyRing
+from .store import ENV_KMS_KEY_ID
+from .store_ring import ENVIRONMENT, StoreKeyRing
 
 __all__ = ["get_keyring", "set_keyring"]
 
