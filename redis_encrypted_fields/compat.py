@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .crypto.stored import Kind, classify, is_sealed, open_value, seal_value
+from .crypto import Kind, classify, is_sealed, open_value, seal_value
 from .keys.ring import get_keyring
 
 __all__ = ["decrypt_secret", "encrypt_secret", "get_secret_value", "is_encrypted"]

@@ -22,8 +22,7 @@ from pydantic import BaseModel
 from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
 from ..audit import audit_enabled
-from ..crypto.envelope import PREFIX, binding_part
-from ..crypto.stored import Kind, classify, open_value, seal_value
+from ..crypto import PREFIX, Kind, binding_part, classify, open_value, seal_value
 from ..errors import (
     ConfigurationError,
     DecryptionError,

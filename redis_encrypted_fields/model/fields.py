@@ -16,7 +16,7 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from ..crypto.stored import Kind, classify, open_value, seal_value
+from ..crypto import Kind, classify, open_value, seal_value
 from ..errors import MaskedSecretError
 from ..keys.ring import get_keyring
 

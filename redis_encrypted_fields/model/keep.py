@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..crypto.stored import Kind, classify
+from ..crypto import Kind, classify
 from ..errors import MaskedSecretError, printable
 from .codec import check_unbound
 from .fields import EncryptedStr, KeepExisting, is_star_mask

@@ -42,8 +42,7 @@ from redis_om.search_reply import (
     to_string,
 )
 
-from ..crypto.envelope import binding
-from ..crypto.stored import Kind, classify, open_value
+from ..crypto import Kind, binding, classify, open_value
 from ..errors import UnsupportedQueryError
 from ..keys.ring import KeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync

@@ -14,8 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audit import audit_enabled
-from ..crypto.envelope import KEY_ID_SLICE, binding_part, decode
-from ..crypto.stored import Kind, classify, open_value, rewrap_value, seal_value, track_open
+from ..crypto import (
+    KEY_ID_SLICE,
+    Kind,
+    binding_part,
+    classify,
+    decode,
+    open_value,
+    rewrap_value,
+    seal_value,
+    track_open,
+)
 from ..errors import DecryptionError, EncryptionError
 from ..keys.ring import KeyRing
 from ..model.blind_index import (
