@@ -94,12 +94,13 @@ def open_value(
     value: str,
     keyring: KeyRing,
     context: bytes = b"",
-    *,
-    blob: bytes | None = None,
+    # Positional too: a read passes these for every value, and keywords cost more per call.
     auditing: bool | None = None,
     model: str | None = None,
     field: str | None = None,
     record: str | None = None,
+    *,
+    blob: bytes | None = None,
     locate: bool = True,
 ) -> str:
     """Decrypt a current envelope (bound to ``context``) or an origin v1 value, audited.
@@ -128,7 +129,7 @@ def seal_value(
     plaintext: str,
     keyring: KeyRing,
     context: bytes = b"",
-    *,
+    # Positional too, as for open_value.
     auditing: bool | None = None,
     model: str | None = None,
     field: str | None = None,

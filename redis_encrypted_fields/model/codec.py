@@ -296,15 +296,8 @@ class _Opener:
             auditing = self._auditing = audit_enabled()
         if field_part is None:
             field_part = _field_binding(field)
-        return open_value(
-            raw,
-            keyring,
-            record_part + field_part,
-            auditing=auditing,
-            model=self.model.__name__,
-            field=field,
-            record=record_key,
-        )
+        context, model = record_part + field_part, self.model.__name__
+        return open_value(raw, keyring, context, auditing, model, field, record_key)
 
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
@@ -534,15 +527,8 @@ class _Sealer:
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
-        return seal_value(
-            value,
-            keyring,
-            record_part + _field_binding(field),
-            auditing=auditing,
-            model=self.model,
-            field=field,
-            record=self.record_key,
-        )
+        context = record_part + _field_binding(field)
+        return seal_value(value, keyring, context, auditing, self.model, field, self.record_key)
 
     def tree(self, obj: Any, path: FieldPath) -> None:
         """Replace every ``Pending`` in a dumped tree by an envelope bound to its path."""
