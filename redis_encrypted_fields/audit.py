@@ -1,7 +1,7 @@
 """Audit trail: one structured event per encrypt, decrypt, re-wrap and failed decrypt, and per
 KMS call and key store change (``kms_generate``, ``kms_encrypt``, ``kms_decrypt``, ``key_created``,
 ``key_retired``), and per active key the key store refuses to encrypt under (``key_refused``: older
-than another key, a sign of a replayed record; see ``keystore``).
+than another key, a sign of a replayed record; see ``keys.store``).
 
 Events go to the ``redis_encrypted_fields.audit`` logger at INFO, which is set to WARNING here so
 that it stays silent until the application turns it on::
@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .crypto.envelope import looks_like_envelope, parse
-from .errors import DecryptionError, printable
+from .errors import printable
 
 __all__ = [
     "AuditEvent",
@@ -91,16 +90,6 @@ def audit_enabled() -> bool:
     return logger.isEnabledFor(_INFO)
 
 
-def key_id_of(envelope: str) -> str | None:
-    """The key id an envelope names, or ``None`` (origin v1 values name none)."""
-    if not looks_like_envelope(envelope):
-        return None
-    try:
-        return parse(envelope).key_id.hex()
-    except DecryptionError:
-        return None
-
-
 def emit(event: AuditEvent) -> None:
     """Deliver ``event`` to the audit logger and the hooks. Call only if ``audit_enabled()``.
 
@@ -137,16 +126,15 @@ def track(
     model: str | None = None,
     field: str | None = None,
     record: str | None = None,
-    envelope: str | None = None,
-    key_id: bytes | None = None,
+    key_id: bytes | str | None = None,
     error: BaseException | None = None,
     kms_key_id: str | None = None,
 ) -> None:
-    """Build and deliver one event, if anything listens. The key id comes from ``key_id`` or is
-    read from ``envelope`` (parsed only when someone listens)."""
+    """Build and deliver one event, if anything listens. ``key_id``: the master key's id, as
+    bytes or hex (the caller reads it: an envelope's is parsed by ``crypto.stored``)."""
     if not audit_enabled():
         return
-    kid = key_id.hex() if key_id is not None else (key_id_of(envelope) if envelope else None)
+    kid = key_id.hex() if isinstance(key_id, bytes) else key_id
     emit(
         AuditEvent(
             operation=operation,

@@ -34,7 +34,6 @@ from redis_encrypted_fields import (
     is_encrypted,
     set_plaintext_reads,
 )
-from redis_encrypted_fields.audit import key_id_of
 from redis_encrypted_fields.crypto.envelope import (
     PREFIX,
     binding,
@@ -46,6 +45,7 @@ from redis_encrypted_fields.crypto.envelope import (
     seal,
 )
 from redis_encrypted_fields.crypto.legacy import is_legacy_envelope, open_legacy, parse_legacy
+from redis_encrypted_fields.crypto.stored import key_id_of
 from redis_encrypted_fields.model import mixin as models_module
 
 KEY = MasterKey.from_base64(SESSION_KEY)  # the key the autouse fixture puts in the environment

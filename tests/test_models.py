@@ -34,13 +34,19 @@ from redis_encrypted_fields import (
     EncryptedStr,
     MaskedSecretError,
     PlaintextSecretError,
+    get_keyring,
     set_plaintext_reads,
 )
-from redis_encrypted_fields.compat import decrypt_stored
 from redis_encrypted_fields.crypto.envelope import PREFIX, binding, parse
+from redis_encrypted_fields.crypto.stored import open_value
 
 URL = "redis://default:hunter2-url@db.internal:6379/0"
 PASSWORD = "s3cret-Pa55"
+
+
+def decrypt_stored(value: str, *, context: bytes) -> str:
+    """A stored value opened with the environment's key ring, as the library reads it."""
+    return open_value(value, get_keyring(), context)
 
 
 @pytest.fixture(params=INSTANCE_MODELS, ids=lambda m: m.__name__)

@@ -1,4 +1,34 @@
-"""The formats: the v2 envelope (``envelope``), the origin's v1 values, read only (``legacy``).
+"""The formats and the stored-value codec: the v2 envelope (``envelope``), the origin's v1
+values, read only (``legacy``), and what every path asks about a stored value (``stored``:
+classify, open, seal, re-wrap, each audited).
 
-Imports neither pydantic nor redis-om.
+The layers above import from here. Imports neither pydantic nor redis-om.
 """
+
+from .envelope import KEY_ID_SLICE, PREFIX, binding, binding_part, decode
+from .stored import (
+    Kind,
+    classify,
+    is_sealed,
+    key_id_of,
+    open_value,
+    rewrap_value,
+    seal_value,
+    track_open,
+)
+
+__all__ = [
+    "KEY_ID_SLICE",
+    "PREFIX",
+    "Kind",
+    "binding",
+    "binding_part",
+    "classify",
+    "decode",
+    "is_sealed",
+    "key_id_of",
+    "open_value",
+    "rewrap_value",
+    "seal_value",
+    "track_open",
+]

@@ -36,7 +36,6 @@ from ..keys import KEY_ID_SIZE, KeyRing
 __all__ = [
     "KEY_ID_SLICE",
     "PREFIX",
-    "VERSION",
     "Envelope",
     "binding",
     "binding_part",
@@ -45,17 +44,15 @@ __all__ = [
     "looks_like_envelope",
     "open_blob",
     "open_envelope",
-    "open_parsed",
     "parse",
     "rewrap",
     "rewrap_blob",
-    "rewrap_parsed",
     "seal",
 ]
 
 PREFIX = "REFv2:"
-VERSION = 2
-_VERSION_BYTE = bytes([VERSION])
+_VERSION = 2
+_VERSION_BYTE = bytes([_VERSION])
 _NONCE = 12
 _TAG = 16
 _DEK = 32
@@ -168,7 +165,7 @@ def decode(text: str) -> bytes:
             raise DecryptionError(f"{_FAILED}: malformed envelope")
     if len(blob) < _MIN_BLOB:
         raise DecryptionError(f"{_FAILED}: truncated envelope")
-    if blob[0] != VERSION:
+    if blob[0] != _VERSION:
         raise DecryptionError(f"{_FAILED}: unsupported envelope version {blob[0]}")
     return blob
 
@@ -222,11 +219,6 @@ def open_envelope(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     return open_blob(decode(text), keyring, context)
 
 
-def open_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
-    """``open_envelope`` of an already parsed envelope."""
-    return open_blob(env.to_bytes(), keyring, context)
-
-
 def open_blob(blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
     """``open_envelope`` of an envelope's checked bytes (from ``decode``)."""
     # _unwrap and _decrypt written out: this is every read's path, and a Python call costs
@@ -256,11 +248,6 @@ def rewrap(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     if blob[_O_KID:_O_DEK_NONCE] == keyring.current.key_id:
         return text
     return rewrap_blob(text, blob, keyring, context)
-
-
-def rewrap_parsed(env: Envelope, keyring: KeyRing, context: bytes = b"") -> str:
-    """``rewrap`` of an already parsed envelope (re-wrapped even if under the current key)."""
-    return rewrap_blob(env.to_text(), env.to_bytes(), keyring, context)
 
 
 def rewrap_blob(text: str, blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:

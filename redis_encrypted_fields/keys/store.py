@@ -34,9 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis
 
-# The module, not its names: while audit imports crypto (which imports this layer), this module
-# runs during audit's own import; track is looked up when called.
-from .. import audit
+from ..audit import track
 from ..errors import ConfigurationError, KeyStoreError
 from .aws import AwsKms
 from .kms import KmsProvider, WrappedKey
@@ -308,9 +306,9 @@ class KeyStore:
             key = _checked(material, record.key_id)
         except KeyStoreError as exc:
             error = type(exc)(f"master key {record.key_id}: {exc}")
-            audit.track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id, error=error)
+            track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id, error=error)
             raise error from None
-        audit.track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id)
+        track("kms_decrypt", key_id=key_id, kms_key_id=record.kms_key_id)
         return key
 
     def create(self) -> KeyRecord:
@@ -333,16 +331,16 @@ class KeyStore:
             key = _checked(material, None)
         except KeyStoreError as exc:
             error = type(exc)(f"new master key: {exc}")
-            audit.track("kms_generate", kms_key_id=kms.kms_key_id, error=error)
+            track("kms_generate", kms_key_id=kms.kms_key_id, error=error)
             raise error from None
-        audit.track("kms_generate", key_id=key.key_id, kms_key_id=kms.kms_key_id)
+        track("kms_generate", key_id=key.key_id, kms_key_id=kms.kms_key_id)
         try:
             wrapped = kms.wrap(material, encryption_context(key.key_id_hex, created_at))
         except KeyStoreError as exc:
             error = type(exc)(f"master key {key.key_id_hex}: {exc}")
-            audit.track("kms_encrypt", key_id=key.key_id, kms_key_id=kms.kms_key_id, error=error)
+            track("kms_encrypt", key_id=key.key_id, kms_key_id=kms.kms_key_id, error=error)
             raise error from None
-        audit.track("kms_encrypt", key_id=key.key_id, kms_key_id=wrapped.kms_key_id)
+        track("kms_encrypt", key_id=key.key_id, kms_key_id=wrapped.kms_key_id)
         record = KeyRecord(
             key.key_id_hex,
             KeyState.ACTIVE,
@@ -374,7 +372,7 @@ class KeyStore:
             pipe.hset(self.key, mapping=updates)
 
         self._redis(lambda: self.client.transaction(activate, self.key))
-        audit.track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
+        track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
         return record
 
     # --- retirement ----------------------------------------------------------------------------
@@ -441,7 +439,7 @@ class KeyStore:
             pipe.hset(self.key, key_id, retired[0].to_json())
 
         self._redis(lambda: self.client.transaction(retire, self.key))
-        audit.track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
+        track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
         return retired[0]
 
     def __repr__(self) -> str:

@@ -18,9 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
-# The module, not its names: while audit imports crypto (which imports this layer), this module
-# runs during audit's own import; track is looked up when called.
-from .. import audit
+from ..audit import track
 from ..errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, MasterKey, env_keys
 from .store import (
@@ -273,7 +271,7 @@ class StoreKeyRing(KeyRing):
             "rolled back (an old record written back); not encrypting under it. If the store is "
             "as it should be, make a new key active: `redis-encrypted-fields keys create`"
         )
-        audit.track(
+        track(
             "key_refused",
             key_id=bytes.fromhex(record.key_id),
             kms_key_id=record.kms_key_id,

@@ -17,10 +17,8 @@ from typing import Any
 
 from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
-from ..audit import audit_enabled, track
-from ..compat import decrypt_stored
-from ..crypto.envelope import PREFIX, binding_part, looks_like_envelope, open_envelope, seal
-from ..crypto.legacy import parse_legacy
+from ..audit import audit_enabled
+from ..crypto import PREFIX, Kind, binding_part, classify, open_value, seal_value
 from ..errors import (
     ConfigurationError,
     DecryptionError,
@@ -28,7 +26,6 @@ from ..errors import (
     MaskedSecretError,
     PlaintextSecretError,
     StoredMaskError,
-    located,
     printable,
 )
 from ..keys import KeyRing, get_keyring
@@ -128,7 +125,7 @@ def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
     """
     if plaintext_allowed():
         return
-    if parse_legacy(raw) is not None:
+    if classify(raw) is Kind.LEGACY:
         # Origin v1 values carry no record binding: one copied from another record or restored
         # from an old backup decrypts anywhere, so once migration is declared finished they are
         # refused like plaintext.
@@ -149,7 +146,7 @@ def check_input(value: str, model: str, field: str, record: str | None) -> None:
     is an origin v1 envelope: it is bound to no record, so it could be any record's secret (copied
     from one, or from an old backup), and opening it would seal that secret into this record as
     its own. Raises ``DecryptionError`` naming the field, never showing the value."""
-    if parse_legacy(value) is None:
+    if classify(value) is not Kind.LEGACY:
         return
     where = printable(f"{model}.{field}" + (f" of {record}" if record else ""))
     raise DecryptionError(
@@ -226,7 +223,8 @@ class Opener:
                 and type(node) is Leaf
                 and value.startswith(PREFIX)
             ):
-                # A current envelope in a top-level field: every read's common case.
+                # A current envelope in a top-level field: every read's common case, taken
+                # without a call (the prefix is what ``classify`` tells an envelope by).
                 out[name] = EncryptedStr(self.open_current(value, name, record_key, part))
             else:
                 out[name] = self.value(value, node, (name,))
@@ -290,21 +288,13 @@ class Opener:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
-        try:
-            if field_part is None:
-                field_part = _field_binding(field)
-            plaintext = open_envelope(raw, keyring, record_part + field_part)
-        except DecryptionError as exc:
-            model = self.model.__name__
-            track("decrypt", model=model, field=field, record=record_key, envelope=raw, error=exc)
-            raise located(exc, model, field, record_key) from None
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
-        if auditing:
-            model = self.model.__name__
-            track("decrypt", model=model, field=field, record=record_key, envelope=raw)
-        return plaintext
+        if field_part is None:
+            field_part = _field_binding(field)
+        context, model = record_part + field_part, self.model.__name__
+        return open_value(raw, keyring, context, auditing, model, field, record_key)
 
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
@@ -325,20 +315,20 @@ class Opener:
         return out
 
     def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
-        if raw == "":
+        kind = classify(raw)
+        if kind is Kind.EMPTY:
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
         record_key = self.record_key
-        if record_key is not None and raw.startswith(PREFIX):
+        if kind is Kind.ENVELOPE and record_key is not None:
             return EncryptedStr(self.open_current(raw, dotted(path), record_key))
         model, field = self.model.__name__, dotted(path)
-        legacy = parse_legacy(raw) is not None
-        if legacy:
+        if kind is Kind.LEGACY:
             if not self.reading:
                 check_input(raw, model, field, record_key)
             check_unbound(raw, model, field, record_key)
             return EncryptedStr(open_stored(raw, model, path, record_key))
-        if looks_like_envelope(raw):  # without the record's key
+        if kind is Kind.ENVELOPE:  # without the record's key
             raise self.error(
                 DecryptionError,
                 path,
@@ -462,7 +452,7 @@ def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -
     """
     field = dotted(path)
     context = _bound(record_key, field) if record_key is not None else b""
-    return decrypt_stored(raw, context=context, model=model, field=field, record=record_key)
+    return open_value(raw, get_keyring(), context, model=model, field=field, record=record_key)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -504,14 +494,11 @@ class Sealer:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
-        envelope = seal(value, keyring, record_part + _field_binding(field))
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
-        if auditing:
-            key_id = keyring.current.key_id
-            track("encrypt", model=self.model, field=field, record=self.record_key, key_id=key_id)
-        return envelope
+        context = record_part + _field_binding(field)
+        return seal_value(value, keyring, context, auditing, self.model, field, self.record_key)
 
     def tree(self, obj: Any, path: FieldPath) -> None:
         """Replace every ``Pending`` in a dumped tree by an envelope bound to its path."""

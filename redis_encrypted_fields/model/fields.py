@@ -16,10 +16,7 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from ..audit import track
-from ..compat import decrypt_stored
-from ..crypto.envelope import looks_like_envelope, seal
-from ..crypto.legacy import parse_legacy
+from ..crypto import Kind, classify, open_value, seal_value
 from ..errors import MaskedSecretError
 from ..keys import get_keyring
 
@@ -345,7 +342,8 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
             return value
         if isinstance(value, _Hidden):
             raise PydanticCustomError("encrypted_str_type", "Input should be a valid string")
-        if mask.could_be_mask(value):
+        kind = classify(value)
+        if kind is Kind.PLAINTEXT and mask.could_be_mask(value):
             if model_scope.get():
                 return KeepExisting(value)
             # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
@@ -353,9 +351,10 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
             raise MaskedSecretError(
                 f"{_where(info)}: a mask ({shown!r}) is not a secret; refusing to store it"
             )
-        if looks_like_envelope(value) or parse_legacy(value) is not None:
+        if kind is Kind.ENVELOPE or kind is Kind.LEGACY:
             title = (info.config or {}).get("title")
-            return EncryptedStr(decrypt_stored(value, model=title, field=info.field_name))
+            plaintext = open_value(value, get_keyring(), model=title, field=info.field_name)
+            return EncryptedStr(plaintext)
         return EncryptedStr(value)
 
     def serialize(value: Any, info: core_schema.SerializationInfo) -> Any:
@@ -366,10 +365,7 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
             return Pending(value, mask)
         if isinstance(value, KeepExisting) or mask.could_be_mask(value):
             raise MaskedSecretError("a mask is not a secret; refusing to serialize it for storage")
-        keyring = get_keyring()
-        envelope = seal(value, keyring)
-        track("encrypt", key_id=keyring.current.key_id)
-        return envelope
+        return seal_value(value, get_keyring())
 
     # An EncryptedStr (already decrypted or accepted: redis-om validates records twice, and
     # save() validates the instance again) passes the is-instance check without a second call

@@ -26,8 +26,7 @@ from aredis_om.model.encoders import jsonable_encoder
 from aredis_om.model.model import convert_datetime_to_timestamp
 from pydantic import BaseModel
 
-from ..crypto.envelope import looks_like_envelope
-from ..crypto.legacy import parse_legacy
+from ..crypto import Kind, classify
 from ..errors import MaskedSecretError, printable
 from .codec import check_unbound
 from .fields import EncryptedStr, KeepExisting, is_star_mask
@@ -123,16 +122,15 @@ class _Resolver:
             return self.opened[path]
         raw = stored.decode("utf-8") if isinstance(stored, bytes) else stored
         plaintext: str | None = None
-        if isinstance(raw, str) and raw and not leaf.mask.could_be_mask(raw):
-            if not looks_like_envelope(raw):
+        kind = classify(raw) if isinstance(raw, str) else Kind.EMPTY
+        if kind is not Kind.EMPTY and not (kind is Kind.PLAINTEXT and leaf.mask.could_be_mask(raw)):
+            if kind is not Kind.ENVELOPE:
                 # Plaintext or an origin v1 value, bound to no record: refused as a read would
                 # refuse it, or a mask would seal a value planted in Redis into a genuine
                 # envelope of this record.
                 check_unbound(raw, self.model, dotted(path), self.record_key)
-            if looks_like_envelope(raw) or parse_legacy(raw) is not None:
-                plaintext = self.opener(raw, path)
-            else:
-                plaintext = raw  # plaintext not migrated yet
+            # Plaintext not migrated yet is taken as it is.
+            plaintext = raw if kind is Kind.PLAINTEXT else self.opener(raw, path)
         self.opened[path] = plaintext
         return plaintext
 

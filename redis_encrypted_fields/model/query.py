@@ -42,9 +42,7 @@ from redis_om.search_reply import (
     to_string,
 )
 
-from ..compat import decrypt_stored
-from ..crypto.envelope import PREFIX, binding
-from ..crypto.legacy import parse_legacy
+from ..crypto import Kind, binding, classify, open_value
 from ..keys import KeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
@@ -484,18 +482,23 @@ class _Search:
             return False
         found = plaintexts.get((doc.key, leaf.field, value))
         if found is None:
-            current = value.startswith(PREFIX)
-            if not current:
+            kind = classify(value)
+            if kind is not Kind.ENVELOPE:
                 # Refused here as a read refuses it, so that count() (which builds no record)
                 # agrees with all().
                 check_unbound(value, model, leaf.field, doc.key)
-            if current or parse_legacy(value) is not None:
-                context = binding(doc.key, leaf.field) if current else b""
-                found = decrypt_stored(
-                    value, context=context, model=model, field=leaf.field, record=doc.key
-                )
-            else:
+            if kind is Kind.PLAINTEXT:
                 found = value  # plaintext not migrated yet: the record's build warns
+            else:
+                context = binding(doc.key, leaf.field) if kind is Kind.ENVELOPE else b""
+                found = open_value(
+                    value,
+                    get_keyring(),
+                    context,
+                    model=model,
+                    field=leaf.field,
+                    record=doc.key,
+                )
             plaintexts[(doc.key, leaf.field, value)] = found
         return leaf.index.normalized(found, f"{model}.{leaf.field}") in leaf.values
 

@@ -13,17 +13,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audit import audit_enabled, track
-from ..crypto.envelope import (
+from ..audit import audit_enabled
+from ..crypto import (
     KEY_ID_SLICE,
-    PREFIX,
+    Kind,
     binding_part,
+    classify,
     decode,
-    open_blob,
-    rewrap_blob,
-    seal,
+    open_value,
+    rewrap_value,
+    seal_value,
+    track_open,
 )
-from ..crypto.legacy import open_legacy, parse_legacy
 from ..errors import DecryptionError, EncryptionError
 from ..keys import KeyRing
 from ..model.blind_index import (
@@ -79,54 +80,109 @@ _SUSPECT = f"where {ENV_REJECT_PLAINTEXT} says none is left: left as it is"
 _SUSPICIOUS_PLAINTEXT = f"plaintext, {_SUSPECT}"
 _SUSPICIOUS_V1 = f"an origin v1 value (bound to no record), {_SUSPECT}"
 
+# The names of a value's audit events while nothing listens (not built then).
+_NOWHERE: tuple[None, None, None] = (None, None, None)
+
 # Outcomes of values left as they are and reported.
 _LEFT = frozenset(("failed", "suspicious"))
 
 
 def _decide(
-    op: Operation, raw: Any, keyring: KeyRing, context: bytes, suspect: bool = False
+    op: Operation,
+    raw: Any,
+    keyring: KeyRing,
+    context: bytes,
+    suspect: bool = False,
+    auditing: bool = False,
+    where: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> _Decision:
     """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
     its data opened), so that what cannot be decrypted is reported by every operation, not
     only by ``status``: an operator must not learn of it after dropping a key. With ``suspect``
-    (plaintext is refused), plaintext and origin v1 values are left and reported as suspicious."""
-    if raw is None or raw == "":
+    (plaintext is refused), plaintext and origin v1 values are left and reported as suspicious.
+
+    Audited as decided (``auditing``; ``where``: model, field and record for the events): an
+    encrypt, upgrade or re-wrap by what it writes, a value left as it is by the decrypt that
+    checked it, a failure by the failed decrypt. Events describe what the tool decided: a write
+    that then loses a compare-and-set race is decided again, and audited again, on the retry.
+    """
+    if raw is None:
         return _Decision(EMPTY)
     if not isinstance(raw, str):
         return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
-    if raw.startswith(PREFIX):
+    kind = classify(raw)
+    if kind is Kind.EMPTY:
+        return _Decision(EMPTY)
+    model, field, record = where
+    if kind is Kind.ENVELOPE:
         try:
             blob = decode(raw)
         except DecryptionError as exc:
+            track_open(raw, exc, model=model, field=field, record=record)
             return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
         key_id = blob[KEY_ID_SLICE]
         try:
             if op is Operation.ROTATE and key_id != keyring.current.key_id:
-                # rewrap_blob opens the data too before vouching for it under the new key.
-                new = rewrap_blob(raw, blob, keyring, context)
+                # The data is opened too before it is vouched for under the new key.
+                new = rewrap_value(
+                    raw,
+                    blob,
+                    keyring,
+                    context,
+                    auditing=auditing,
+                    model=model,
+                    field=field,
+                    record=record,
+                )
                 return _Decision(key_state(key_id), new, "rewrapped")
-            open_blob(blob, keyring, context)
+            open_value(
+                raw,
+                keyring,
+                context,
+                blob=blob,
+                auditing=auditing,
+                model=model,
+                field=field,
+                record=record,
+                locate=False,
+            )
         except DecryptionError as exc:
             return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc), key_id=key_id)
         return _Decision(key_state(key_id), verified=True)
-    if parse_legacy(raw) is not None:
+    seals = not suspect and op is not Operation.STATUS
+    if kind is Kind.LEGACY:
         try:
-            plaintext = open_legacy(raw, keyring)
+            # An upgrade is audited by its encrypt; a value left by the decrypt that checked it.
+            plaintext = open_value(
+                raw,
+                keyring,
+                auditing=auditing and not seals,
+                model=model,
+                field=field,
+                record=record,
+                locate=False,
+            )
         except DecryptionError as exc:
             return _Decision(LEGACY, outcome="failed", reason=_reason(exc))
         if suspect:
             return _Decision(SUSPICIOUS, outcome="suspicious", reason=_SUSPICIOUS_V1, verified=True)
-        if op is Operation.STATUS:
+        if not seals:
             return _Decision(LEGACY)
-        return _Decision(LEGACY, seal(plaintext, keyring, context), "upgraded")
+        new = seal_value(
+            plaintext, keyring, context, auditing=auditing, model=model, field=field, record=record
+        )
+        return _Decision(LEGACY, new, "upgraded")
     if is_star_mask(raw):
         # The origin stored masks as secrets; encrypting one would hide that the secret is lost.
         return _Decision(MASKED, outcome="failed", reason="holds a mask, not a secret")
     if suspect:
         return _Decision(SUSPICIOUS, outcome="suspicious", reason=_SUSPICIOUS_PLAINTEXT)
-    if op is Operation.STATUS:
+    if not seals:
         return _Decision(PLAINTEXT)
-    return _Decision(PLAINTEXT, seal(raw, keyring, context), "encrypted")
+    new = seal_value(
+        raw, keyring, context, auditing=auditing, model=model, field=field, record=record
+    )
+    return _Decision(PLAINTEXT, new, "encrypted")
 
 
 def _reason(exc: EncryptionError) -> str:
@@ -211,9 +267,8 @@ def _plan_record(
     for path, value in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
         context = b"" if record is None else record + field_part(path)
-        d = _decide(op, raw, keyring, context, suspect)
-        if auditing:
-            _audit(d, layout, key, path, raw, keyring)
+        names = (layout.name, dotted(path), key) if auditing else _NOWHERE
+        d = _decide(op, raw, keyring, context, suspect, auditing, names)
         kind = (counted_name(layout.name, path), d.state, d.outcome)
         tally.append(_tallies.setdefault(kind, kind))
         if d.new is not None:
@@ -276,10 +331,9 @@ def _reindex(
             plaintext = None
         elif d.state == PLAINTEXT:
             plaintext = raw
-        elif d.state == LEGACY:
-            plaintext = open_legacy(raw, keyring)
         else:
-            plaintext = open_blob(decode(raw), keyring, context)
+            # Opened (and audited) by _decide already: not audited again.
+            plaintext = open_value(raw, keyring, context, auditing=False, locate=False)
         info = domain(layout.prefix, name, index.definition)
         where = f"{layout.name}.{name}"
         old = stored if stored is None or isinstance(stored, str) else "?"
@@ -293,26 +347,6 @@ def _reindex(
     else:
         write = state in (INDEX_MISSING, INDEX_OUTDATED)
     return (counted, state, "indexed" if write else "index-ok"), expected
-
-
-_AUDITED = {"encrypted": "encrypt", "upgraded": "encrypt", "rewrapped": "rewrap"}
-
-
-def _audit(
-    d: _Decision, layout: Layout, key: str, path: FieldPath, raw: Any, ring: KeyRing
-) -> None:
-    # Events describe what the tool decided; a write that then loses a compare-and-set race is
-    # decided again, and audited again, on the retry.
-    field = ".".join(map(str, path))
-    common: dict[str, Any] = {"model": layout.name, "field": field, "record": key}
-    if d.outcome in _AUDITED:
-        track(_AUDITED[d.outcome], key_id=ring.current.key_id, **common)
-    elif d.outcome == "failed" and d.state not in (MASKED, PLAINTEXT):
-        error = DecryptionError(d.reason)
-        track("decrypt", envelope=raw if isinstance(raw, str) else None, error=error, **common)
-    elif d.outcome in ("unchanged", "suspicious") and (d.state == LEGACY or d.verified):
-        # Every operation decrypts the envelopes it leaves alone, to check them.
-        track("decrypt", envelope=raw, **common)
 
 
 def plan_batch(

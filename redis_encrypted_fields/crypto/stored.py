@@ -1,0 +1,169 @@
+"""The stored-value codec: what a value found at an encrypted field is (``classify``), opening
+it (``open_value``) and sealing a plaintext (``seal_value``), each with its audit event.
+
+Every path that reads or writes a secret (model reads and writes, keep-existing, search's
+filter, the maintenance tools, the origin's module API) asks here, so that all of them judge a
+value by the same rules. Masks are not decided here: what counts as one depends on the field's
+``Mask``, a model concept; a mask is only ever a ``PLAINTEXT`` value (neither envelope format can
+hold a ``*``), so the model asks its mask about those.
+
+Keys are arguments: callers pass the key ring they have looked up, and the fast paths (a
+record's read or write) pass the audit switch they looked up once for all its values.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ..audit import audit_enabled, track
+from ..errors import DecryptionError, located
+from ..keys.ring import KeyRing
+from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
+from .legacy import is_legacy_envelope, open_legacy, parse_legacy
+
+__all__ = [
+    "Kind",
+    "classify",
+    "is_sealed",
+    "key_id_of",
+    "open_value",
+    "rewrap_value",
+    "seal_value",
+    "track_open",
+]
+
+
+class Kind(enum.Enum):
+    """What a stored value is."""
+
+    EMPTY = "empty"  # "": how a hash stores a cleared secret
+    ENVELOPE = "envelope"  # claims to be a current (v2) envelope: has its prefix
+    LEGACY = "legacy"  # an origin v1 value (bound to no record)
+    PLAINTEXT = "plaintext"  # anything else: not migrated yet, or a mask sent back
+
+
+def classify(value: str) -> Kind:
+    """What ``value`` is, judged without decrypting. An ``ENVELOPE`` is judged by its prefix
+    only: a malformed one fails when opened (a secret cannot start with the prefix)."""
+    if not value:
+        return Kind.EMPTY
+    if value.startswith(PREFIX):
+        return Kind.ENVELOPE
+    if parse_legacy(value) is not None:
+        return Kind.LEGACY
+    return Kind.PLAINTEXT
+
+
+def is_sealed(value: object) -> bool:
+    """Whether ``value`` is a well-formed envelope of either format (structure checked, not
+    decrypted): stricter than ``classify``."""
+    return is_envelope(value) or is_legacy_envelope(value)
+
+
+def key_id_of(value: str) -> str | None:
+    """The hex key id an envelope names, or ``None`` (origin v1 values name none)."""
+    if not value.startswith(PREFIX):
+        return None
+    try:
+        return parse(value).key_id.hex()
+    except DecryptionError:
+        return None
+
+
+def track_open(
+    value: str,
+    error: DecryptionError | None = None,
+    *,
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+) -> None:
+    """The audit event of opening ``value`` (its key id read only if anything listens)."""
+    if audit_enabled():
+        track(
+            "decrypt",
+            model=model,
+            field=field,
+            record=record,
+            key_id=key_id_of(value),
+            error=error,
+        )
+
+
+def open_value(
+    value: str,
+    keyring: KeyRing,
+    context: bytes = b"",
+    # Positional too: a read passes these for every value, and keywords cost more per call.
+    auditing: bool | None = None,
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+    *,
+    blob: bytes | None = None,
+    locate: bool = True,
+) -> str:
+    """Decrypt a current envelope (bound to ``context``) or an origin v1 value, audited.
+
+    ``blob``: the envelope's checked bytes, if the caller has decoded it already. ``auditing``:
+    whether a success is audited (``None``: if anything listens); a failure is audited whenever
+    anything listens. Raises ``DecryptionError``, naming the value (``located``) when a name is
+    given, unless ``locate`` is false.
+    """
+    try:
+        if value.startswith(PREFIX):
+            plaintext = open_blob(decode(value) if blob is None else blob, keyring, context)
+        else:
+            plaintext = open_legacy(value, keyring)
+    except DecryptionError as exc:
+        track_open(value, exc, model=model, field=field, record=record)
+        if not locate or (model is None and field is None and record is None):
+            raise
+        raise located(exc, model, field, record) from None
+    if auditing if auditing is not None else audit_enabled():
+        track_open(value, model=model, field=field, record=record)
+    return plaintext
+
+
+def seal_value(
+    plaintext: str,
+    keyring: KeyRing,
+    context: bytes = b"",
+    # Positional too, as for open_value.
+    auditing: bool | None = None,
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+) -> str:
+    """``plaintext`` sealed under the current master key, bound to ``context``, audited
+    (``auditing``: whether to, ``None``: if anything listens)."""
+    envelope = seal(plaintext, keyring, context)
+    if auditing if auditing is not None else audit_enabled():
+        key_id = keyring.current.key_id
+        track("encrypt", model=model, field=field, record=record, key_id=key_id)
+    return envelope
+
+
+def rewrap_value(
+    value: str,
+    blob: bytes,
+    keyring: KeyRing,
+    context: bytes = b"",
+    *,
+    auditing: bool = False,
+    model: str | None = None,
+    field: str | None = None,
+    record: str | None = None,
+) -> str:
+    """A current envelope (``value``, and its checked bytes ``blob``) with its data key
+    re-wrapped under the current master key, audited; a failure is audited as a failed open.
+    Raises ``DecryptionError`` as it is."""
+    try:
+        new = rewrap_blob(value, blob, keyring, context)
+    except DecryptionError as exc:
+        track_open(value, exc, model=model, field=field, record=record)
+        raise
+    if auditing:
+        key_id = keyring.current.key_id
+        track("rewrap", model=model, field=field, record=record, key_id=key_id)
+    return new
