@@ -32,6 +32,7 @@ fuzz: venv
 lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/redis_stack.py \
 		devtools/kms_server.py
 

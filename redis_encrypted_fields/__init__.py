@@ -19,11 +19,17 @@ from .errors import (
 )
 from .keys import (
     AwsKms,
+    KeyRecord,
     KeyRing,
+    KeyState,
     KeyStore,
+    KeyUsage,
     KmsProvider,
     MasterKey,
+    StaticKeyRing,
     StoreKeyRing,
+    WrappedKey,
+    deny_statement,
     generate_master_key,
     get_keyring,
     set_keyring,
@@ -32,6 +38,9 @@ from .model.blind_index import BlindIndex, IndexPlan, plan_index
 from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
+from .ops import Failure, Group, Operation, Report, Scanned
+from .ops.topology import TopologyError
+from .version import __version__
 
 __all__ = [
     "AuditEvent",
@@ -44,23 +53,36 @@ __all__ = [
     "EncryptedModel",
     "EncryptedStr",
     "EncryptionError",
+    "Failure",
+    "Group",
     "IndexPlan",
+    "KeyRecord",
     "KeyRing",
+    "KeyState",
     "KeyStore",
     "KeyStoreError",
+    "KeyUsage",
     "KmsError",
     "KmsProvider",
     "Mask",
     "MaskedSecretError",
     "MasterKey",
     "MasterKeyError",
+    "Operation",
     "PlaintextSecretError",
+    "Report",
+    "Scanned",
+    "StaticKeyRing",
     "StoreKeyRing",
     "StoredMaskError",
+    "TopologyError",
     "UnsupportedQueryError",
     "UrlMask",
+    "WrappedKey",
+    "__version__",
     "add_audit_hook",
     "decrypt_secret",
+    "deny_statement",
     "encrypt_secret",
     "generate_master_key",
     "get_keyring",
@@ -71,5 +93,3 @@ __all__ = [
     "set_keyring",
     "set_plaintext_reads",
 ]
-
-__version__ = "0.1.0"

@@ -22,7 +22,7 @@ from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from . import __version__, ops
+from . import ops
 from .errors import EncryptionError, printable
 from .keys import (
     ENV_MASTER_KEY,
@@ -35,6 +35,7 @@ from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
 from .model.mixin import ENV_REJECT_PLAINTEXT
 from .model.plan import plan_for
+from .version import __version__
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
 
