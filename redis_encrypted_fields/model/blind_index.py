@@ -11,7 +11,7 @@ normalized plaintext, truncated to ``bits``::
 The index key is derived from a master key of the key ring (never from a data key), separately
 for every model, field and definition, so companions are unrelated across fields and models. A
 query computes the companion of the value under every key of the ring and asks RediSearch for
-any of them (see ``search``); the records found are candidates, decrypted and compared before
+any of them (see ``query``); the records found are candidates, decrypted and compared before
 they are returned. See ``docs/search.md`` for what the companions reveal.
 """
 

@@ -1,7 +1,7 @@
 """``EncryptedStr``: plaintext in the application, an envelope at rest, a mask in JSON.
 
 Used on its own (any pydantic or redis-om model), values are encrypted without record binding.
-Inside an ``EncryptedModel`` the model binds each value to its record and field (see ``models``).
+Inside an ``EncryptedModel`` the model binds each value to its record and field (see ``mixin``).
 """
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def _reveal(value: Any) -> Any:
 
 
 def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-    """A request for ``_driver``: redis-om's own call, awaited in the asyncio flavour."""
+    """A request for ``steps``: redis-om's own call, awaited in the asyncio flavour."""
     return lambda _client: function(*args, **kwargs)
 
 
