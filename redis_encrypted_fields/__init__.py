@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from .audit import AuditEvent, add_audit_hook, remove_audit_hook
-from .compat import decrypt_secret, encrypt_secret, get_secret_value, is_encrypted
+from .compat import (
+    decrypt_secret,
+    encrypt_secret,
+    get_secret_value,
+    is_encrypted,
+    migrate_plaintext_to_encrypted,
+)
 from .errors import (
     BlindIndexError,
     ConcurrentChangeError,
@@ -88,6 +94,7 @@ __all__ = [
     "get_keyring",
     "get_secret_value",
     "is_encrypted",
+    "migrate_plaintext_to_encrypted",
     "plan_index",
     "remove_audit_hook",
     "set_keyring",

@@ -115,6 +115,7 @@ def master_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("REDIS_SRE_MASTER_KEY", SESSION_KEY)
     monkeypatch.delenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", raising=False)
     monkeypatch.delenv("REDIS_SRE_REJECT_PLAINTEXT", raising=False)
+    monkeypatch.delenv("REDIS_SRE_WRITE_FORMAT", raising=False)
     set_keyring(None)
     set_plaintext_reads(None)
     yield SESSION_KEY

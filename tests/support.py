@@ -176,5 +176,17 @@ def origin_encrypt_v1(plaintext: str, master_key_b64: str) -> str:
     return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
+def origin_decrypt_v1(value: str, master_key_b64: str) -> str:
+    """The origin project's decrypt_secret, as ../shared/reference/origin-format.md describes it:
+    what a process still running the origin's module reads from a stored value."""
+    doc = json.loads(base64.b64decode(value).decode("utf-8"))
+    if doc.get("version") != "v1":
+        raise ValueError(f"Unsupported encryption version: {doc.get('version')}")
+    part = {name: base64.b64decode(doc[name]) for name in ("ciphertext", "nonce", "wrapped_dek")}
+    dek_nonce = base64.b64decode(doc["dek_nonce"])
+    dek = AESGCM(base64.b64decode(master_key_b64)).decrypt(dek_nonce, part["wrapped_dek"], None)
+    return AESGCM(dek).decrypt(part["nonce"], part["ciphertext"], None).decode("utf-8")
+
+
 def new_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()

@@ -1,12 +1,13 @@
 """The formats and the stored-value codec: the v2 envelope (``envelope``), the origin's v1
-values, read only (``legacy``), and what every path asks about a stored value (``stored``:
-classify, open, seal, re-wrap, each audited).
+values, read, and written only in the rolling-upgrade mode (``legacy``), and what every path
+asks about a stored value (``stored``: classify, open, seal, re-wrap, each audited).
 
 The layers above import from here. Imports neither pydantic nor redis-om.
 """
 
 from .envelope import KEY_ID_SLICE, PREFIX, binding, binding_part, decode
 from .stored import (
+    ENV_WRITE_FORMAT,
     Kind,
     classify,
     is_sealed,
@@ -15,9 +16,11 @@ from .stored import (
     rewrap_value,
     seal_value,
     track_open,
+    writes_v1,
 )
 
 __all__ = [
+    "ENV_WRITE_FORMAT",
     "KEY_ID_SLICE",
     "PREFIX",
     "Kind",
@@ -31,4 +34,5 @@ __all__ = [
     "rewrap_value",
     "seal_value",
     "track_open",
+    "writes_v1",
 ]

@@ -1,4 +1,6 @@
-"""The origin project's stored format ("v1"), read for drop-in compatibility and never written.
+"""The origin project's stored format ("v1"): read for drop-in compatibility, and written only in
+the rolling-upgrade mode (``REDIS_SRE_WRITE_FORMAT=v1``), so that processes still running the
+origin's module can read what new processes write.
 
 A v1 value is standard base64 of the UTF-8 JSON object ``{"version": "v1", "ciphertext": b64,
 "nonce": b64, "wrapped_dek": b64, "dek_nonce": b64}``; AES-256-GCM, no associated data, no key id.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -17,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import DecryptionError
 from ..keys import KeyRing
 
-__all__ = ["LegacyEnvelope", "is_legacy_envelope", "open_legacy", "parse_legacy"]
+__all__ = ["LegacyEnvelope", "is_legacy_envelope", "open_legacy", "parse_legacy", "seal_legacy"]
 
 _FIELDS = ("ciphertext", "nonce", "wrapped_dek", "dek_nonce")
 # base64 of '{"' — every v1 value starts with it, so most values are rejected without decoding.
@@ -76,3 +79,26 @@ def open_legacy(value: str, keyring: KeyRing) -> str:
         except (InvalidTag, ValueError, UnicodeDecodeError):
             break
     raise DecryptionError(f"{_FAILED}: wrong master key or corrupted data (origin v1 value)")
+
+
+def seal_legacy(plaintext: str, keyring: KeyRing) -> str:
+    """``plaintext`` in the origin's v1 format under the current master key: a fresh data key,
+    AES-256-GCM with 12-byte random nonces and no associated data (so bound to no record), as
+    the origin's ``encrypt_secret`` writes it; the origin reads it with the same master key."""
+    dek = AESGCM.generate_key(bit_length=256)
+    nonce, dek_nonce = os.urandom(12), os.urandom(12)
+    ciphertext = AESGCM(dek).encrypt(nonce, plaintext.encode("utf-8"), None)
+    wrapped_dek = keyring.current.aead.encrypt(dek_nonce, dek, None)
+    doc = {
+        "version": "v1",
+        "ciphertext": _b64(ciphertext),
+        "nonce": _b64(nonce),
+        "wrapped_dek": _b64(wrapped_dek),
+        "dek_nonce": _b64(dek_nonce),
+    }
+    # json.dumps' default separators, as the origin writes it (the order of the keys too).
+    return _b64(json.dumps(doc).encode("utf-8"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

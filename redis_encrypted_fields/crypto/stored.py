@@ -9,19 +9,25 @@ hold a ``*``), so the model asks its mask about those.
 
 Keys are arguments: callers pass the key ring they have looked up, and the fast paths (a
 record's read or write) pass the audit switch they looked up once for all its values.
+
+``seal_value`` writes the current (v2) format, or the origin's v1 format while
+``REDIS_SRE_WRITE_FORMAT=v1`` says that processes still running the origin's module must read
+what is written (a rolling upgrade; such values are bound to no record).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 
 from ..audit import audit_enabled, track
-from ..errors import DecryptionError, located
+from ..errors import ConfigurationError, DecryptionError, located
 from ..keys.ring import KeyRing
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
-from .legacy import is_legacy_envelope, open_legacy, parse_legacy
+from .legacy import is_legacy_envelope, open_legacy, parse_legacy, seal_legacy
 
 __all__ = [
+    "ENV_WRITE_FORMAT",
     "Kind",
     "classify",
     "is_sealed",
@@ -30,7 +36,10 @@ __all__ = [
     "rewrap_value",
     "seal_value",
     "track_open",
+    "writes_v1",
 ]
+
+ENV_WRITE_FORMAT = "REDIS_SRE_WRITE_FORMAT"
 
 
 class Kind(enum.Enum):
@@ -125,6 +134,45 @@ def open_value(
     return plaintext
 
 
+# writes_v1() runs for every value sealed, and os.environ.get() costs ~1.7 us. As in
+# keys/env.py: on POSIX os.environ keeps its bytes in a dict (``_data``) whose values every
+# os.environ write replaces, so the switch is parsed again only when its bytes object changed
+# (the cache holds that object, so its identity cannot be reused).
+_RAW_WRITE_FORMAT = os.fsencode(ENV_WRITE_FORMAT)
+_write_format: tuple[object, object, bool] | None = None  # (environ's dict, the bytes, v1?)
+
+
+def writes_v1() -> bool:
+    """Whether ``REDIS_SRE_WRITE_FORMAT`` asks for the origin's v1 format (``v1``) rather than
+    the current one (``v2``, or unset); ``ConfigurationError`` naming the variable otherwise."""
+    global _write_format
+    data = getattr(os.environ, "_data", None)
+    cached = _write_format
+    if type(data) is dict:
+        raw = data.get(_RAW_WRITE_FORMAT)
+        if cached is not None and cached[0] is data and cached[1] is raw:
+            return cached[2]
+    else:
+        raw = data = None  # not POSIX, or os.environ replaced: read and parsed every time
+    v1 = _parse_write_format(os.environ.get(ENV_WRITE_FORMAT, ""))
+    if data is not None:
+        _write_format = (data, raw, v1)
+    return v1
+
+
+def _parse_write_format(text: str) -> bool:
+    flag = text.strip().lower()
+    if flag in ("", "v2"):
+        return False
+    if flag == "v1":
+        return True
+    # The value is a switch, not a secret: it may be shown.
+    raise ConfigurationError(
+        f"{ENV_WRITE_FORMAT}={text[:40]!r} is not a valid format: use v1 to write values the "
+        "origin's module can read (during a rolling upgrade), v2 or unset for the current format"
+    )
+
+
 def seal_value(
     plaintext: str,
     keyring: KeyRing,
@@ -136,8 +184,9 @@ def seal_value(
     record: str | None = None,
 ) -> str:
     """``plaintext`` sealed under the current master key, bound to ``context``, audited
-    (``auditing``: whether to, ``None``: if anything listens)."""
-    envelope = seal(plaintext, keyring, context)
+    (``auditing``: whether to, ``None``: if anything listens). With ``REDIS_SRE_WRITE_FORMAT=v1``
+    it is written in the origin's v1 format instead, bound to nothing (``context`` unused)."""
+    envelope = seal_legacy(plaintext, keyring) if writes_v1() else seal(plaintext, keyring, context)
     if auditing if auditing is not None else audit_enabled():
         key_id = keyring.current.key_id
         track("encrypt", model=model, field=field, record=record, key_id=key_id)

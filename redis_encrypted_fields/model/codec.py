@@ -18,7 +18,16 @@ from typing import Any
 from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
 
 from ..audit import audit_enabled
-from ..crypto import PREFIX, Kind, binding_part, classify, open_value, seal_value
+from ..crypto import (
+    ENV_WRITE_FORMAT,
+    PREFIX,
+    Kind,
+    binding_part,
+    classify,
+    open_value,
+    seal_value,
+    writes_v1,
+)
 from ..errors import (
     ConfigurationError,
     DecryptionError,
@@ -90,9 +99,27 @@ _OFF = frozenset(("", "0", "false", "no", "off"))
 def plaintext_allowed() -> bool:
     """Whether values found in Redis that are not current envelopes (plaintext, and origin v1
     values, which are bound to no record) may be taken for secrets: ``set_plaintext_reads``,
-    else ``REDIS_SRE_REJECT_PLAINTEXT`` (``ConfigurationError`` for an invalid value)."""
-    if _plaintext_reads is not None:
-        return _plaintext_reads
+    else ``REDIS_SRE_REJECT_PLAINTEXT`` (``ConfigurationError`` for an invalid value, and for
+    refusing them while ``REDIS_SRE_WRITE_FORMAT=v1`` writes origin v1 values)."""
+    allowed = _plaintext_reads if _plaintext_reads is not None else _allowed_by_env()
+    if not allowed and writes_v1():
+        # Every value written would be refused when read back: the two switches contradict
+        # each other, and saying so beats failing on the first read.
+        source = (
+            "set_plaintext_reads(False)"
+            if _plaintext_reads is False
+            else f"{ENV_REJECT_PLAINTEXT} on"
+        )
+        raise ConfigurationError(
+            f"{ENV_WRITE_FORMAT}=v1 (write values in the origin's v1 format during a rolling "
+            f"upgrade) conflicts with {source} (refuse origin v1 values read from Redis): "
+            f"unset {ENV_WRITE_FORMAT} once every process runs this library, run migrate, then "
+            "refuse plaintext"
+        )
+    return allowed
+
+
+def _allowed_by_env() -> bool:
     text = os.environ.get(ENV_REJECT_PLAINTEXT, "")
     flag = text.strip().lower()
     if flag in _ON:
@@ -494,6 +521,8 @@ class Sealer:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = get_keyring()
+            if writes_v1():
+                plaintext_allowed()  # refuses the switches' conflict before anything is written
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()

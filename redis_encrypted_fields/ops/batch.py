@@ -24,6 +24,7 @@ from ..crypto import (
     rewrap_value,
     seal_value,
     track_open,
+    writes_v1,
 )
 from ..errors import DecryptionError, EncryptionError
 from ..keys import KeyRing
@@ -151,6 +152,9 @@ def _decide(
         return _Decision(key_state(key_id), verified=True)
     seals = not suspect and op is not Operation.STATUS
     if kind is Kind.LEGACY:
+        # While REDIS_SRE_WRITE_FORMAT=v1 (a rolling upgrade), v1 is what is written: an upgrade
+        # would only rewrite the value in the same format. Plaintext is still encrypted (in v1).
+        seals = seals and not writes_v1()
         try:
             # An upgrade is audited by its encrypt; a value left by the decrypt that checked it.
             plaintext = open_value(
