@@ -8,6 +8,9 @@ Used by the key store's tests and benchmark::
         ...
         kms.requests()   # ["GenerateDataKey", "Encrypt", "Decrypt", ...], from moto's recorder
 
+Run by hand, ``python devtools/kms_server.py`` is ``python devtools/local.py kms``: a server and a
+key, and the environment to export, until Ctrl-C.
+
 moto checks encryption contexts and the key id given to ``Decrypt``; it does not enforce key
 states, policies or throttling, and its state is lost when it stops.
 """
@@ -26,6 +29,11 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):
+    # Run as a script (python devtools/kms_server.py): the repository root makes ``devtools``
+    # importable, as it is for the tests.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.redis_stack import _free_port, _set_pdeathsig, _tail, stop_process
 
@@ -108,6 +116,10 @@ class KmsServer:
         except (OSError, urllib.error.URLError):
             return False
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def client(self) -> Any:
         """A boto3 KMS client for this server (for setting up keys)."""
         import boto3
@@ -167,3 +179,10 @@ class KmsServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    # The command line is local.py's (it imports this module as devtools.kms_server).
+    from devtools.local import main
+
+    sys.exit(main(["kms", *sys.argv[1:]]))

@@ -2,9 +2,11 @@
 
 - ``POST /instances`` takes plaintext secrets; Redis stores envelopes.
 - ``GET /instances`` and ``GET /instances/{pk}`` show masks: ``admin_password`` as ``***``,
-  ``connection_url`` as ``redis://***:***@host:6379/0`` (``UrlMask``).
+  ``connection_url`` as ``redis://***:***@host:6379/0`` (``UrlMask``). A record whose secrets
+  cannot be decrypted is listed as ``{"pk", "name", "error"}``; the others are listed as usual.
 - ``PUT`` / ``PATCH /instances/{pk}``: new plaintext replaces a secret; a mask sent back as a GET
   returned it keeps the stored one. A mask with nothing to keep is a 422, never a stored mask.
+  A ``PATCH`` decrypts only the secrets it keeps: a new value replaces an unreadable one.
 - ``POST /instances/{pk}/ping`` connects with the stored URL; the URL never leaves the service.
 
 Run it (needs the ``examples`` extra, a Redis server and a master key; from this folder)::
@@ -45,6 +47,7 @@ from redis_encrypted_fields import (
 log = logging.getLogger("redis_instances_api")
 
 URL_MASK = UrlMask()
+SECRETS = ("connection_url", "admin_password")
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT_SECONDS", "2"))
 
 
@@ -120,6 +123,17 @@ class InstancePatch(BaseModel):
         return self
 
 
+class UnreadableInstance(BaseModel):
+    """A listed record whose secrets cannot be decrypted (its non-secret name is shown)."""
+
+    pk: str
+    name: str | None
+    error: str
+
+
+UNREADABLE = "the stored secrets cannot be decrypted; replace them with PUT or PATCH"
+
+
 class PingResult(BaseModel):
     pk: str
     reachable: bool
@@ -162,6 +176,12 @@ def _exists(pk: str) -> bool:
     return bool(RedisInstance.db().exists(RedisInstance.make_primary_key(pk)))
 
 
+def _stored_fields(pk: str) -> dict[str, str]:
+    """The record's fields as Redis holds them (secrets as envelopes), nothing decrypted."""
+    stored: dict[str, str] = RedisInstance.db().hgetall(RedisInstance.make_primary_key(pk))
+    return stored
+
+
 def _record(**data: Any) -> RedisInstance:
     """A RedisInstance from request data: masks in it become "keep the stored secret" on save."""
     try:
@@ -184,15 +204,22 @@ def create_instance(body: InstanceCreate) -> RedisInstance:
     return instance
 
 
-@app.get("/instances", response_model=list[RedisInstance])
-def list_instances() -> list[RedisInstance]:
-    instances = []
+@app.get("/instances", response_model=list[RedisInstance | UnreadableInstance])
+def list_instances() -> list[RedisInstance | UnreadableInstance]:
+    # Each record read on its own: one that cannot be decrypted is named in the list, instead of
+    # failing the whole answer.
+    instances: list[RedisInstance | UnreadableInstance] = []
     for pk in RedisInstance.all_pks():
         try:
             instances.append(RedisInstance.get(pk))
         except NotFoundError:  # deleted since the scan
             continue
-    return sorted(instances, key=lambda i: (i.name, i.pk))
+        except DecryptionError as exc:
+            # The details (key ids, field) are for the operator's log; the message holds no secret.
+            log.error("%s listing instance %s: %s", type(exc).__name__, pk, exc)
+            name = _stored_fields(pk).get("name")
+            instances.append(UnreadableInstance(pk=pk, name=name, error=UNREADABLE))
+    return sorted(instances, key=lambda i: (i.name or "", i.pk))
 
 
 @app.get("/instances/{pk}", response_model=RedisInstance)
@@ -214,10 +241,20 @@ def replace_instance(pk: str, body: InstanceReplace) -> RedisInstance:
 @app.patch("/instances/{pk}", response_model=RedisInstance)
 def update_instance(pk: str, body: InstancePatch) -> RedisInstance:
     _same_pk(pk, body.pk)
-    current = RedisInstance.get(pk)
+    stored = _stored_fields(pk)
+    if not stored:
+        raise NotFoundError
     changes = body.model_dump(exclude_unset=True, exclude={"pk"})
+    # The record is not read with get(), which decrypts every secret: a secret the PATCH leaves
+    # alone is sent as a mask ("keep the stored one"), which save() alone opens, so a new value
+    # replaces a stored secret that cannot be decrypted. The other fields are taken as stored.
+    current: dict[str, Any] = {
+        name: stored[name] for name in RedisInstance.model_fields if name in stored
+    }
+    for name in SECRETS:
+        current[name] = "***" if stored.get(name) else None  # "" is how a hash stores None
     # Validated again (not model_copy): a mask among the changes becomes "keep existing".
-    instance = _record(**{**dict(current), **changes})
+    instance = _record(**{**current, **changes})
     instance.save()
     log.info("updated instance %s (%s)", pk, ", ".join(sorted(changes)) or "no change")
     return instance

@@ -394,19 +394,70 @@ def test_delete_removes_the_record(api: TestClient, redis_client: redis.Redis[st
 # --- failures to decrypt: 500, details only in the operator's log -------------------------------
 
 
+def corrupt(redis_client: redis.Redis[str], pk: str, field: str = "admin_password") -> None:
+    """One character of a stored envelope changed by hand, as a damaged record would have it."""
+    envelope = stored(redis_client, pk)[field]
+    flipped = "A" if envelope[-10] != "A" else "B"
+    redis_client.hset(key_of(pk), field, envelope[:-10] + flipped + envelope[-9:])
+
+
 def test_a_tampered_secret_is_a_500_without_details(
     api: TestClient, redis_client: redis.Redis[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     pk = create(api)["pk"]
-    envelope = stored(redis_client, pk)["admin_password"]
-    flipped = "A" if envelope[-10] != "A" else "B"
-    redis_client.hset(key_of(pk), "admin_password", envelope[:-10] + flipped + envelope[-9:])
+    corrupt(redis_client, pk)
     with caplog.at_level(logging.ERROR, logger="redis_instances_api"):
-        for response in (api.get(f"/instances/{pk}"), api.get("/instances")):
-            assert response.status_code == 500
-            assert response.json() == {"detail": "internal error"}
+        response = api.get(f"/instances/{pk}")
+        assert response.status_code == 500
+        assert response.json() == {"detail": "internal error"}
     assert any("DecryptionError" in r.getMessage() for r in caplog.records)
     assert all(PASSWORD not in r.getMessage() for r in caplog.records)
+
+
+def test_the_list_shows_the_readable_records_and_names_an_unreadable_one(
+    api: TestClient, redis_client: redis.Redis[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = create(api, name="a-good")
+    bad = create(api, name="b-bad")["pk"]
+    corrupt(redis_client, bad)
+    with caplog.at_level(logging.ERROR, logger="redis_instances_api"):
+        response = api.get("/instances")
+    assert response.status_code == 200
+    assert response.json() == [
+        good,
+        {"pk": bad, "name": "b-bad", "error": fastapi_app.UNREADABLE},
+    ]
+    assert PASSWORD not in response.text
+    assert "Url-Pa55" not in response.text
+    assert PREFIX not in response.text  # no envelope either
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(bad in m and "DecryptionError" in m for m in messages)
+    assert all(PASSWORD not in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("field", "fresh"),
+    [("admin_password", "Fresh-Pa55-k2"), ("connection_url", "redis://:Fresh-Pa55-k2@db:6379/1")],
+)
+def test_a_patch_with_a_fresh_secret_replaces_a_corrupted_one(
+    api: TestClient, redis_client: redis.Redis[str], field: str, fresh: str
+) -> None:
+    pk = create(api, description="kept")["pk"]
+    corrupt(redis_client, pk, field)
+    before = stored(redis_client, pk)
+    # A PATCH that keeps the unreadable secret cannot succeed, and changes nothing.
+    assert api.patch(f"/instances/{pk}", json={"name": "renamed"}).status_code == 500
+    assert stored(redis_client, pk) == before
+
+    response = api.patch(f"/instances/{pk}", json={field: fresh})
+    assert response.status_code == 200, response.text
+    assert response.json()["description"] == "kept"
+    expected = {"connection_url": URL, "admin_password": PASSWORD, field: fresh}
+    assert decrypted(pk) == (expected["connection_url"], expected["admin_password"])
+    assert_sealed(stored(redis_client, pk), fresh, URL, PASSWORD)
+    assert stored(redis_client, pk)["description"] == "kept"
+    assert api.get(f"/instances/{pk}").status_code == 200
+    assert api.get("/instances").json()[0]["pk"] == pk
 
 
 def test_a_wrong_master_key_is_a_500_without_details(
@@ -532,7 +583,10 @@ def test_openapi_shows_secrets_as_write_only_passwords_and_responses_as_masks(
         assert url["examples"] == ["redis://***:***@host:6379/0"]
         assert password["examples"] == ["***"]
     listing = paths["/instances"]["get"]["responses"]["200"]["content"]["application/json"]
-    assert schema_of(openapi, listing["schema"]["items"]) is model
+    # The list: records as GET shows them, or a record that cannot be decrypted, named.
+    record, unreadable = listing["schema"]["items"]["anyOf"]
+    assert schema_of(openapi, record) is model
+    assert set(schema_of(openapi, unreadable)["properties"]) == {"pk", "name", "error"}
 
 
 # --- logs: the service and the worker never log a secret ----------------------------------------
