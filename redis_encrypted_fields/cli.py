@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from typer.core import TyperArgument, TyperCommand
 
 from . import ops
 from .errors import EncryptionError, printable
@@ -33,8 +34,10 @@ from .keys import (
 )
 from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
+from .model.codec import plaintext_allowed
 from .model.mixin import ENV_REJECT_PLAINTEXT
 from .model.plan import plan_for
+from .ops.report import counted
 from .version import __version__
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
@@ -79,6 +82,7 @@ TargetArg = Annotated[
     typer.Argument(
         help="package.module:Model, or package.module for every model in it with encrypted "
         "fields. The current directory is importable.",
+        metavar="TARGET",
         show_default=False,
     ),
 ]
@@ -87,7 +91,8 @@ UrlOpt = Annotated[
     typer.Option(
         "--url",
         help="Redis URL, for every model (default: each model's own database, as redis-om "
-        "resolves it: Meta.database, else REDIS_OM_URL). Any node of a cluster will do.",
+        "resolves it: Meta.database, else REDIS_OM_URL). Any node of a cluster will do. The key "
+        "store stays where its settings say (REDIS_SRE_KEYSTORE_URL, else REDIS_OM_URL).",
     ),
 ]
 DryRunOpt = Annotated[
@@ -107,6 +112,19 @@ AcceptOpt = Annotated[
         "(by default they are suspicious: reported and left). Find out first how they got there.",
     ),
 ]
+
+
+class _Command(TyperCommand):
+    """A command whose usage line names its arguments as their metavars (``KEY_ID TARGET``):
+    typer's own ``{key_id} {target}`` reads like a template left unformatted."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 def _show_version(value: bool) -> None:
@@ -176,7 +194,9 @@ def load_models(target: str) -> list[type[BaseModel]]:
         raise EncryptionError(f"cannot import {module_name!r}: {exc}") from None
     bases = (redis_om.RedisModel, aredis_om.RedisModel)
     if attr:
-        model = getattr(module, attr, None)
+        if not hasattr(module, attr):
+            raise EncryptionError(f"{module_name} has no attribute {attr!r} (in {target})")
+        model = getattr(module, attr)
         if not (isinstance(model, type) and issubclass(model, bases)):
             raise EncryptionError(f"{target} is not a redis-om model")
         return [model]
@@ -195,6 +215,26 @@ def load_models(target: str) -> list[type[BaseModel]]:
     if not found:
         raise EncryptionError(f"{module_name} has no redis-om model with EncryptedStr fields")
     return found
+
+
+def load_models_at(target: str, url: str | None) -> list[type[BaseModel]]:
+    """``load_models(target)``, the models bound to ``url`` when given.
+
+    redis-om binds a model to REDIS_OM_URL when its class is defined: the variable is ``url``
+    while TARGET is imported, and restored after, so that the key store, which also falls back
+    to REDIS_OM_URL, stays where its own settings say rather than moving with ``--url``.
+    """
+    if not url:
+        return load_models(target)
+    before = os.environ.get("REDIS_OM_URL")
+    os.environ["REDIS_OM_URL"] = url
+    try:
+        return load_models(target)
+    finally:
+        if before is None:
+            del os.environ["REDIS_OM_URL"]
+        else:
+            os.environ["REDIS_OM_URL"] = before
 
 
 def client_for_url(url: str) -> Any:
@@ -288,10 +328,8 @@ def _run(
     accept_plaintext: bool = False,
 ) -> None:
     with _errors():
-        if url:
-            # redis-om binds a model's connection from REDIS_OM_URL when the class is defined.
-            os.environ["REDIS_OM_URL"] = url
-        models = load_models(target)
+        plaintext_allowed()  # a malformed switch is refused before anything is read
+        models = load_models_at(target, url)
         client = client_for_url(url) if url else None
         total = _run_models(operation, models, client, dry_run, batch, accept_plaintext)
     for scanned in total.scanned:
@@ -334,7 +372,7 @@ def _print_text(report: ops.Report) -> None:
                 print(f"failed: {group.line()}", file=sys.stderr)
     keys = report.keys_in_use()
     if keys:
-        shown = ", ".join(f"{k} ({role}): {n} values" for k, role, n in keys)
+        shown = ", ".join(f"{k} ({role}): {counted(n, 'value')}" for k, role, n in keys)
         print(f"keys in use: {shown}")
     print(report.summary())
 
@@ -346,7 +384,7 @@ def keygen() -> None:
     print(generate_master_key())
 
 
-@app.command()
+@app.command(cls=_Command)
 def migrate(
     target: TargetArg,
     url: UrlOpt = None,
@@ -362,7 +400,7 @@ def migrate(
     _run(ops.Operation.MIGRATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
 
 
-@app.command()
+@app.command(cls=_Command)
 def rotate(
     target: TargetArg,
     url: UrlOpt = None,
@@ -377,7 +415,7 @@ def rotate(
     _run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500, as_json: JsonOpt = False
 ) -> None:
@@ -454,14 +492,19 @@ def keys_list(
     rows += [
         (r.key_id, r.state.value, printable(r.created_at), printable(r.kms_key_id)) for r in records
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    # Plain aligned columns, not a rich table: a table fits itself to the terminal's width and
+    # would wrap the ARNs of a piped, grepped listing. The last column is not padded.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
 
 
-@keys_app.command("retire")
+@keys_app.command("retire", cls=_Command)
 def keys_retire(
-    key_id: Annotated[str, typer.Argument(help="The key id (16 hex digits).", show_default=False)],
+    key_id: Annotated[
+        str,
+        typer.Argument(help="The key id (16 hex digits).", metavar="KEY_ID", show_default=False),
+    ],
     target: TargetArg,
     url: UrlOpt = None,
     batch_size: BatchOpt = 500,
@@ -473,11 +516,10 @@ def keys_retire(
     is the active key, or until it has been inactive for REDIS_SRE_KEY_CACHE_TTL seconds.
     """
     with _errors():
+        plaintext_allowed()  # a malformed switch is refused before anything is read
         store = KeyStore.from_env()
         store.retirable(key_id)  # before the data is read: a wrong id (or too soon) fails at once
-        if url:
-            os.environ["REDIS_OM_URL"] = url
-        models = load_models(target)
+        models = load_models_at(target, url)
         client = client_for_url(url) if url else None
         report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
         record = store.retire(key_id, report)
@@ -495,4 +537,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "client_for_url", "load_models", "main"]
+__all__ = ["app", "client_for_url", "load_models", "load_models_at", "main"]

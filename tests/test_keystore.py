@@ -672,7 +672,7 @@ def test_a_disabled_or_denied_kms_key_is_a_master_key_error(
         assert isinstance(info.value, MasterKeyError)
         assert str(info.value) == (
             f"master key {record.key_id}: AWS KMS Decrypt with {kms.alias} failed: "
-            f"{code}: {message}"
+            f"{code}: {message} (the record was wrapped by KMS key {kms.arn})"
         )
         assert not client().exists(Vault.make_primary_key(vault.pk))
         with pytest.raises(KmsError, match=f"new master key: AWS KMS GenerateDataKey .*{code}"):
@@ -1184,3 +1184,87 @@ def test_retire_refuses_without_a_status_check_of_the_data(kms: KmsKey, vaults: 
         with pytest.raises(KeyStoreError, match=f"not retiring master key {old.key_id} unchecked"):
             store().retire(old.key_id, *unchecked, ttl=0.1)
     assert store().retire(old.key_id, ops.status(Vault), ttl=0.1).state is KeyState.RETIRED
+
+
+# 6. Issue 21: where the store is, what the listing and the KMS errors say
+
+
+def test_url_moves_the_data_not_the_key_store(
+    kms: KmsKey, store_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--url`` names the models' server and database; the key store stays where its settings
+    say (here REDIS_OM_URL, REDIS_SRE_KEYSTORE_URL being unset)."""
+    key_id = store().create().key_id  # in the store's database
+    data_url = urlunsplit(urlsplit(redis_url)._replace(path="/5"))
+    data = redis.Redis.from_url(data_url, decode_responses=True)
+    moved = Vault.make_primary_key("moved")
+    data.delete(*data.keys(Vault.make_primary_key("*")) or ["-"])
+    data.hset(moved, mapping={"pk": "moved", "name": "n", "secret": "plain"})
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_SRE_KEYSTORE_URL"}
+    env["REDIS_OM_URL"] = store_url
+    try:
+        migrated = cli("migrate", "keystore_models:Vault", "--url", data_url, env=env)
+        assert migrated.returncode == 0, migrated.stderr
+        assert parse(data.hget(moved, "secret")).key_id.hex() == key_id
+        status = cli("status", "keystore_models:Vault", "--url", data_url, env=env)
+        assert status.returncode == 0, status.stderr
+        assert f"Vault.secret: 1 under key {key_id} (current)" in status.stdout
+    finally:
+        data.delete(moved)
+        data.close()
+
+
+def test_no_active_key_names_the_server_and_database_looked_in_without_credentials(
+    kms: KmsKey, store_url: str
+) -> None:
+    parts = urlsplit(store_url)
+    with pytest.raises(KeyStoreError) as info:
+        store().active()
+    assert str(info.value).startswith(
+        f"the key store at {parts.hostname}:{parts.port} db 1 (from REDIS_SRE_KEYSTORE_URL) has "
+        "no active master key"
+    )
+    status = cli("status", "keystore_models:Vault")
+    assert status.returncode == 2
+    assert f"{parts.hostname}:{parts.port} db 1 (from REDIS_SRE_KEYSTORE_URL)" in status.stderr
+    # A URL with credentials: where, never who or with what password.
+    elsewhere = KeyStore.from_env({"REDIS_OM_URL": "redis://alice:s3cr3t@db.example:6380/4"})
+    assert elsewhere.location == (
+        "db.example:6380 db 4 (from REDIS_OM_URL, REDIS_SRE_KEYSTORE_URL being unset)"
+    )
+
+
+def test_cli_keys_list_columns_are_apart_and_aligned(kms: KmsKey) -> None:
+    ids = [cli("keys", "create").stdout.strip() for _ in range(2)]
+    listed = cli("keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split("  ")[0] == "key id"
+    records = {r.key_id: r for r in store().records()}
+    assert [row.split() for row in rows] == [
+        [i, records[i].state.value, records[i].created_at, kms.arn] for i in ids
+    ]
+    for row in rows:  # every value starts under its heading
+        assert row.index(kms.arn) == header.index("KMS key")
+        assert row.index(records[row.split()[0]].created_at) == header.index("created at")
+
+
+def test_an_empty_kms_key_id_is_named_by_the_keys_commands(kms: KmsKey) -> None:
+    created = cli("keys", "create", env={**os.environ, "REDIS_SRE_KMS_KEY_ID": ""})
+    assert created.returncode == 2
+    assert "error: no KMS configured: REDIS_SRE_KMS_KEY_ID is set but empty" in created.stderr
+
+
+def test_a_denied_unwrap_names_the_kms_key_that_wrapped_the_record(
+    kms: KmsKey, vaults: None
+) -> None:
+    store().create()
+    denied = AwsKms(kms.alias)
+    with Stubber(denied.client) as stub:
+        stub.add_client_error(
+            "decrypt", service_error_code="AccessDeniedException", service_message="denied"
+        )
+        with pytest.raises(KmsError) as info:
+            StoreKeyRing(KeyStore(store().client, denied)).current  # noqa: B018
+    assert "AccessDeniedException" in str(info.value)
+    assert str(info.value).endswith(f"(the record was wrapped by KMS key {kms.arn})")

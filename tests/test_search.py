@@ -509,7 +509,7 @@ def test_the_command_line_reports_and_backfills_companions() -> None:
     result = CliRunner().invoke(app, ["status", target])
     assert result.exit_code == 1, result.output
     assert "SyncHashUser.email (blind index): 1 index-missing" in result.output
-    assert "1 blind-index companions missing" in result.output
+    assert "1 blind-index companion missing" in result.output
     result = CliRunner().invoke(app, ["migrate", target, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["indexed"] == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from ..errors import MasterKeyError
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, parse_env
 from .store import ENV_KMS_KEY_ID
 from .store_ring import ENVIRONMENT, StoreKeyRing
@@ -95,6 +96,16 @@ def _read_environ() -> KeyRing:
     if ring is None:
         if texts[2] is not None and texts[2].strip():
             ring = StoreKeyRing.from_env()
+        elif texts[2] is not None:
+            try:
+                ring = _parse_env(texts[0], texts[1])
+            except MasterKeyError as exc:
+                # An empty KMS key id (a template's unset value) is not "use the environment's
+                # key": say so, or the user hunts for a master key they never meant to set.
+                raise MasterKeyError(
+                    f"{ENV_KMS_KEY_ID} is set but empty: set it to the KMS key (id, ARN or "
+                    f"alias) to use the key store, or unset it and set {ENV_MASTER_KEY} ({exc})"
+                ) from None
         else:
             ring = _parse_env(texts[0], texts[1])
     with _lock:

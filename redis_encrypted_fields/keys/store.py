@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 import redis
 
 from ..audit import track
-from ..errors import ConfigurationError, KeyStoreError
+from ..errors import ConfigurationError, KeyStoreError, KmsError, printable
 from .aws import AwsKms
 from .kms import KmsProvider, WrappedKey
 from .ring import KEY_ID_SIZE, MasterKey
@@ -61,6 +61,7 @@ ENV_KEYSTORE_URL = "REDIS_SRE_KEYSTORE_URL"
 ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
 DEFAULT_CACHE_TTL = 300.0
 STORE_KEY = "redis-encrypted-fields:keystore"
+DEFAULT_URL = "redis://localhost:6379"  # with neither REDIS_SRE_KEYSTORE_URL nor REDIS_OM_URL
 PURPOSE = "redis-encrypted-fields master key"
 _TIMEOUT = 5.0  # seconds, for the store's own Redis client
 
@@ -220,24 +221,52 @@ class KeyStore:
     """Master keys in one Redis hash (``key``), wrapped by ``kms``.
 
     ``client`` is a synchronous redis-py client. ``kms`` may be ``None`` for reading the store
-    (``records``); creating and unwrapping keys need it.
+    (``records``); creating and unwrapping keys need it. ``source`` says where its location came
+    from (``from_env``: which variable), for messages.
     """
 
     def __init__(
-        self, client: Any, kms: KmsProvider | None = None, *, key: str = STORE_KEY
+        self,
+        client: Any,
+        kms: KmsProvider | None = None,
+        *,
+        key: str = STORE_KEY,
+        source: str | None = None,
     ) -> None:
         self.client = client
         self.kms = kms
         self.key = key
+        self.source = source
+        self.kms_key_id_empty = False  # from_env: the variable is set, but to nothing
+
+    @property
+    def location(self) -> str:
+        """Which server and database the store is in, without credentials: ``host:port db N``,
+        and where that came from when known."""
+        pool = getattr(self.client, "connection_pool", None)
+        kwargs: Mapping[str, Any] = getattr(pool, "connection_kwargs", None) or {}
+        if "path" in kwargs:
+            server = f"unix:{kwargs['path']}"
+        else:
+            server = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        where = f"{server} db {kwargs.get('db', 0)}"
+        return f"{where} ({self.source})" if self.source else where
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
         """The store at ``REDIS_SRE_KEYSTORE_URL``, else ``REDIS_OM_URL`` (the models' Redis),
         with AWS KMS key ``REDIS_SRE_KMS_KEY_ID`` if set."""
         env = os.environ if environ is None else environ
-        url = (
-            env.get(ENV_KEYSTORE_URL) or env.get("REDIS_OM_URL") or "redis://localhost:6379"
-        ).strip()
+        if env.get(ENV_KEYSTORE_URL):
+            url, source = env[ENV_KEYSTORE_URL], f"from {ENV_KEYSTORE_URL}"
+        elif env.get("REDIS_OM_URL"):
+            url, source = env["REDIS_OM_URL"], f"from REDIS_OM_URL, {ENV_KEYSTORE_URL} being unset"
+        else:
+            url, source = (
+                DEFAULT_URL,
+                f"the default: neither {ENV_KEYSTORE_URL} nor REDIS_OM_URL set",
+            )
+        url = url.strip()
         try:
             client = redis.Redis.from_url(
                 url,
@@ -251,7 +280,9 @@ class KeyStore:
                 f"{ENV_KEYSTORE_URL} (or REDIS_OM_URL) is not a Redis URL"
             ) from None
         kms_key_id = (env.get(ENV_KMS_KEY_ID) or "").strip()
-        return cls(client, AwsKms(kms_key_id) if kms_key_id else None)
+        store = cls(client, AwsKms(kms_key_id) if kms_key_id else None, source=source)
+        store.kms_key_id_empty = ENV_KMS_KEY_ID in env and not kms_key_id
+        return store
 
     def _redis(self, call: Callable[[], T]) -> T:
         try:
@@ -261,6 +292,11 @@ class KeyStore:
 
     def _require_kms(self) -> KmsProvider:
         if self.kms is None:
+            if self.kms_key_id_empty:
+                raise KeyStoreError(
+                    f"no KMS configured: {ENV_KMS_KEY_ID} is set but empty; set it to the KMS "
+                    "key (id, ARN or alias)"
+                )
             raise KeyStoreError(f"no KMS configured: set {ENV_KMS_KEY_ID}")
         return self.kms
 
@@ -283,8 +319,10 @@ class KeyStore:
         ``KeyStoreError`` if there is none."""
         active = [r for r in (self.records() if records is None else records) if r.is_active]
         if not active:
+            # Where it looked: a store found empty at an unexpected place (another server or
+            # database than the one its keys were created in) is otherwise a mystery.
             raise KeyStoreError(
-                "the key store has no active master key: create one with "
+                f"the key store at {self.location} has no active master key: create one with "
                 "`redis-encrypted-fields keys create`"
             )
         if len(active) > 1:
@@ -302,7 +340,14 @@ class KeyStore:
         key_id = bytes.fromhex(record.key_id)
         try:
             wrapped = WrappedKey(record.wrapped, record.kms_key_id)
-            material = kms.unwrap(wrapped, record.context)
+            try:
+                material = kms.unwrap(wrapped, record.context)
+            except KmsError as exc:
+                # The KMS key that wrapped the record, which a denied or refused unwrap is about:
+                # the configured one may be an alias, or another key than the record's.
+                raise type(exc)(
+                    f"{exc} (the record was wrapped by KMS key {printable(record.kms_key_id)})"
+                ) from None
             key = _checked(material, record.key_id)
         except KeyStoreError as exc:
             error = type(exc)(f"master key {record.key_id}: {exc}")

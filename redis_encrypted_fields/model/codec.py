@@ -64,6 +64,7 @@ __all__ = [
     "check_input",
     "check_stored_key",
     "check_unbound",
+    "checked_keyring",
     "open_stored",
     "opened",
     "plaintext_allowed",
@@ -86,7 +87,7 @@ def set_plaintext_reads(allowed: bool | None) -> None:
 
     By default plaintext is accepted with a warning unless ``REDIS_SRE_REJECT_PLAINTEXT`` is
     ``1``/``true``/``yes``/``on``; another value than those and ``0``/``false``/``no``/``off``
-    raises ``ConfigurationError`` when the switch is consulted.
+    raises ``ConfigurationError`` at the first read or write (``checked_keyring``).
     """
     global _plaintext_reads
     _plaintext_reads = allowed
@@ -132,6 +133,15 @@ def _allowed_by_env() -> bool:
             "to refuse plaintext read from Redis; 0, false, no, off or unset to accept it"
         )
     return True
+
+
+def checked_keyring() -> KeyRing:
+    """The key ring in force, once the plaintext switch is checked: a malformed
+    ``REDIS_SRE_REJECT_PLAINTEXT`` is refused when a read or write first needs the ring, not
+    left unnoticed until a plaintext happens to be read. (Once per read or record written: one
+    environment look-up beside the ring's.)"""
+    plaintext_allowed()
+    return get_keyring()
 
 
 # What the switch's refusals suggest: migrate, with the switch on, reports such values as
@@ -314,7 +324,7 @@ class Opener:
             record_part = self._record_part = binding_part(record_key)
         keyring = self._keyring
         if keyring is None:
-            keyring = self._keyring = get_keyring()
+            keyring = self._keyring = checked_keyring()
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
@@ -479,7 +489,7 @@ def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -
     """
     field = dotted(path)
     context = _bound(record_key, field) if record_key is not None else b""
-    return open_value(raw, get_keyring(), context, model=model, field=field, record=record_key)
+    return open_value(raw, checked_keyring(), context, model=model, field=field, record=record_key)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -520,9 +530,7 @@ class Sealer:
             record_part = self._record_part = binding_part(self.record_key)
         keyring = self._keyring
         if keyring is None:
-            keyring = self._keyring = get_keyring()
-            if writes_v1():
-                plaintext_allowed()  # refuses the switches' conflict before anything is written
+            keyring = self._keyring = checked_keyring()  # also refuses the switches' conflict
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()

@@ -145,6 +145,16 @@ class _Resolver:
         if not keep:
             return EncryptedStr(text)
         if existing is None:
+            raw = stored.decode("utf-8") if isinstance(stored, bytes) else stored
+            if isinstance(raw, str) and raw and leaf.mask.could_be_mask(raw):
+                # The record read back holds a mask the origin's bug stored in place of the
+                # secret: the mask being kept came from Redis, not necessarily from the client.
+                raise self.error(
+                    f"{where} of {self.record_key}: the stored value is a mask "
+                    f"({_shown(raw, leaf)!r}), not a secret (the secret was lost when a mask was "
+                    "stored in its place): there is no stored secret to keep; send the real value",
+                    path,
+                )
             raise self.error(
                 f"{where}: a mask ({_shown(text, leaf)!r}) was given to keep the existing "
                 f"secret, but {self.record_key} has no stored secret for it; send the real value",

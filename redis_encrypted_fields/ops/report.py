@@ -29,6 +29,7 @@ __all__ = [
     "Operation",
     "Report",
     "Scanned",
+    "counted",
     "key_state",
 ]
 
@@ -220,12 +221,12 @@ class Report:
                 found.append(f"{old} {_values(old)} not under the current key")
             for state, what in ((INDEX_MISSING, "missing"), (INDEX_OUTDATED, "outdated")):
                 if companions[state]:
-                    found.append(f"{companions[state]} blind-index companions {what}")
+                    found.append(f"{counted(companions[state], 'blind-index companion')} {what}")
             old = sum(
                 n for s, n in companions.items() if s.startswith(_KEY) and not self._current(s)
             )
             if old:
-                found.append(f"{old} blind-index companions not under the current key")
+                found.append(f"{counted(old, 'blind-index companion')} not under the current key")
         return found
 
     def role(self, key_id: str) -> str:
@@ -329,7 +330,7 @@ class Report:
             name += " (dry run)"
         if self.passes > 1:
             name += f" ({self.passes} passes: the cluster's slots moved)"
-        head = f"{name}: {self.records} records"
+        head = f"{name}: {counted(self.records, 'record')}"
         if not self.records and not self.failures:
             where = "; ".join(f"{s.server}, keys {s.pattern!r}" for s in self.scanned)
             return f"{head} found{f' ({where})' if where else ''}; nothing to do"
@@ -347,11 +348,12 @@ class Report:
         verb = "would change" if self.dry_run else "changed"
         indexed = ""
         if self.indexed:
-            indexed = f", {'would write' if self.dry_run else 'wrote'} {self.indexed} companions"
+            wrote = "would write" if self.dry_run else "wrote"
+            indexed = f", {wrote} {counted(self.indexed, 'companion')}"
         suspicious = self.suspicious
         left = f", {suspicious} suspicious left as they are" if suspicious else ""
         return (
-            f"{head}; {verb} {self.changed} values ({self.encrypted} encrypted, "
+            f"{head}; {verb} {counted(self.changed, 'value')} ({self.encrypted} encrypted, "
             f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped){indexed}, "
             f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
             f"{len(self.failures) - suspicious} failed{left}; {verdict}"
@@ -396,6 +398,11 @@ class Report:
 
     def _current(self, state: str) -> bool:
         return state[len(_KEY) :] == self.current_key
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 value``, ``2 values``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _values(n: int) -> str:
