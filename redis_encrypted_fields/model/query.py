@@ -332,6 +332,14 @@ _FOREIGN_SAMPLE = 10
 _FOREIGN_NAMED = 8
 
 
+@functools.lru_cache(maxsize=64)
+def _foreign_query(fields: tuple[str, ...], key_ids: tuple[str, ...]) -> str:
+    """The RediSearch query for companions in ``fields`` made under none of ``key_ids``
+    (public ids; kept, since building it costs more than running it)."""
+    prefixes = "|".join(f"{p}*" for p in foreign_prefixes(key_ids))
+    return "|".join(f"@{name}:{{{prefixes}}}" for name in fields)
+
+
 def _companions_of(model: Any, query: str, fields: Sequence[str]) -> Callable[[Any], Any]:
     """A request for ``steps``: FT.SEARCH ``query`` on the model's index, returning ``fields``
     of the first few records (the client is the model's: sync or asyncio)."""
@@ -438,8 +446,7 @@ class _Search:
         foreign: list[str] = []
         example = ""
         while len(foreign) < _FOREIGN_NAMED:
-            prefixes = "|".join(f"{p}*" for p in foreign_prefixes([*ring, *foreign]))
-            query = "|".join(f"@{name}:{{{prefixes}}}" for name in fields)
+            query = _foreign_query(tuple(fields), (*ring, *foreign))
             raw = yield _companions_of(q.model, query, fields)
             ids = {
                 str(value)[:KEY_ID_HEX]
@@ -455,9 +462,9 @@ class _Search:
             name = q.model.__name__
             searched = ", ".join(f"{name}.{f.removesuffix(COMPANION_SUFFIX)}" for f in fields)
             raise IndexKeyError(
-                f"{searched}: the query found nothing, but records (such as {printable(example)}) "
-                "carry a "
-                f"blind index made under master key {', '.join(foreign)}, which the key ring "
+                f"{searched}: the query found nothing, but records (such as "
+                f"{printable(example)}) carry a blind index made under master key "
+                f"{', '.join(foreign)}, which the key ring "
                 f"(key {', '.join(ring)}) does not hold, so the query cannot tell whether they "
                 "match. Configure that master key (REDIS_SRE_MASTER_KEY, or "
                 "REDIS_SRE_PREVIOUS_MASTER_KEYS after a rotation), or re-index the records "
