@@ -6,6 +6,10 @@
   both). The encrypted query computes the value's companion, fetches the candidates and decrypts
   them to drop false positives; both build the one record they return.
 - ``save()`` of a record with a blind-indexed field against the same model without the index.
+- A query that finds nothing: ``find(Model.email == absent).all()`` runs one more RediSearch
+  query, the key check (companions made under a master key the ring does not hold: a wrong or
+  missing key), against ``find(Model.name == absent).all()``; and that check's FT.SEARCH alone
+  against the blind query's own TAG lookup.
 
 The records are loaded once (``add()`` in pipelines of 2,000), then both queries are timed in
 interleaved rounds, as every comparison in this harness is.
@@ -22,7 +26,8 @@ import redis
 import redis_om
 from redis_om.search_reply import search_total
 
-from redis_encrypted_fields import BlindIndex, EncryptedModel, EncryptedStr
+from redis_encrypted_fields import BlindIndex, EncryptedModel, EncryptedStr, get_keyring
+from redis_encrypted_fields.model.blind_index import companion_name, foreign_prefixes
 
 from . import BENCHMARKS
 from .harness import (
@@ -139,6 +144,42 @@ def _find_ops(n: int, seed: int) -> tuple[Any, Any]:
     return by_email, by_name
 
 
+def _empty_ops() -> tuple[Any, Any]:
+    """Queries for values no record holds: the blind one ends with the key check."""
+    state = {"e": 0, "p": 0}
+
+    def by_email() -> None:
+        state["e"] += 1
+        if SearchUser.find(SearchUser.email == f"absent.{state['e']}@example.com").all():
+            raise BenchmarkError("find(email == absent) found a record")
+
+    def by_name() -> None:
+        state["p"] += 1
+        if SearchUser.find(SearchUser.name == f"absent-{state['p']}").all():
+            raise BenchmarkError("find(name == absent) found a record")
+
+    return by_email, by_name
+
+
+def _check_ops() -> tuple[Any, Any]:
+    """The key check's FT.SEARCH (as the library sends it) and a one-companion TAG lookup."""
+    db = SearchUser.db()
+    index, field = SearchUser.Meta.index_name, companion_name("email")
+    ring = [key.key_id_hex for key in get_keyring().keys]
+    prefixes = "|".join(f"{p}*" for p in foreign_prefixes(ring))
+    check = f"@{field}:{{{prefixes}}}"
+    lookup = f"@{field}:{{{ring[0]}abcd}}"
+
+    def run(query: str) -> Any:
+        return db.execute_command("FT.SEARCH", index, query, "LIMIT", 0, 10, "RETURN", 1, field)
+
+    def key_check() -> None:
+        if search_total(run(check)):
+            raise BenchmarkError("the key check found companions under a foreign key")
+
+    return key_check, lambda: run(lookup)
+
+
 def _save_ops(indexed: Any, plain: Any) -> tuple[Any, Any]:
     a = indexed(name="saved", email=_email(1))
     b = plain(name="saved", email=_email(1))
@@ -170,6 +211,22 @@ async def run(settings: Settings) -> Section:
             batch=settings.search_batch,
             goal=FIND_GOAL,
         )
+        empty_email, empty_name = _empty_ops()
+        empty = await compare(
+            "finds nothing: `find(email == v).all()` vs `find(name == v).all()`",
+            empty_email,
+            empty_name,
+            rounds=settings.search_rounds,
+            batch=settings.search_batch,
+        )
+        key_check, lookup = _check_ops()
+        check = await compare(
+            "the key check's FT.SEARCH vs a one-companion TAG lookup",
+            key_check,
+            lookup,
+            rounds=settings.search_rounds,
+            batch=settings.search_batch,
+        )
         saves = []
         for label, indexed, plain in (
             ("HashModel", SaveIndexed, SaveUnindexed),
@@ -200,6 +257,15 @@ async def run(settings: Settings) -> Section:
         "false positives the library decrypts and drops.",
         "",
         *table(header, [find.row()]),
+        "",
+        "A blind query that finds nothing makes sure it could have: one more FT.SEARCH looks "
+        "for companions made under a master key the ring does not hold (TAG prefixes of every "
+        "other key id; it matches nothing while the ring holds every key in use) and raises "
+        "`IndexKeyError` if it finds one, where a wrong or missing key would otherwise give an "
+        "empty answer. Queries for a value no record holds, and that check alone against the "
+        "blind query's own TAG lookup (both sent raw, same client):",
+        "",
+        *table(header, [empty.row(), check.row()]),
         "",
         f"`save()` of one record: the model with `email: Annotated[EncryptedStr, BlindIndex()]` "
         "against the same model with `email: EncryptedStr` (both encrypt; one also computes and "

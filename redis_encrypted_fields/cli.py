@@ -370,10 +370,11 @@ def _print_text(report: ops.Report) -> None:
         for group in groups:
             if group.failed:
                 print(f"failed: {group.line()}", file=sys.stderr)
-    keys = report.keys_in_use()
+    keys = report.keys_in_use()  # what is stored once the run is over, not what it found
     if keys:
         shown = ", ".join(f"{k} ({role}): {counted(n, 'value')}" for k, role, n in keys)
-        print(f"keys in use: {shown}")
+        now = "" if report.operation is ops.Operation.STATUS or report.dry_run else " now"
+        print(f"keys in use{now}: {shown}")
     print(report.summary())
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigurationError",
     "DecryptionError",
     "EncryptionError",
+    "IndexKeyError",
     "KeyStoreError",
     "KmsError",
     "MaskedSecretError",
@@ -147,3 +148,9 @@ class ConcurrentChangeError(EncryptionError):
 class BlindIndexError(ConfigurationError):
     """A ``BlindIndex`` argument or normalize function is unusable, or the planner was given a
     population it cannot plan for."""
+
+
+class IndexKeyError(DecryptionError):
+    """A blind-index query found nothing while records carry companions made under master keys
+    the key ring does not hold (a wrong master key, a previous key missing): it cannot be
+    answered. Names those key ids. A ``DecryptionError``, as reading those records would be."""

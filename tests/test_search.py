@@ -51,9 +51,11 @@ from typer.testing import CliRunner
 from redis_encrypted_fields import (
     BlindIndex,
     BlindIndexError,
+    DecryptionError,
     EncryptedModel,
     EncryptedStr,
     EncryptionError,
+    IndexKeyError,
     KeyRing,
     MasterKey,
     PlaintextSecretError,
@@ -706,3 +708,57 @@ def test_with_plaintext_refused_search_filter_and_count_refuse_planted_values(
     with pytest.raises(PlaintextSecretError) as info:
         SyncHashUser.find(SyncHashUser.email == email).count()
     assert (info.value.field, info.value.record) == ("email", planted.key())
+
+
+# Issue 21, item 1: a key ring that cannot compute the stored companions is an error, not [].
+
+
+async def test_a_wrong_or_missing_master_key_raises_instead_of_an_empty_search(
+    model: Any, monkeypatch: pytest.MonkeyPatch, master_key: str, request: pytest.FixtureRequest
+) -> None:
+    written = await users(model, 4)
+    # Records left under keys other tests' rings do not hold would make their searches raise.
+    request.addfinalizer(lambda: wipe(model))
+    old_id = MasterKey.from_base64(master_key).key_id_hex
+    query = model.find(model.email == email(1))
+    assert [r.pk for r in await aw(query.all())] == [written[1].pk]
+    # A value no record holds: the ring holds every key in use, so [] is the true answer.
+    assert await aw(model.find(model.email == "nobody@example.com").all()) == []
+    assert await aw(model.find(model.email == "nobody@example.com").count()) == 0
+
+    def refused(what: str, ring_id: str) -> None:
+        # The cause, both key ids, and a record: never the value searched for.
+        for expected in (old_id, ring_id, model.__name__, "REDIS_SRE_MASTER_KEY"):
+            assert expected in what
+        assert "user1@example.com" not in what.lower()
+
+    # A valid but wrong master key.
+    wrong = new_key()
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", wrong)
+    wrong_id = MasterKey.from_base64(wrong).key_id_hex
+    for run in (lambda q: q.all(), lambda q: q.count(), lambda q: q.first()):
+        with pytest.raises(IndexKeyError) as caught:
+            await aw(run(model.find(model.email == email(1))))
+        refused(str(caught.value), wrong_id)
+        assert isinstance(caught.value, DecryptionError)  # as find(name == ...) raises
+        assert caught.value.model == model.__name__
+    with pytest.raises(IndexKeyError):
+        await aw(model.find(model.email << [email(1), email(2)]).all())
+
+    # After a rotation that re-indexed one record only, the previous key missing: a value
+    # whose record is still indexed under it cannot be found, and says so.
+    new = new_key()
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", new)
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", master_key)
+    moved = await aw(model.get(written[2].pk))
+    await aw(moved.save())  # re-indexed under the new key
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", "")
+    assert [r.pk for r in await aw(model.find(model.email == email(2)).all())] == [moved.pk]
+    for run in (lambda q: q.all(), lambda q: q.count()):
+        with pytest.raises(IndexKeyError) as caught:
+            await aw(run(model.find(model.email == email(1))))
+        refused(str(caught.value), MasterKey.from_base64(new).key_id_hex)
+    # With the previous key back, the same queries answer.
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", master_key)
+    assert await aw(model.find(model.email == email(1)).count()) == 1
+    assert await aw(model.find(model.email == "nobody@example.com").all()) == []

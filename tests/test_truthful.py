@@ -272,6 +272,43 @@ def test_status_fails_while_values_are_under_a_previous_key(master_key: str) -> 
     assert f"Account.password: 6 under key {new_id} (current)" in proc.stdout.splitlines()
 
 
+def test_rotate_reports_what_is_stored_after_the_run(
+    master_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21, item 3: after a rotation the summary shows what is stored now (every value
+    under the current key), and, apart, what the run changed; not the state it found."""
+    plant(6)
+    ops.migrate(Account)
+    old_id, new = MasterKey.from_base64(master_key).key_id_hex, new_key()
+    new_id = MasterKey.from_base64(new).key_id_hex
+    env = keys_env(new, master_key)
+    proc = cli("rotate", "ops_models:Account", env=env)
+    assert proc.returncode == 0, proc.stderr
+    *lines, summary = proc.stdout.splitlines()
+    assert f"keys in use now: {new_id} (current): 6 values" in lines
+    assert old_id not in proc.stdout  # the key the values were under before the run
+    assert "changed 6 values (0 encrypted, 0 upgraded from origin v1, 6 re-wrapped)" in summary
+    assert f"stored now: 6 under key {new_id} (current), 6 empty; OK" in summary
+    # A dry run changes nothing: what is stored is what it found.
+    proc = cli("rotate", "ops_models:Account", "--dry-run", env=keys_env(new_key(), new))
+    assert f"keys in use: {new_id} (previous): 6 values" in proc.stdout.splitlines()
+    assert f"stored now: 6 under key {new_id} (previous), 6 empty" in proc.stdout
+
+    # The Python API: what the run found (states) and what is stored now (stored), apart.
+    newer = new_key()
+    newer_id = MasterKey.from_base64(newer).key_id_hex
+    monkeypatch.setenv("REDIS_SRE_MASTER_KEY", newer)
+    monkeypatch.setenv("REDIS_SRE_PREVIOUS_MASTER_KEYS", new)
+    report = ops.rotate(Account)
+    assert report.ok, report.summary()
+    assert report.states["Account.password"] == {f"key:{new_id}": 6}
+    assert report.stored["Account.password"] == {f"key:{newer_id}": 6}
+    assert report.keys_in_use() == [(newer_id, "current", 6)]
+    assert report.as_dict()["keys"] == [{"key_id": newer_id, "role": "current", "values": 6}]
+    assert f"stored now: 6 under key {newer_id} (current)" in report.summary()
+    assert report.keys_in_use() == ops.status(Account).keys_in_use()
+
+
 def test_status_groups_by_key_and_field_and_is_not_cut_when_piped(master_key: str) -> None:
     plant(30)
     ops.migrate(Account)

@@ -36,6 +36,7 @@ __all__ = [
     "INDEX_MISSING",
     "INDEX_OUTDATED",
     "INDEX_SUFFIX",
+    "KEY_ID_HEX",
     "MAX_BITS",
     "PLAN_RULE",
     "BlindIndex",
@@ -48,6 +49,7 @@ __all__ = [
     "companion_schema",
     "companion_state",
     "domain",
+    "foreign_prefixes",
     "index_key",
     "plan_index",
     "with_companions",
@@ -58,6 +60,9 @@ DEFAULT_BITS = 16
 MAX_BITS = 64
 COMPANION_SUFFIX = "__bidx"
 KEY_ID_HEX = 2 * KEY_ID_SIZE
+_HEX = "0123456789abcdef"
+# RediSearch refuses shorter prefixes (MINPREFIX, default 2).
+_MIN_PREFIX = 2
 _LABEL = b"redis-encrypted-fields/blind-index/v1"
 
 Normalizer = Callable[[str], str]
@@ -243,6 +248,32 @@ def write_companions(
         normalized = index.normalized(str.__str__(value), f"{model.__name__}.{name}")
         info = domain(key_prefix, name, index.definition)
         data[companion_name(name)] = index.companion(current, info, normalized)
+
+
+def foreign_prefixes(key_ids: Iterable[str]) -> list[str]:
+    """TAG prefixes (at least two hex digits each, sorted) that together match exactly the
+    companions not made under one of ``key_ids`` (hex): what a query looks for to learn whether
+    stored companions were made under keys the ring does not hold.
+
+    Every value under such a prefix is foreign, so one prefix whose expansion RediSearch cuts
+    short (MAXPREFIXEXPANSIONS) still finds a foreign record when there is one.
+    """
+    known = {k.lower() for k in key_ids if len(k) == KEY_ID_HEX}
+    found: list[str] = []
+
+    def walk(prefix: str) -> None:
+        for digit in _HEX:
+            longer = prefix + digit
+            if not any(k.startswith(longer) for k in known):
+                if len(longer) >= _MIN_PREFIX:
+                    found.append(longer)
+                else:
+                    found.extend(longer + d for d in _HEX)
+            elif len(longer) < KEY_ID_HEX:
+                walk(longer)
+
+    walk("")
+    return sorted(found)
 
 
 # --- the state of a stored companion (for the maintenance operations) --------------------------

@@ -13,6 +13,10 @@ that differs in three ways:
   counts offsets in true matches. Combined through ``|`` with other conditions, a candidate
   whose encrypted field is a false positive is kept only if RediSearch confirms the rest of
   the condition for it (one extra query per page, only then).
+- A blind query that finds nothing makes sure the key ring could have found something: one more
+  RediSearch query looks for companions made under master keys the ring does not hold (a wrong
+  master key, a previous key missing) and raises ``IndexKeyError`` naming those keys, where the
+  answer would otherwise be a silent ``[]`` or ``0``.
 - ``values()`` and ``only()`` return what ``all()`` shows (``EncryptedStr`` plaintext), not the
   stored envelopes.
 
@@ -43,9 +47,18 @@ from redis_om.search_reply import (
 )
 
 from ..crypto import Kind, binding, classify, open_value
+from ..errors import IndexKeyError, printable
 from ..keys import KeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync
-from .blind_index import BlindIndex, SearchSpec, companion_name, domain
+from .blind_index import (
+    COMPANION_SUFFIX,
+    KEY_ID_HEX,
+    BlindIndex,
+    SearchSpec,
+    companion_name,
+    domain,
+    foreign_prefixes,
+)
 from .codec import check_stored_key, check_unbound, opened
 from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
@@ -313,6 +326,30 @@ def _reveal(value: Any) -> Any:
 # --- the query --------------------------------------------------------------------------------
 
 
+# How many records the key check reads per query (their companions' key ids), and at most how
+# many foreign key ids it names.
+_FOREIGN_SAMPLE = 10
+_FOREIGN_NAMED = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _foreign_query(fields: tuple[str, ...], key_ids: tuple[str, ...]) -> str:
+    """The RediSearch query for companions in ``fields`` made under none of ``key_ids``
+    (public ids; kept, since building it costs more than running it)."""
+    prefixes = "|".join(f"{p}*" for p in foreign_prefixes(key_ids))
+    return "|".join(f"@{name}:{{{prefixes}}}" for name in fields)
+
+
+def _companions_of(model: Any, query: str, fields: Sequence[str]) -> Callable[[Any], Any]:
+    """A request for ``steps``: FT.SEARCH ``query`` on the model's index, returning ``fields``
+    of the first few records (the client is the model's: sync or asyncio)."""
+    db = model.db()
+    index, sample = model.Meta.index_name, _FOREIGN_SAMPLE
+    return lambda _client: db.execute_command(
+        "FT.SEARCH", index, query, "LIMIT", 0, sample, "RETURN", len(fields), *fields
+    )
+
+
 def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
     """A request for ``steps``: redis-om's own call, awaited in the asyncio flavour."""
     return lambda _client: function(*args, **kwargs)
@@ -377,6 +414,8 @@ class _Search:
         if _has_blind(self._ref_tree()):
             want = None if exhaust else q.limit
             records = yield from self._ref_matches(q.offset, want)
+            if not records:
+                yield from self._ref_check_keys()
         else:
             # Projections: whole records (decrypted by the model), projected below.
             whole = q.copy(projected_fields=[], return_as_dict=False)
@@ -388,7 +427,51 @@ class _Search:
         """The number of records ``all()`` returns, with the same refusals: each match's stored
         pk is checked against its key (and, under a blind condition, its value decrypted)."""
         matches = yield from self._ref_matches(0, None, build=False)
+        if not matches and _has_blind(self._ref_tree()):
+            yield from self._ref_check_keys()
         return len(matches)
+
+    def _ref_check_keys(self) -> Steps[None]:
+        """Raise ``IndexKeyError`` when records of the model carry, in a companion the query
+        searched, the id of a master key the ring does not hold: the query could not have found
+        them, so its empty answer would be a guess.
+
+        One FT.SEARCH of TAG prefixes (``foreign_prefixes``) over the companions, which matches
+        no record while the ring holds every key in use; then one per foreign key id, only to
+        name them all.
+        """
+        q: Any = self
+        fields = sorted({companion_name(leaf.field) for leaf in _blind_leaves(self._ref_tree())})
+        ring = [key.key_id_hex for key in get_keyring().keys]
+        foreign: list[str] = []
+        example = ""
+        while len(foreign) < _FOREIGN_NAMED:
+            query = _foreign_query(tuple(fields), (*ring, *foreign))
+            raw = yield _companions_of(q.model, query, fields)
+            ids = {
+                str(value)[:KEY_ID_HEX]
+                for doc in _documents(raw, fields)
+                for value in doc.fields.values()
+                if isinstance(value, str) and len(value) > KEY_ID_HEX
+            } - {*ring, *foreign}
+            if not ids:
+                break
+            example = example or _documents(raw, fields)[0].key
+            foreign += sorted(ids)
+        if foreign:
+            name = q.model.__name__
+            searched = ", ".join(f"{name}.{f.removesuffix(COMPANION_SUFFIX)}" for f in fields)
+            raise IndexKeyError(
+                f"{searched}: the query found nothing, but records (such as "
+                f"{printable(example)}) carry a blind index made under master key "
+                f"{', '.join(foreign)}, which the key ring "
+                f"(key {', '.join(ring)}) does not hold, so the query cannot tell whether they "
+                "match. Configure that master key (REDIS_SRE_MASTER_KEY, or "
+                "REDIS_SRE_PREVIOUS_MASTER_KEYS after a rotation), or re-index the records "
+                "with migrate under a ring that holds it",
+                model=name,
+                record=example,
+            )
 
     def _ref_matches(self, skip: int, want: int | None, build: bool = True) -> Steps[list[Any]]:
         """The true matches from the ``skip``-th on (at most ``want``), in RediSearch's order:

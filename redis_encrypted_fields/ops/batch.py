@@ -220,6 +220,7 @@ class Planned:
     # Per record written, what its values count as; the whole batch's tally.
     send_tallies: list[tuple[_Tally, ...]] = field(default_factory=list)
     tally: Counter[_Tally] = field(default_factory=Counter)
+    current: str = ""  # the state of values under the current key: what a write leaves
 
 
 def read_request(script: Script, layout: Layout, keys: Sequence[str]) -> Request:
@@ -361,13 +362,15 @@ def plan_batch(
     keyring: KeyRing,
     suspect: bool = False,
 ) -> Planned:
-    planned = Planned(keys, Report(op))
+    planned = Planned(keys, Report(op), current=key_state(keyring.current.key_id))
     for key, value in zip(keys, stored, strict=True):
         _plan_record(op, layout, key, value, keyring, planned, suspect)
     return planned
 
 
 _OUTCOMES = ("encrypted", "upgraded", "rewrapped", "indexed", "unchanged")
+# Outcomes that leave the value (or companion) under the current key once written.
+_WRITTEN = frozenset(("encrypted", "upgraded", "rewrapped", "indexed"))
 
 
 def settle(planned: Planned, results: Sequence[Any], dry_run: bool) -> tuple[Report, list[str]]:
@@ -391,6 +394,8 @@ def settle(planned: Planned, results: Sequence[Any], dry_run: bool) -> tuple[Rep
         if n <= 0:
             continue
         report.states.setdefault(name, Counter())[state] += n
+        written = not dry_run and state != EMPTY and outcome in _WRITTEN
+        report.stored.setdefault(name, Counter())[planned.current if written else state] += n
         if state != EMPTY and outcome in _OUTCOMES:
             setattr(report, outcome, getattr(report, outcome) + n)
     return report, [k for k in planned.keys if k in conflicted]

@@ -173,6 +173,9 @@ class Report:
     # Per model and field path: how many values are in each state (``status``), or were found
     # in each state before the operation (``migrate``/``rotate``).
     states: dict[str, Counter[str]] = field(default_factory=dict)
+    # The same counts once the run is over: what is stored now (``status`` and a dry run
+    # change nothing: as ``states``).
+    stored: dict[str, Counter[str]] = field(default_factory=dict)
     # The key ring the operation ran with (hex key ids), to tell current, previous and unknown.
     current_key: str | None = None
     previous_keys: tuple[str, ...] = ()
@@ -252,10 +255,11 @@ class Report:
                 under[name] = under.get(name, 0) + 1
         return under
 
-    def groups(self) -> list[Group]:
-        """One group per field and state (and key id and reason, for failures), sorted."""
+    def groups(self, stored: bool = False) -> list[Group]:
+        """One group per field and state (and key id and reason, for failures), sorted: as the
+        run found the values, or (``stored``) as they are stored once it is over."""
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        for name, states in self.states.items():
+        for name, states in (self.stored if stored else self.states).items():
             for state, n in states.items():
                 counts[name, state] += n
         failed: dict[tuple[str, str, str | None, str], list[str]] = defaultdict(list)
@@ -282,9 +286,10 @@ class Report:
         )
 
     def keys_in_use(self) -> list[tuple[str, str, int]]:
-        """``(key id, role, values)`` for every key id values name, current first."""
+        """``(key id, role, values)`` for every key id stored values name once the run is over
+        (after a rotation: the current key), current first."""
         totals: Counter[str] = Counter()
-        for group in self.groups():
+        for group in self.groups(stored=True):
             if group.key_id is not None and not group.field.endswith(INDEX_SUFFIX):
                 totals[group.key_id] += group.count
         order = {CURRENT: 0, PREVIOUS: 1, UNKNOWN: 2}
@@ -303,6 +308,8 @@ class Report:
         self.failures.extend(other.failures)
         for name, counts in other.states.items():
             self.states.setdefault(name, Counter()).update(counts)
+        for name, counts in other.stored.items():
+            self.stored.setdefault(name, Counter()).update(counts)
         if self.current_key is None:
             self.current_key, self.previous_keys = other.current_key, other.previous_keys
         self.scanned.extend(other.scanned)
@@ -356,8 +363,25 @@ class Report:
             f"{head}; {verb} {counted(self.changed, 'value')} ({self.encrypted} encrypted, "
             f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped){indexed}, "
             f"{self.unchanged} unchanged, {self.conflicts} skipped as changed meanwhile, "
-            f"{len(self.failures) - suspicious} failed{left}; {verdict}"
+            f"{len(self.failures) - suspicious} failed{left}; stored now: {self.stored_now()}; "
+            f"{verdict}"
         )
+
+    def stored_now(self) -> str:
+        """The values (not companions) stored once the run is over, by state: ``6 under key
+        <id> (current), 2 empty`` (a dry run changes nothing: as found)."""
+        totals: Counter[str] = Counter()
+        for name, counts in self.stored.items():
+            if not name.endswith(INDEX_SUFFIX):
+                totals.update(counts)
+        parts = [
+            f"{n} under key {state[len(_KEY) :]}{self._marked(state)}"
+            if state.startswith(_KEY)
+            else f"{n} {state}"
+            for state, n in sorted(totals.items(), key=self._stored_order)
+            if n
+        ]
+        return ", ".join(parts) or "no values"
 
     def as_dict(self) -> dict[str, Any]:
         """Everything the report holds, for ``--json`` and scripts."""
@@ -379,6 +403,7 @@ class Report:
             "previous_keys": list(self.previous_keys),
             "keys": [{"key_id": k, "role": role, "values": n} for k, role, n in self.keys_in_use()],
             "fields": [g.as_dict() for g in self.groups()],
+            "stored": [g.as_dict() for g in self.groups(stored=True)],
             "failures": [f.as_dict() for f in self.failures],
             "scanned": [s.as_dict() for s in self.scanned],
             "passes": self.passes,
@@ -392,6 +417,13 @@ class Report:
             if index is None or name.endswith(INDEX_SUFFIX) == index:
                 totals.update(counts)
         return totals
+
+    def _stored_order(self, item: tuple[str, int]) -> tuple[int, str]:
+        # Values under keys first, current, previous then unknown; then the other states.
+        state = item[0]
+        if not state.startswith(_KEY):
+            return 3, state
+        return {CURRENT: 0, PREVIOUS: 1}.get(self.role(state[len(_KEY) :]), 2), state
 
     def _marked(self, state: str) -> str:
         return f" ({self.role(state[len(_KEY) :])})" if state.startswith(_KEY) else ""

@@ -194,8 +194,10 @@ def _pass(
     report.previous_keys = ring.previous_ids
     for path in encrypted_paths(layout.model):
         report.states.setdefault(f"{layout.name}.{path}", Counter())
+        report.stored.setdefault(f"{layout.name}.{path}", Counter())
     for name in layout.blind:
         report.states.setdefault(index_name(layout.name, name), Counter())
+        report.stored.setdefault(index_name(layout.name, name), Counter())
     kind = "ReJSON-RL" if layout.is_json else "hash"
     match = _glob_escape(layout.prefix) + "*"
     scanner = _Scanner(match, batch_size, kind, nodes(client))
