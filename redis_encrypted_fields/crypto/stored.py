@@ -18,11 +18,11 @@ what is written (a rolling upgrade; such values are bound to no record).
 from __future__ import annotations
 
 import enum
-import os
 
 from ..audit import audit_enabled, track
 from ..errors import ConfigurationError, DecryptionError, located
 from ..keys.ring import KeyRing
+from ..switches import EnvSwitch
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy, seal_legacy
 
@@ -134,30 +134,11 @@ def open_value(
     return plaintext
 
 
-# writes_v1() runs for every value sealed, and os.environ.get() costs ~1.7 us. As in
-# keys/env.py: on POSIX os.environ keeps its bytes in a dict (``_data``) whose values every
-# os.environ write replaces, so the switch is parsed again only when its bytes object changed
-# (the cache holds that object, so its identity cannot be reused).
-_RAW_WRITE_FORMAT = os.fsencode(ENV_WRITE_FORMAT)
-_write_format: tuple[object, object, bool] | None = None  # (environ's dict, the bytes, v1?)
-
-
 def writes_v1() -> bool:
     """Whether ``REDIS_SRE_WRITE_FORMAT`` asks for the origin's v1 format (``v1``) rather than
-    the current one (``v2``, or unset); ``ConfigurationError`` naming the variable otherwise."""
-    global _write_format
-    data = getattr(os.environ, "_data", None)
-    cached = _write_format
-    if type(data) is dict:
-        raw = data.get(_RAW_WRITE_FORMAT)
-        if cached is not None and cached[0] is data and cached[1] is raw:
-            return cached[2]
-    else:
-        raw = data = None  # not POSIX, or os.environ replaced: read and parsed every time
-    v1 = _parse_write_format(os.environ.get(ENV_WRITE_FORMAT, ""))
-    if data is not None:
-        _write_format = (data, raw, v1)
-    return v1
+    the current one (``v2``, or unset); ``ConfigurationError`` naming the variable otherwise.
+    (Consulted for every value sealed: parsed once per change of the variable.)"""
+    return _write_format()
 
 
 def _parse_write_format(text: str) -> bool:
@@ -171,6 +152,9 @@ def _parse_write_format(text: str) -> bool:
         f"{ENV_WRITE_FORMAT}={text[:40]!r} is not a valid format: use v1 to write values the "
         "origin's module can read (during a rolling upgrade), v2 or unset for the current format"
     )
+
+
+_write_format = EnvSwitch(ENV_WRITE_FORMAT, _parse_write_format)
 
 
 def seal_value(

@@ -10,7 +10,6 @@ import contextvars
 import functools
 import json
 import logging
-import os
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from ..errors import (
     printable,
 )
 from ..keys import KeyRing, get_keyring
+from ..switches import EnvSwitch
 from .field_map import Facts
 from .fields import (
     EncryptedStr,
@@ -120,8 +120,8 @@ def plaintext_allowed() -> bool:
     return allowed
 
 
-def _allowed_by_env() -> bool:
-    text = os.environ.get(ENV_REJECT_PLAINTEXT, "")
+def _parse_reject_plaintext(text: str) -> bool:
+    """Whether plaintext reads are allowed, by the switch's text."""
     flag = text.strip().lower()
     if flag in _ON:
         return False
@@ -133,6 +133,10 @@ def _allowed_by_env() -> bool:
             "to refuse plaintext read from Redis; 0, false, no, off or unset to accept it"
         )
     return True
+
+
+# Consulted once per read and per record written: parsed once per change of the variable.
+_allowed_by_env = EnvSwitch(ENV_REJECT_PLAINTEXT, _parse_reject_plaintext)
 
 
 def checked_keyring() -> KeyRing:
