@@ -134,13 +134,6 @@ def open_value(
     return plaintext
 
 
-def writes_v1() -> bool:
-    """Whether ``REDIS_SRE_WRITE_FORMAT`` asks for the origin's v1 format (``v1``) rather than
-    the current one (``v2``, or unset); ``ConfigurationError`` naming the variable otherwise.
-    (Consulted for every value sealed: parsed once per change of the variable.)"""
-    return _write_format()
-
-
 def _parse_write_format(text: str) -> bool:
     flag = text.strip().lower()
     if flag in ("", "v2"):
@@ -154,7 +147,10 @@ def _parse_write_format(text: str) -> bool:
     )
 
 
-_write_format = EnvSwitch(ENV_WRITE_FORMAT, _parse_write_format)
+# Whether REDIS_SRE_WRITE_FORMAT asks for the origin's v1 format ("v1") rather than the current
+# one ("v2", or unset); ConfigurationError naming the variable otherwise. Consulted for every
+# value sealed: parsed once per change of the variable.
+writes_v1 = EnvSwitch(ENV_WRITE_FORMAT, _parse_write_format)
 
 
 def seal_value(
@@ -166,11 +162,16 @@ def seal_value(
     model: str | None = None,
     field: str | None = None,
     record: str | None = None,
+    v1: bool | None = None,
 ) -> str:
     """``plaintext`` sealed under the current master key, bound to ``context``, audited
     (``auditing``: whether to, ``None``: if anything listens). With ``REDIS_SRE_WRITE_FORMAT=v1``
-    it is written in the origin's v1 format instead, bound to nothing (``context`` unused)."""
-    envelope = seal_legacy(plaintext, keyring) if writes_v1() else seal(plaintext, keyring, context)
+    it is written in the origin's v1 format instead, bound to nothing (``context`` unused);
+    ``v1``: that switch, if the caller has looked it up (a record's writer does, once)."""
+    if v1 if v1 is not None else writes_v1():
+        envelope = seal_legacy(plaintext, keyring)
+    else:
+        envelope = seal(plaintext, keyring, context)
     if auditing if auditing is not None else audit_enabled():
         key_id = keyring.current.key_id
         track("encrypt", model=model, field=field, record=record, key_id=key_id)

@@ -510,7 +510,7 @@ class Sealer:
     """Seals the values of one record, bound to it; the record's half of the binding and the
     key ring are looked up once per record, not per value."""
 
-    __slots__ = ("_auditing", "_keyring", "_record_part", "model", "record_key")
+    __slots__ = ("_auditing", "_keyring", "_record_part", "_v1", "model", "record_key")
 
     def __init__(self, model: str, record_key: str) -> None:
         self.model = model
@@ -518,6 +518,7 @@ class Sealer:
         self._record_part: bytes | None = None
         self._keyring: KeyRing | None = None
         self._auditing: bool | None = None
+        self._v1 = False  # REDIS_SRE_WRITE_FORMAT=v1, looked up with the key ring
 
     def seal(self, value: str, mask: Mask, field: str) -> str:
         """``value`` sealed bound to this record and ``field`` (a dotted path)."""
@@ -535,11 +536,15 @@ class Sealer:
         keyring = self._keyring
         if keyring is None:
             keyring = self._keyring = checked_keyring()  # also refuses the switches' conflict
+            self._v1 = writes_v1()
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
         context = record_part + _field_binding(field)
-        return seal_value(value, keyring, context, auditing, self.model, field, self.record_key)
+        record_key = self.record_key
+        return seal_value(
+            value, keyring, context, auditing, self.model, field, record_key, self._v1
+        )
 
     def tree(self, obj: Any, path: FieldPath) -> None:
         """Replace every ``Pending`` in a dumped tree by an envelope bound to its path."""
