@@ -658,7 +658,8 @@ def test_no_secret_or_query_value_in_reprs_and_errors() -> None:
 
 def test_both_shapes_of_redisearch_replies_are_read() -> None:
     """redis-py 8 parses FT.SEARCH into a dict; older versions (and RESP2 callers) give a list."""
-    from redis_encrypted_fields.model.query import _documents, _only
+    from redis_encrypted_fields.model.replies import documents as _documents
+    from redis_encrypted_fields.model.replies import only_results as _only
 
     hash_fields = ["pk", "1", "email", "REFv2:x", "email__bidx", "ab"]
     listed = [2, "k:1", hash_fields, "k:2", ["$", '{"pk": "2", "email": "REFv2:y"}']]

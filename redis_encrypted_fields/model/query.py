@@ -26,280 +26,37 @@ Queries that involve no blind index and no projection run exactly as redis-om ru
 from __future__ import annotations
 
 import functools
-import json
-import operator
 import typing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 import aredis_om.model.model as _async_om
 import redis_om.model.model as _sync_om
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo as PydanticFieldInfo
 from redis_om.search_reply import (
-    pairs_to_dict,
     search_document_keys,
     search_total,
-    string_keyed,
-    to_string,
 )
 
 from ..crypto import Kind, binding, classify, open_value
 from ..errors import IndexKeyError, printable
-from ..keys import KeyRing, get_keyring
+from ..keys import get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import (
     COMPANION_SUFFIX,
     KEY_ID_HEX,
-    BlindIndex,
     SearchSpec,
     companion_name,
-    domain,
     foreign_prefixes,
 )
 from .codec import check_stored_key, check_unbound, opened
+from .conditions import Blind, Node, Parser, blind_leaves, has_blind, render, settle
 from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
+from .replies import Doc, documents, only_results, reply_keys
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
-
-
-# --- a query as a tree: blind-indexed conditions apart from the rest ---------------------------
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Blind:
-    """``field == v`` / ``field << [v, ...]`` on a blind-indexed field."""
-
-    field: str
-    index: BlindIndex
-    values: frozenset[str]  # normalized
-
-    def __repr__(self) -> str:  # the values are what the application searches for
-        return f"_Blind({self.field})"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Leaf:
-    """A condition RediSearch answers itself (redis-om renders it)."""
-
-    expression: Any
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Not:
-    child: _Node
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Join:
-    both: bool  # True: & (all of them); False: | (any of them)
-    children: tuple[_Node, ...]
-
-
-_Node = _Blind | _Leaf | _Not | _Join
-
-# The operators a blind index cannot answer exactly, as the user writes them.
-_SYMBOLS = {
-    "NE": "!=",
-    "NOT_IN": ">>",
-    "LT": "<",
-    "LE": "<=",
-    "GT": ">",
-    "GE": ">=",
-    "LIKE": "% (full-text search)",
-    "STARTSWITH": "startswith()",
-    "ENDSWITH": "endswith()",
-    "CONTAINS": "contains()",
-}
-
-
-class _Parser:
-    def __init__(self, om: ModuleType, model: Any, spec: SearchSpec) -> None:
-        self.om, self.model, self.spec = om, model, spec
-
-    def parse(self, expression: Any, negated: bool = False) -> _Node:
-        om = self.om
-        if isinstance(expression, om.NegatedExpression):
-            return _Not(self.parse(expression.expression, not negated))
-        left = expression.left
-        if isinstance(left, (om.Expression, om.NegatedExpression)) and expression.op.name in (
-            "AND",
-            "OR",
-        ):
-            right = self.parse(expression.right, negated)
-            return _Join(expression.op.name == "AND", (self.parse(left, negated), right))
-        name = getattr(left, "name", None) if isinstance(left, PydanticFieldInfo) else None
-        if name not in self.spec.encrypted or expression.parents:
-            return _Leaf(expression)
-        return self.blind(expression, typing.cast(str, name), negated)
-
-    def blind(self, expression: Any, name: str, negated: bool) -> _Blind:
-        where = f"{self.model.__name__}.{name}"
-        index = self.spec.blind.get(name)
-        if index is None:
-            raise UnsupportedQueryError(
-                f"{where} is encrypted and has no blind index, so it cannot be searched; "
-                "declare it as Annotated[EncryptedStr, BlindIndex()] to find records by equality",
-                model=self.model.__name__,
-                field=name,
-            )
-        op = expression.op.name
-        refused = "~ (negation)" if negated and op in ("EQ", "IN") else _SYMBOLS.get(op, op)
-        if negated or op not in ("EQ", "IN"):
-            raise UnsupportedQueryError(
-                f"{where} is searched through a blind index, which answers only == and << (in) "
-                f"exactly; {refused} is not supported (a truncated digest cannot tell which "
-                "records it leaves out without decrypting them all)",
-                model=self.model.__name__,
-                field=name,
-            )
-        right = expression.right
-        values = [right] if op == "EQ" or isinstance(right, str) else list(right)
-        for value in values:
-            if not isinstance(value, str):
-                raise UnsupportedQueryError(
-                    f"{where} is compared with a {type(value).__name__}; compare it with a str",
-                    model=self.model.__name__,
-                    field=name,
-                )
-        return _Blind(name, index, frozenset(index.normalized(v, where) for v in values))
-
-
-def _has_blind(node: _Node) -> bool:
-    if isinstance(node, _Blind):
-        return True
-    if isinstance(node, _Not):
-        return _has_blind(node.child)
-    if isinstance(node, _Join):
-        return any(_has_blind(child) for child in node.children)
-    return False
-
-
-def _blind_leaves(node: _Node) -> list[_Blind]:
-    if isinstance(node, _Blind):
-        return [node]
-    if isinstance(node, _Join):
-        return [leaf for child in node.children for leaf in _blind_leaves(child)]
-    return []  # under _Not there are none (refused by the parser)
-
-
-@functools.cache
-def _companion_field(om: ModuleType, name: str) -> Any:
-    """The redis-om field a query on ``name``'s companion is rendered from."""
-    field = om.FieldInfo(index=True)
-    field.name = companion_name(name)
-    field.annotation = str
-    return field
-
-
-def _render(node: _Node, om: ModuleType, ring: KeyRing | None, prefix: str) -> Any:
-    """The redis-om expression RediSearch runs: blind conditions become companion lookups."""
-    if isinstance(node, _Leaf):
-        return node.expression
-    if isinstance(node, _Not):
-        return ~_render(node.child, om, ring, prefix)
-    if isinstance(node, _Join):
-        join = operator.and_ if node.both else operator.or_
-        parts = [_render(child, om, ring, prefix) for child in node.children]
-        return functools.reduce(join, parts)
-    assert ring is not None
-    info = domain(prefix, node.field, node.index.definition)
-    tags = sorted({c for v in node.values for c in node.index.companions(ring, info, v)})
-    # An empty << matches nothing: a tag no companion has (companions are hex).
-    return om.Expression(
-        left=_companion_field(om, node.field),
-        op=om.Operators.IN,
-        right=tags or ["none"],
-        parents=[],
-    )
-
-
-def _settle(node: _Node, truth: Mapping[_Blind, bool]) -> bool | _Node:
-    """``node`` with its blind conditions replaced by their exact truth: ``True``, ``False``, or
-    what is left for RediSearch to decide."""
-    if isinstance(node, _Blind):
-        return truth[node]
-    if isinstance(node, _Leaf):
-        return node
-    if isinstance(node, _Not):
-        inner = _settle(node.child, truth)
-        return (not inner) if isinstance(inner, bool) else _Not(inner)
-    left: list[_Node] = []
-    for child in node.children:
-        result = _settle(child, truth)
-        if result is (not node.both):  # False in an &, True in an |: decided
-            return result
-        if not isinstance(result, bool):
-            left.append(result)
-    if not left:
-        return node.both
-    return left[0] if len(left) == 1 else _Join(node.both, tuple(left))
-
-
-# --- candidates as RediSearch returns them ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Doc:
-    key: str
-    fields: dict[str, Any]  # the fields the filter reads (hash), or the JSON document
-    position: int  # in the reply's results
-
-
-def _str_keyed(value: Mapping[Any, Any]) -> Mapping[str, Any]:
-    # redis-py gives str keys with decode_responses (redis-om's default), bytes otherwise.
-    return value if isinstance(next(iter(value), ""), str) else string_keyed(value)
-
-
-def _content(payload: Any, names: Sequence[str]) -> dict[str, Any]:
-    if isinstance(payload, (list, tuple)):
-        payload = pairs_to_dict(payload)
-    elif isinstance(payload, Mapping):
-        payload = _str_keyed(payload)
-    else:
-        return {}  # expired meanwhile: redis-om skips it too
-    document = payload.get("$")
-    if document is not None:
-        parsed = json.loads(document)
-        return parsed if isinstance(parsed, dict) else {}
-    return {name: to_string(payload.get(name)) for name in names}
-
-
-def _results(raw: Mapping[Any, Any]) -> list[Any]:
-    return list(_str_keyed(raw).get("results") or [])
-
-
-def _documents(raw: Any, names: Sequence[str]) -> list[_Doc]:
-    """The documents of an FT.SEARCH reply (redis-py's RESP2 list or RESP3 dict), with the
-    fields ``names`` (a hash's) or the whole document (JSON)."""
-    if isinstance(raw, Mapping):
-        items = [_str_keyed(item) for item in _results(raw)]
-        return [
-            _Doc(str(to_string(item.get("id"))), _content(item.get("extra_attributes"), names), i)
-            for i, item in enumerate(items)
-        ]
-    if not raw:
-        return []
-    pairs = zip(raw[1::2], raw[2::2], strict=False)
-    return [_Doc(str(to_string(k)), _content(p, names), i) for i, (k, p) in enumerate(pairs)]
-
-
-def _only(raw: Any, positions: Sequence[int]) -> Any:
-    """The reply with the documents at ``positions`` only (what redis-om's ``from_redis`` reads)."""
-    if isinstance(raw, Mapping):
-        results = _results(raw)
-        return {"results": [results[i] for i in positions]}
-    return [raw[0], *(x for i in positions for x in raw[1 + 2 * i : 3 + 2 * i])]
-
-
-def _reply_keys(raw: Any) -> set[str]:
-    """The record keys of an FT.SEARCH NOCONTENT reply."""
-    if isinstance(raw, Mapping):
-        return set(search_document_keys(raw))
-    return {str(to_string(key)) for key in raw[1:]} if raw else set()
 
 
 # --- values() and only(): plaintext -------------------------------------------------------------
@@ -378,8 +135,8 @@ class _Search:
         rendered = q.__dict__.get("_ref_rendered")
         if rendered is None:
             tree = self._ref_tree()
-            if _has_blind(tree):
-                rendered = _render(tree, self._om, get_keyring(), q.model._ref_key(""))
+            if has_blind(tree):
+                rendered = render(tree, self._om, get_keyring(), q.model._ref_key(""))
             else:
                 rendered = self._ref_original()
             q._ref_rendered = rendered
@@ -389,12 +146,12 @@ class _Search:
         # redis-om's own: the expressions joined by &, or "everything".
         return self._base.expression.fget(self)
 
-    def _ref_tree(self) -> _Node:
+    def _ref_tree(self) -> Node:
         q: Any = self
-        tree: _Node | None = q.__dict__.get("_ref_parsed")
+        tree: Node | None = q.__dict__.get("_ref_parsed")
         if tree is None:
             spec: SearchSpec = q.model._ref_search_spec()
-            tree = _Parser(self._om, q.model, spec).parse(self._ref_original())
+            tree = Parser(self._om, q.model, spec).parse(self._ref_original())
             q._ref_parsed = tree
         return tree
 
@@ -402,7 +159,7 @@ class _Search:
         """Whether redis-om's own execution would be wrong: a blind condition to filter, or
         encrypted values to project."""
         q: Any = self
-        if _has_blind(self._ref_tree()):
+        if has_blind(self._ref_tree()):
             return True
         if q.return_as_dict and not q.projected_fields:
             return True
@@ -411,7 +168,7 @@ class _Search:
 
     def _ref_execute(self, exhaust: bool) -> Steps[list[Any]]:
         q: Any = self
-        if _has_blind(self._ref_tree()):
+        if has_blind(self._ref_tree()):
             want = None if exhaust else q.limit
             records = yield from self._ref_matches(q.offset, want)
             if not records:
@@ -427,7 +184,7 @@ class _Search:
         """The number of records ``all()`` returns, with the same refusals: each match's stored
         pk is checked against its key (and, under a blind condition, its value decrypted)."""
         matches = yield from self._ref_matches(0, None, build=False)
-        if not matches and _has_blind(self._ref_tree()):
+        if not matches and has_blind(self._ref_tree()):
             yield from self._ref_check_keys()
         return len(matches)
 
@@ -441,7 +198,7 @@ class _Search:
         name them all.
         """
         q: Any = self
-        fields = sorted({companion_name(leaf.field) for leaf in _blind_leaves(self._ref_tree())})
+        fields = sorted({companion_name(leaf.field) for leaf in blind_leaves(self._ref_tree())})
         ring = [key.key_id_hex for key in get_keyring().keys]
         foreign: list[str] = []
         example = ""
@@ -450,13 +207,13 @@ class _Search:
             raw = yield _companions_of(q.model, query, fields)
             ids = {
                 str(value)[:KEY_ID_HEX]
-                for doc in _documents(raw, fields)
+                for doc in documents(raw, fields)
                 for value in doc.fields.values()
                 if isinstance(value, str) and len(value) > KEY_ID_HEX
             } - {*ring, *foreign}
             if not ids:
                 break
-            example = example or _documents(raw, fields)[0].key
+            example = example or documents(raw, fields)[0].key
             foreign += sorted(ids)
         if foreign:
             name = q.model.__name__
@@ -487,9 +244,9 @@ class _Search:
         tree = self._ref_tree()
         rendered = self.expression  # one ring, one rendering, for every page of this run
         pk_name = q.model._meta.primary_key.name
-        names = [*{leaf.field for leaf in _blind_leaves(tree)}, pk_name]
+        names = [*{leaf.field for leaf in blind_leaves(tree)}, pk_name]
         # Without a blind condition, only counting reads the pages: their keys and stored pks.
-        projected = [] if build or _has_blind(tree) else [pk_name]
+        projected = [] if build or has_blind(tree) else [pk_name]
         found: list[Any] = []
         position = 0
         size = q.page_size if want is None else min(q.page_size, max(16, 2 * (skip + want)))
@@ -506,7 +263,7 @@ class _Search:
                 self._base.execute, page, exhaust_results=False, return_raw_result=True
             )
             plaintexts: dict[tuple[str, str, str], str] = {}
-            docs = _documents(raw, names)
+            docs = documents(raw, names)
             matches = yield from self._ref_exact(tree, docs, plaintexts)
             wanted = matches[skip:] if want is None else matches[skip : skip + want - len(found)]
             skip = max(0, skip - len(matches))
@@ -519,7 +276,9 @@ class _Search:
                 # Only the matches are built, with the values the filter has decrypted.
                 token = opened.set(plaintexts)
                 try:
-                    found += q.model.from_redis(_only(raw, [d.position for d in wanted]), None)
+                    found += q.model.from_redis(
+                        only_results(raw, [d.position for d in wanted]), None
+                    )
                 finally:
                     opened.reset(token)
             position += size
@@ -530,23 +289,23 @@ class _Search:
             size = min(2 * size, q.page_size)
 
     def _ref_exact(
-        self, tree: _Node, candidates: Sequence[_Doc], plaintexts: dict[tuple[str, str, str], str]
-    ) -> Steps[list[_Doc]]:
+        self, tree: Node, candidates: Sequence[Doc], plaintexts: dict[tuple[str, str, str], str]
+    ) -> Steps[list[Doc]]:
         """The candidates that really match, in order. Only the blind-indexed
         values are decrypted (into ``plaintexts``), not the whole records."""
         q: Any = self
         name = q.model.__name__
-        leaves = _blind_leaves(tree)
+        leaves = blind_leaves(tree)
         keep: list[bool] = []
         # Candidates whose blind conditions leave the answer to the rest of the query, grouped
         # by what is left (one RediSearch call per group).
-        undecided: dict[tuple[bool, ...], tuple[_Node, list[int]]] = {}
+        undecided: dict[tuple[bool, ...], tuple[Node, list[int]]] = {}
         for i, doc in enumerate(candidates):
             truths = tuple(self._ref_holds(leaf, doc, name, plaintexts) for leaf in leaves)
             if all(truths):  # the query only has & and |: true conditions cannot undo a match
                 keep.append(True)
                 continue
-            verdict = _settle(tree, dict(zip(leaves, truths, strict=True)))
+            verdict = settle(tree, dict(zip(leaves, truths, strict=True)))
             keep.append(verdict is True)
             if not isinstance(verdict, bool):
                 undecided.setdefault(truths, (verdict, []))[1].append(i)
@@ -557,7 +316,7 @@ class _Search:
         return [doc for doc, kept in zip(candidates, keep, strict=True) if kept]
 
     def _ref_holds(
-        self, leaf: _Blind, doc: _Doc, model: str, plaintexts: dict[tuple[str, str, str], str]
+        self, leaf: Blind, doc: Doc, model: str, plaintexts: dict[tuple[str, str, str], str]
     ) -> bool:
         """Whether the candidate's value of ``leaf.field``, decrypted, is one of the values."""
         value = doc.fields.get(leaf.field)
@@ -585,7 +344,7 @@ class _Search:
             plaintexts[(doc.key, leaf.field, value)] = found
         return leaf.index.normalized(found, f"{model}.{leaf.field}") in leaf.values
 
-    def _ref_confirm(self, rest: _Node, docs: list[_Doc]) -> Steps[set[str]]:
+    def _ref_confirm(self, rest: Node, docs: list[Doc]) -> Steps[set[str]]:
         """The keys of ``docs`` for which RediSearch finds ``rest`` true."""
         q: Any = self
         model = q.model
@@ -593,10 +352,10 @@ class _Search:
         prefix = model._ref_key("")
         # The pk the key names (the stored one may disagree: that record is refused when built).
         pks = [doc.key.removeprefix(prefix) for doc in docs]
-        condition = (getattr(model, pk_name) << pks) & _render(rest, self._om, None, "")
+        condition = (getattr(model, pk_name) << pks) & render(rest, self._om, None, "")
         check = self._base(expressions=[condition], model=model, limit=len(pks), nocontent=True)
         raw = yield _call(self._base.execute, check, exhaust_results=False, return_raw_result=True)
-        return _reply_keys(raw)
+        return reply_keys(raw)
 
     def _ref_shape(self, records: list[Any]) -> list[Any]:
         """``records`` as the query asked for them: models, dicts (``values``) or partial models
@@ -642,7 +401,7 @@ class SearchQuery(_Search, _sync_om.FindQuery):  # type: ignore[misc]  # untyped
         return run_sync(self._ref_execute(exhaust_results), None)
 
     def count(self) -> int:
-        if self.knn is not None and not _has_blind(self._ref_tree()):
+        if self.knn is not None and not has_blind(self._ref_tree()):
             parent: Any = super()
             return typing.cast(int, parent.count())
         return run_sync(self._ref_count(), None)
@@ -666,7 +425,7 @@ class AsyncSearchQuery(_Search, _async_om.FindQuery):
         return await run_async(self._ref_execute(exhaust_results), None)
 
     async def count(self) -> int:
-        if self.knn is not None and not _has_blind(self._ref_tree()):
+        if self.knn is not None and not has_blind(self._ref_tree()):
             parent: Any = super()
             return typing.cast(int, await parent.count())
         return await run_async(self._ref_count(), None)
