@@ -218,6 +218,7 @@ class Opener:
     __slots__ = (
         "_auditing",
         "_keyring",
+        "_name",
         "_prefix",
         "_record_part",
         "known",
@@ -228,6 +229,7 @@ class Opener:
 
     def __init__(self, model: Any, reading: bool) -> None:
         self.model = model
+        self._name: str = model.__name__
         self.reading = reading
         self.known = opened.get()  # plaintexts that search has decrypted already
         self._prefix: str | None = model._ref_key_prefix()
@@ -334,8 +336,9 @@ class Opener:
             auditing = self._auditing = audit_enabled()
         if field_part is None:
             field_part = _field_binding(field)
-        context, model = record_part + field_part, self.model.__name__
-        return open_value(raw, keyring, context, auditing, model, field, record_key)
+        return open_value(
+            raw, keyring, record_part + field_part, auditing, self._name, field, record_key
+        )
 
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
