@@ -256,6 +256,8 @@ class Opener:
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
         out = raw if own else dict(raw)
+        known, name_of_model = self.known, self._name
+        reader: tuple[KeyRing, bool, bytes] | None = None  # at the record's first envelope
         for name, node, part in facts.opening:
             value = out.get(name)
             if value is None:
@@ -266,9 +268,19 @@ class Opener:
                 and type(node) is Leaf
                 and value.startswith(PREFIX)
             ):
-                # A current envelope in a top-level field: every read's common case, taken
-                # without a call (the prefix is what ``classify`` tells an envelope by).
-                out[name] = EncryptedStr(self.open_current(value, name, record_key, part))
+                # A current envelope in a top-level field: every read's common case, opened
+                # here with one call per value (the prefix is what ``classify`` tells an
+                # envelope by; ``open_current`` does the same for the other paths).
+                plaintext = None if known is None else known.get((record_key, name, value))
+                if plaintext is None:
+                    if reader is None:
+                        reader = self.reader(record_key)
+                    keyring, auditing, record_part = reader
+                    context = record_part + part
+                    plaintext = open_value(
+                        value, keyring, context, auditing, name_of_model, name, record_key
+                    )
+                out[name] = EncryptedStr(plaintext)
             else:
                 out[name] = self.value(value, node, (name,))
         if facts.is_hash:
@@ -325,6 +337,16 @@ class Opener:
             plaintext = known.get((record_key, field, raw))
             if plaintext is not None:
                 return plaintext
+        keyring, auditing, record_part = self.reader(record_key)
+        if field_part is None:
+            field_part = _field_binding(field)
+        return open_value(
+            raw, keyring, record_part + field_part, auditing, self._name, field, record_key
+        )
+
+    def reader(self, record_key: str) -> tuple[KeyRing, bool, bytes]:
+        """What opening this record's values needs: the key ring and the audit switch (looked
+        up once per read) and the record's half of every binding (once per record)."""
         record_part = self._record_part
         if record_part is None:
             record_part = self._record_part = binding_part(record_key)
@@ -334,11 +356,7 @@ class Opener:
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
-        if field_part is None:
-            field_part = _field_binding(field)
-        return open_value(
-            raw, keyring, record_part + field_part, auditing, self._name, field, record_key
-        )
+        return keyring, auditing, record_part
 
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
