@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import KmsError
+from ..forks import reset_in_children
 from .kms import WrappedKey
 
 __all__ = ["AwsKms"]
@@ -81,7 +81,7 @@ class AwsKms:
             "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
         }
         self._lock = threading.Lock()
-        _providers.add(self)
+        reset_in_children(self)
 
     @property
     def kms_key_id(self) -> str:
@@ -161,22 +161,10 @@ class AwsKms:
         )
         return bytes(response["Plaintext"])
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         # A thread of the parent making the client at fork time held the lock; nothing in the
         # child would ever release it, and the child's first KMS call would wait forever.
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AwsKms({self._key_id!r})"
-
-
-_providers: weakref.WeakSet[AwsKms] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for provider in list(_providers):
-        provider._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

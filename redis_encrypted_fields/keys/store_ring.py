@@ -14,12 +14,12 @@ import math
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
 from ..audit import track
 from ..errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
+from ..forks import reset_in_children
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, MasterKey, env_keys
 from .store import (
     DEFAULT_CACHE_TTL,
@@ -119,7 +119,7 @@ class StoreKeyRing(KeyRing):
         # Key ids this ring has seen listed as not active: never taken as the active key again.
         self._demoted: frozenset[str] = frozenset()
         self._lock = threading.Lock()
-        _rings.add(self)
+        reset_in_children(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreKeyRing:
@@ -301,7 +301,7 @@ class StoreKeyRing(KeyRing):
                 self._active = None
             self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         # A flight led by a thread of the parent would never end in the child: its waiters
         # would wait forever. The child starts with no flight and a free lock.
         self._lock = threading.Lock()
@@ -317,15 +317,3 @@ class StoreKeyRing(KeyRing):
             f"StoreKeyRing({self.store!r}, ttl={self.ttl:g}, cached=[{cached}], "
             f"decrypt_only=[{env}])"
         )
-
-
-_rings: weakref.WeakSet[StoreKeyRing] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for ring in list(_rings):
-        ring._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

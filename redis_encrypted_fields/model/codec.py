@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis_om.search_reply import pairs_to_dict, string_keyed, to_string
+from redis_om.search_reply import string_keyed, to_string
 
 from ..audit import audit_enabled
 from ..crypto import (
@@ -68,7 +68,6 @@ __all__ = [
     "open_stored",
     "opened",
     "plaintext_allowed",
-    "reply_results",
     "set_plaintext_reads",
 ]
 
@@ -438,26 +437,6 @@ class Opener:
 
     def where(self, path: FieldPath) -> str:
         return f"{self.model.__name__}.{dotted(path)}"
-
-
-def reply_results(res: Any) -> list[Any] | None:
-    """The results of an FT.SEARCH reply with content, in redis-py's dict form (``{"id": key,
-    "extra_attributes": fields}`` each) whichever form redis-py gave (a RESP2 list before
-    redis-py 8); ``None`` for a reply of neither form."""
-    if isinstance(res, Mapping):
-        results = res.get("results") if type(res) is dict else string_keyed(res).get("results")
-        return results if type(results) is list else None
-    if not isinstance(res, (list, tuple)):
-        return None
-    results = []
-    for i in range(1, len(res) - 1, 2):
-        payload = res[i + 1]
-        if isinstance(payload, (str, bytes)):
-            break  # a NOCONTENT reply: keys only
-        if payload is not None:
-            fields = pairs_to_dict(payload)
-            results.append({"id": to_string(res[i]), "extra_attributes": fields})
-    return results
 
 
 class Page(Sequence[Any]):

@@ -38,7 +38,6 @@ from .codec import (
     Page,
     Sealer,
     check_input,
-    reply_results,
     set_plaintext_reads,
 )
 from .field_map import Facts, facts_cache, facts_for, search_spec
@@ -61,6 +60,7 @@ from .plan import (
     plan_for,
 )
 from .query import find_query
+from .replies import reply_results
 from .saving import save_async, save_sync, saving
 
 __all__ = [

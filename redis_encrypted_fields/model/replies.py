@@ -1,6 +1,8 @@
-"""Candidates as RediSearch returns them: the documents of an FT.SEARCH reply (redis-py's RESP2
-list or RESP3 dict) with the fields a filter reads (``documents``), a reply cut to some of its
-documents (``only_results``), and the keys of a NOCONTENT reply (``reply_keys``).
+"""FT.SEARCH replies in the forms redis-py gives them (a RESP2 list before redis-py 8, else a
+dict): the results in the dict form whatever the form (``reply_results``, what a ``find()``
+page builds its records from), the documents with the fields a filter reads (``documents``), a
+reply cut to some of its documents (``only_results``), and the keys of a NOCONTENT reply
+(``reply_keys``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from redis_om.search_reply import pairs_to_dict, search_document_keys, string_keyed, to_string
 
-__all__ = ["Doc", "documents", "only_results", "reply_keys"]
+__all__ = ["Doc", "documents", "only_results", "reply_keys", "reply_results"]
 
 
 # --- candidates as RediSearch returns them ----------------------------------------------------
@@ -76,3 +78,23 @@ def reply_keys(raw: Any) -> set[str]:
     if isinstance(raw, Mapping):
         return set(search_document_keys(raw))
     return {str(to_string(key)) for key in raw[1:]} if raw else set()
+
+
+def reply_results(res: Any) -> list[Any] | None:
+    """The results of an FT.SEARCH reply with content, in redis-py's dict form (``{"id": key,
+    "extra_attributes": fields}`` each) whichever form redis-py gave (a RESP2 list before
+    redis-py 8); ``None`` for a reply of neither form."""
+    if isinstance(res, Mapping):
+        results = res.get("results") if type(res) is dict else string_keyed(res).get("results")
+        return results if type(results) is list else None
+    if not isinstance(res, (list, tuple)):
+        return None
+    results = []
+    for i in range(1, len(res) - 1, 2):
+        payload = res[i + 1]
+        if isinstance(payload, (str, bytes)):
+            break  # a NOCONTENT reply: keys only
+        if payload is not None:
+            fields = pairs_to_dict(payload)
+            results.append({"id": to_string(res[i]), "extra_attributes": fields})
+    return results
