@@ -40,4 +40,5 @@ BENCHMARKS: dict[str, Spec] = {
         "benchmarks.keystore", "9. Master keys from the key store (KMS) vs the environment"
     ),
     "memory": Spec("benchmarks.memory", "10. Peak memory of `find().all()`"),
+    "typed": Spec("benchmarks.typed", "11. `Encrypted[T]` field types against `EncryptedStr`"),
 }

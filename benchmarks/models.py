@@ -11,6 +11,7 @@ Imported only once ``REDIS_OM_URL`` is set: redis-om binds a model's connection 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import secrets
 from dataclasses import dataclass
@@ -20,16 +21,18 @@ import aredis_om
 import redis
 import redis_om
 
-from redis_encrypted_fields import EncryptedModel, EncryptedStr, Mask
+from redis_encrypted_fields import Encrypted, EncryptedModel, EncryptedStr, Mask
 
 __all__ = [
     "FLAVOURS",
     "RUN_PREFIX",
+    "TYPED_FLAVOURS",
     "Flavour",
     "cleanup",
     "client",
     "ensure_indexes",
     "secret_values",
+    "typed_values",
 ]
 
 # A child process of a benchmark (memory) works on its parent's records: it is given their prefix.
@@ -129,6 +132,54 @@ class AsyncJsonPlain(aredis_om.JsonModel, index=True):
         model_key_prefix = "async-json-plain"
 
 
+# The same shape with typed secrets (benchmark 11): an int and an optional date, Encrypted[T]
+# against the plain types.
+
+
+class SyncHashTyped(EncryptedModel, redis_om.HashModel, index=True):
+    name: str = redis_om.Field(index=True)
+    environment: str = "development"
+    salary: Encrypted[int]
+    born: Optional[Encrypted[datetime.date]] = None
+
+    class Meta:
+        global_key_prefix = RUN_PREFIX
+        model_key_prefix = "sync-hash-typed"
+
+
+class SyncHashTypedPlain(redis_om.HashModel, index=True):
+    name: str = redis_om.Field(index=True)
+    environment: str = "development"
+    salary: int
+    born: Optional[datetime.date] = None
+
+    class Meta:
+        global_key_prefix = RUN_PREFIX
+        model_key_prefix = "sync-hash-typed-plain"
+
+
+class SyncJsonTyped(EncryptedModel, redis_om.JsonModel, index=True):
+    name: str = redis_om.Field(index=True)
+    environment: str = "development"
+    salary: Encrypted[int]
+    born: Optional[Encrypted[datetime.date]] = None
+
+    class Meta:
+        global_key_prefix = RUN_PREFIX
+        model_key_prefix = "sync-json-typed"
+
+
+class SyncJsonTypedPlain(redis_om.JsonModel, index=True):
+    name: str = redis_om.Field(index=True)
+    environment: str = "development"
+    salary: int
+    born: Optional[datetime.date] = None
+
+    class Meta:
+        global_key_prefix = RUN_PREFIX
+        model_key_prefix = "sync-json-typed-plain"
+
+
 @dataclass(frozen=True, slots=True)
 class Flavour:
     """One redis-om flavour: the encrypted model and its plain twin."""
@@ -147,7 +198,24 @@ FLAVOURS = [
     Flavour("JsonModel, async", AsyncJsonEncrypted, AsyncJsonPlain, is_async=True, is_json=True),
 ]
 
+# Each typed flavour beside the str flavour of the same shape it is compared with.
+TYPED_FLAVOURS = [
+    Flavour("HashModel, sync", SyncHashTyped, SyncHashTypedPlain, is_async=False, is_json=False),
+    Flavour("JsonModel, sync", SyncJsonTyped, SyncJsonTypedPlain, is_async=False, is_json=True),
+]
+
 SECRET_FIELDS = ("connection_url", "admin_password")
+TYPED_FIELDS = ("salary", "born")
+
+
+def typed_values(i: int) -> dict[str, Any]:
+    """Field values of the ``i``-th typed record, distinct per record."""
+    return {
+        "name": f"typed-{i:05d}",
+        "environment": "production",
+        "salary": 40_000 + i,
+        "born": datetime.date(1950, 1, 1) + datetime.timedelta(days=i),
+    }
 
 
 def secret_values(i: int) -> dict[str, Any]:
@@ -190,7 +258,7 @@ def cleanup() -> int:
     """Drop this run's indexes and every key under ``RUN_PREFIX``; the number of keys removed."""
     removed = 0
     with client() as c:
-        for flavour in FLAVOURS:
+        for flavour in [*FLAVOURS, *TYPED_FLAVOURS]:
             for model in (flavour.encrypted, flavour.plain):
                 with contextlib.suppress(redis.ResponseError):
                     c.ft(model.Meta.index_name).dropindex(delete_documents=False)

@@ -1,4 +1,5 @@
-"""Envelope encryption at rest for redis-om model fields: declare a field as ``EncryptedStr``."""
+"""Envelope encryption at rest for redis-om model fields: declare a field as ``EncryptedStr``
+or ``Encrypted[T]``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from .errors import (
     MasterKeyError,
     PlaintextSecretError,
     StoredMaskError,
+    StoredTypeError,
+    ValueTypeError,
 )
 from .keys import (
     AwsKms,
@@ -45,6 +48,7 @@ from .model.blind_index import BlindIndex, IndexPlan, plan_index
 from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
+from .model.typed import Encrypted, EncryptedBytes
 from .ops import Failure, Group, Operation, Report, Scanned
 from .ops.topology import TopologyError
 from .version import __version__
@@ -57,6 +61,8 @@ __all__ = [
     "ConcurrentChangeError",
     "ConfigurationError",
     "DecryptionError",
+    "Encrypted",
+    "EncryptedBytes",
     "EncryptedModel",
     "EncryptedStr",
     "EncryptionError",
@@ -83,9 +89,11 @@ __all__ = [
     "StaticKeyRing",
     "StoreKeyRing",
     "StoredMaskError",
+    "StoredTypeError",
     "TopologyError",
     "UnsupportedQueryError",
     "UrlMask",
+    "ValueTypeError",
     "WrappedKey",
     "__version__",
     "add_audit_hook",

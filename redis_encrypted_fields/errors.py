@@ -20,6 +20,8 @@ __all__ = [
     "MasterKeyError",
     "PlaintextSecretError",
     "StoredMaskError",
+    "StoredTypeError",
+    "ValueTypeError",
     "printable",
 ]
 
@@ -124,6 +126,17 @@ class ConfigurationError(EncryptionError):
 
 class DecryptionError(EncryptionError):
     """A stored value could not be decrypted: wrong key, tampered, truncated or misplaced."""
+
+
+class ValueTypeError(EncryptionError):
+    """A value given for an ``Encrypted[T]`` field is not a ``T`` and does not coerce to one.
+    The message says why (pydantic's reason), never the value."""
+
+
+class StoredTypeError(DecryptionError):
+    """A stored value decrypted, but does not hold the type its field declares (the field's type
+    changed since it was written, e.g. ``Encrypted[int]`` where a string was stored). Names the
+    record, the field and both types, never the value."""
 
 
 class PlaintextSecretError(DecryptionError):

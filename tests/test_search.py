@@ -171,7 +171,9 @@ async def test_a_model_with_eager_annotations_and_optional_fields_is_searchable(
 
 
 def test_blind_index_definition_errors() -> None:
-    with pytest.raises(TypeError, match="BlindIndex goes on an EncryptedStr field"):
+    with pytest.raises(
+        TypeError, match="BlindIndex goes on an EncryptedStr or Encrypted\\[T\\] field"
+    ):
 
         class OnAStr(EncryptedModel, redis_om.HashModel, index=True):
             name: Annotated[str, BlindIndex()]

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from ..crypto.envelope import binding_part
 from ..errors import BlindIndexError, EncryptionError
 from ..keys import KEY_ID_SIZE, KeyRing, MasterKey, get_keyring
+from .typed import TypeCodec
 
 __all__ = [
     "COMPANION_SUFFIX",
@@ -209,10 +210,18 @@ class SearchSpec(NamedTuple):
     blind: dict[str, BlindIndex]  # top-level fields with a blind index, by name
     encrypted: frozenset[str]  # every top-level field that holds encrypted values
     companions: frozenset[str]  # the companions' names
+    # The blind-indexed Encrypted[T] fields' codecs: their values are indexed by their text.
+    codecs: Mapping[str, TypeCodec]
 
     @classmethod
-    def of(cls, blind: dict[str, BlindIndex], encrypted: Iterable[str]) -> SearchSpec:
-        return cls(blind, frozenset(encrypted), frozenset(map(companion_name, blind)))
+    def of(
+        cls,
+        blind: dict[str, BlindIndex],
+        encrypted: Iterable[str],
+        codecs: Mapping[str, TypeCodec] | None = None,
+    ) -> SearchSpec:
+        companions = frozenset(map(companion_name, blind))
+        return cls(blind, frozenset(encrypted), companions, dict(codecs or {}))
 
 
 def companion_schema(field: str, is_json: bool) -> str:
@@ -233,11 +242,13 @@ def write_companions(
     key_prefix: str,
     model: type,
     clear: str | None,
+    codecs: Mapping[str, TypeCodec],
 ) -> None:
     """Put into ``data`` (what a save writes) the companions of a record's ``values`` (masks
     already resolved), under the current master key. A field without a value gets ``clear``
     ("" for a hash: it overwrites the old companion and is not indexed) or nothing (a JSON
-    document is written whole)."""
+    document is written whole). An ``Encrypted[T]`` value (``codecs``) is indexed by its
+    text: its canonical encoding."""
     current = get_keyring().current
     for name, index in blind.items():
         value = values.get(name)
@@ -245,7 +256,9 @@ def write_companions(
             if clear is not None:
                 data[companion_name(name)] = clear
             continue
-        normalized = index.normalized(str.__str__(value), f"{model.__name__}.{name}")
+        codec = codecs.get(name)
+        text = str.__str__(value) if codec is None else codec.encode(value)
+        normalized = index.normalized(text, f"{model.__name__}.{name}")
         info = domain(key_prefix, name, index.definition)
         data[companion_name(name)] = index.companion(current, info, normalized)
 

@@ -34,6 +34,8 @@ from ..errors import (
     MaskedSecretError,
     PlaintextSecretError,
     StoredMaskError,
+    StoredTypeError,
+    ValueTypeError,
     printable,
 )
 from ..keys import KeyRing, get_keyring
@@ -55,6 +57,7 @@ from .plan import (
     dotted,
     plan_for,
 )
+from .typed import TAG, Opened, stored_type
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -155,7 +158,7 @@ _REFUSED_HINT = (
 )
 
 
-def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
+def check_unbound(raw: Any, model: str, field: str, record: str | None) -> None:
     """Refuse ``raw``, a value found in Redis at ``field`` of ``record`` that is not a current
     envelope (plaintext, or an origin v1 value), while plaintext reads are disabled.
 
@@ -165,7 +168,7 @@ def check_unbound(raw: str, model: str, field: str, record: str | None) -> None:
     """
     if plaintext_allowed():
         return
-    if classify(raw) is Kind.LEGACY:
+    if isinstance(raw, str) and classify(raw) is Kind.LEGACY:
         # Origin v1 values carry no record binding: one copied from another record or restored
         # from an old backup decrypts anywhere, so once migration is declared finished they are
         # refused like plaintext.
@@ -216,10 +219,12 @@ class Opener:
 
     __slots__ = (
         "_auditing",
+        "_first",
         "_keyring",
         "_name",
         "_prefix",
         "_record_part",
+        "_seen",
         "known",
         "model",
         "reading",
@@ -236,6 +241,12 @@ class Opener:
         self._auditing: bool | None = None
         self.record_key: str | None = None
         self._record_part: bytes | None = None  # the record's half of every binding
+        # Records of this read seen already, and whether the one in hand is new: values of an
+        # Encrypted[T] field that are not text (a JSON number) are plaintext found in Redis only
+        # at a record's first validation; at the next (redis-om validates twice) they are the
+        # values this opener decoded.
+        self._seen: set[str] = set()
+        self._first = True
 
     def record(
         self, raw: dict[str, Any], facts: Facts, *, own: bool = False, key: str | None = None
@@ -254,6 +265,12 @@ class Opener:
             prefix = self._prefix
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
+        if record_key is not None:
+            seen = self._seen
+            self._first = record_key not in seen
+            seen.add(record_key)
+        else:
+            self._first = True
         out = raw if own else dict(raw)
         known, name_of_model = self.known, self._name
         reader: tuple[KeyRing, bool, bytes] | None = None  # at the record's first envelope
@@ -279,7 +296,10 @@ class Opener:
                     plaintext = open_value(
                         value, keyring, context, auditing, name_of_model, name, record_key
                     )
-                out[name] = EncryptedStr(plaintext)
+                if node.typed is None and not plaintext.startswith(TAG):
+                    out[name] = EncryptedStr(plaintext)
+                else:
+                    out[name] = self.text_value(plaintext, node, (name,))
             else:
                 out[name] = self.value(value, node, (name,))
         if facts.is_hash:
@@ -314,7 +334,10 @@ class Opener:
             key = ""  # a reply without the key: refused as a key that does not match
         document = fields.get("$")
         if not document or type(document) is not str:
-            return {"id": key, "extra_attributes": self.record(fields, facts, key=key)}
+            return {
+                "id": key,
+                "extra_attributes": self.boxed(self.record(fields, facts, key=key), facts),
+            }
         parsed = json.loads(document)
         if type(parsed) is not dict:
             raise DecryptionError(
@@ -324,7 +347,18 @@ class Opener:
             )
         if knn is not None:
             parsed[knn.score_field_name] = fields.get(knn.score_field_name)
-        return {"id": key, "extra_attributes": self.record(parsed, facts, own=True, key=key)}
+        opened = self.record(parsed, facts, own=True, key=key)
+        return {"id": key, "extra_attributes": self.boxed(opened, facts)}
+
+    @staticmethod
+    def boxed(record: dict[str, Any], facts: Facts) -> dict[str, Any]:
+        """``record`` with its decrypted ``Encrypted[T]`` values boxed (``Opened``): redis-om
+        converts a reply's values before it builds the record (bytes to text)."""
+        for name in facts.typed:
+            value = record.get(name)
+            if value is not None and type(value) is not str:
+                record[name] = Opened(value)
+        return record
 
     def open_current(
         self, raw: str, field: str, record_key: str, field_part: bytes | None = None
@@ -357,9 +391,36 @@ class Opener:
             auditing = self._auditing = audit_enabled()
         return keyring, auditing, record_part
 
+    def text_value(self, text: str, leaf: Leaf, path: FieldPath) -> Any:
+        """The application's value of a decrypted plaintext at ``path``: an ``EncryptedStr``, or
+        the ``T`` of an ``Encrypted[T]`` field; ``StoredTypeError`` if it holds another type."""
+        typed = leaf.typed
+        if typed is None:
+            found = stored_type(text)
+            if found == "str":
+                return EncryptedStr(text)
+            why = f"holds a value of type {found}, not str"
+        else:
+            try:
+                return typed.decode(text)
+            except ValueTypeError as exc:
+                why = str(exc)
+        raise self.error(
+            StoredTypeError,
+            path,
+            f"Decryption failed: {{where}} {why}, the type its field declares: the field's type "
+            "changed since the value was written. Read it through a model with the old type and "
+            "save it through the new one",
+        )
+
     def value(self, raw: Any, node: Node, path: FieldPath) -> Any:
         if isinstance(node, Leaf):
-            return self.leaf(raw, node, path) if type(raw) is str else raw
+            if type(raw) is str:
+                return self.leaf(raw, node, path)
+            if node.typed is not None and raw is not None and self.reading and self._first:
+                # Not text: plaintext left by older code (a JSON number), as a read finds it.
+                self.plain_read(raw, path)
+            return raw
         if isinstance(node, Many):
             if isinstance(raw, list):
                 return [self.value(item, node.item, (*path, i)) for i, item in enumerate(raw)]
@@ -375,20 +436,20 @@ class Opener:
                 out[name] = self.value(out[name], node, (*path, name))
         return out
 
-    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> EncryptedStr | str:
+    def leaf(self, raw: str, leaf: Leaf, path: FieldPath) -> Any:
         kind = classify(raw)
         if kind is Kind.EMPTY:
             # How a hash stores a cleared secret: no secret, nothing to decrypt or warn about.
             return raw
         record_key = self.record_key
         if kind is Kind.ENVELOPE and record_key is not None:
-            return EncryptedStr(self.open_current(raw, dotted(path), record_key))
+            return self.text_value(self.open_current(raw, dotted(path), record_key), leaf, path)
         model, field = self.model.__name__, dotted(path)
         if kind is Kind.LEGACY:
             if not self.reading:
                 check_input(raw, model, field, record_key)
             check_unbound(raw, model, field, record_key)
-            return EncryptedStr(open_stored(raw, model, path, record_key))
+            return self.text_value(open_stored(raw, model, path, record_key), leaf, path)
         if kind is Kind.ENVELOPE:  # without the record's key
             raise self.error(
                 DecryptionError,
@@ -403,12 +464,18 @@ class Opener:
                 self.stored_mask(raw, leaf, path)
             return KeepExisting(raw)
         if self.reading:
-            check_unbound(raw, model, field, record_key)
-            log.warning(
-                "%s is stored as plaintext; it will be encrypted on the next save",
-                self.located(path),
-            )
-        return EncryptedStr(raw)
+            self.plain_read(raw, path)
+        # A T's text ("5000") is validated as the field's type by the field itself.
+        return EncryptedStr(raw) if leaf.typed is None else raw
+
+    def plain_read(self, raw: Any, path: FieldPath) -> None:
+        """Plaintext read from Redis at ``path``: refused while plaintext reads are, else taken
+        with a warning (it is encrypted on the next save)."""
+        check_unbound(raw, self.model.__name__, dotted(path), self.record_key)
+        log.warning(
+            "%s is stored as plaintext; it will be encrypted on the next save",
+            self.located(path),
+        )
 
     def stored_mask(self, raw: str, leaf: Leaf, path: FieldPath) -> None:
         """A mask read from Redis: the origin's bug stored masks as secrets, which are lost."""

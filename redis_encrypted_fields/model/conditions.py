@@ -16,9 +16,11 @@ from typing import Any
 
 from pydantic.fields import FieldInfo as PydanticFieldInfo
 
+from ..errors import ValueTypeError
 from ..keys import KeyRing
 from .blind_index import BlindIndex, SearchSpec, companion_name, domain
 from .errors import UnsupportedQueryError
+from .typed import TypeCodec
 
 __all__ = [
     "Blind",
@@ -44,6 +46,7 @@ class Blind:
     field: str
     index: BlindIndex
     values: frozenset[str]  # normalized
+    codec: TypeCodec | None = None  # an Encrypted[T] field's: values are its texts
 
     def __repr__(self) -> str:  # the values are what the application searches for
         return f"Blind({self.field})"
@@ -125,15 +128,29 @@ class Parser:
                 field=name,
             )
         right = expression.right
-        values = [right] if op == "EQ" or isinstance(right, str) else list(right)
-        for value in values:
-            if not isinstance(value, str):
+        codec = self.spec.codecs.get(name)
+        if codec is None:
+            values = [right] if op == "EQ" or isinstance(right, str) else list(right)
+            for value in values:
+                if not isinstance(value, str):
+                    raise UnsupportedQueryError(
+                        f"{where} is compared with a {type(value).__name__}; compare it with a str",
+                        model=self.model.__name__,
+                        field=name,
+                    )
+        else:
+            # An Encrypted[T] field: each value as the field validates it, then its text.
+            many = op == "IN" and isinstance(right, (list, tuple, set, frozenset))
+            try:
+                values = [codec.encode(v) for v in (right if many else [right])]
+            except ValueTypeError as exc:
                 raise UnsupportedQueryError(
-                    f"{where} is compared with a {type(value).__name__}; compare it with a str",
+                    f"{where} holds {codec.name} values; a value compared with it is not one "
+                    f"({exc})",
                     model=self.model.__name__,
                     field=name,
-                )
-        return Blind(name, index, frozenset(index.normalized(v, where) for v in values))
+                ) from None
+        return Blind(name, index, frozenset(index.normalized(v, where) for v in values), codec)
 
 
 def has_blind(node: Node) -> bool:

@@ -19,6 +19,7 @@ from ..crypto.envelope import binding_part
 from .blind_index import BlindIndex, SearchSpec
 from .fields import Mask
 from .plan import Leaf, Node, Plan, plan_for
+from .typed import EncryptedType
 
 __all__ = ["Facts", "facts_cache", "facts_for", "search_spec"]
 
@@ -36,6 +37,7 @@ class Facts:
     opening: tuple[tuple[str, Node, bytes], ...]
     pk_name: str | None
     nullable: frozenset[str]  # encrypted fields that accept None
+    typed: frozenset[str]  # top-level Encrypted[T] fields
     # Encrypted fields that model_dump() may seal straight from the instance (see there), or
     # None when the class has anything that could change how they dump.
     direct: frozenset[str] | None
@@ -96,6 +98,9 @@ def facts_for(cls: Any) -> Facts:
             opening=tuple((n, node, binding_part(n)) for n, node in plan.items()),
             pk_name=None if embedded or meta is None else str(meta.primary_key.name),
             nullable=frozenset(n for n in plan if _allows_none(fields[n].annotation)),
+            typed=frozenset(
+                n for n, node in plan.items() if isinstance(node, Leaf) and node.typed is not None
+            ),
             direct=direct,
             layout=tuple((n, typing.cast(Leaf | None, plan.get(n))) for n in fields),
             keys=_key_parts(cls, meta),
@@ -112,7 +117,12 @@ def facts_for(cls: Any) -> Facts:
 def search_spec(plan: Plan) -> SearchSpec:
     """The blind indexes of a plan's top-level fields."""
     blind = {n: x.blind for n, x in plan.items() if isinstance(x, Leaf) and x.blind is not None}
-    return SearchSpec.of(blind, plan)
+    codecs = {
+        n: x.typed
+        for n, x in plan.items()
+        if isinstance(x, Leaf) and x.blind is not None and x.typed is not None
+    }
+    return SearchSpec.of(blind, plan, codecs)
 
 
 def _dumps_plainly(cls: Any, plan: Plan) -> bool:
@@ -141,7 +151,7 @@ def _allows_none(annotation: Any) -> bool:
 
 
 # What redis-om's read conversions never touch; datetime, date and bytes are what they convert.
-_AS_STORED = (str, int, float, bool, type(None), enum.Enum)
+_AS_STORED = (str, int, float, bool, type(None), enum.Enum, EncryptedType)
 _CONTAINERS = (Annotated, Union, types.UnionType, list, dict, set, frozenset, tuple)
 
 

@@ -63,6 +63,10 @@ class Mask:
     def __get_pydantic_core_schema__(
         self, source: type[Any], handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        typed = getattr(source, "__ref_typed_schema__", None)
+        if typed is not None:  # Encrypted[T]: its own schema, shown as this mask
+            schema: core_schema.CoreSchema = typed(self, handler)
+            return schema
         return _core_schema(self)
 
 
@@ -281,11 +285,12 @@ class Pending:
     Not a ``str``, so that a value the model did not seal can never be stored as plaintext.
     """
 
-    __slots__ = ("mask", "value")
+    __slots__ = ("mask", "plain", "value")
 
-    def __init__(self, value: str, mask: Mask) -> None:
-        self.value = value
+    def __init__(self, value: str, mask: Mask, plain: Any = None) -> None:
+        self.value = value  # the envelope's plaintext
         self.mask = mask
+        self.plain = plain  # an Encrypted[T] field's value (the T), else None
 
     def __repr__(self) -> str:
         return "Pending(<secret>)"

@@ -27,10 +27,11 @@ from aredis_om.model.model import convert_datetime_to_timestamp
 from pydantic import BaseModel
 
 from ..crypto import Kind, classify
-from ..errors import MaskedSecretError, printable
+from ..errors import MaskedSecretError, StoredTypeError, ValueTypeError, printable
 from .codec import check_unbound
 from .fields import EncryptedStr, KeepExisting, is_star_mask
 from .plan import FieldPath, Leaf, Many, Node, Plan, dotted, plan_for
+from .typed import stored_type
 
 __all__ = ["Opener", "has_masks", "resolve_masks"]
 
@@ -84,7 +85,7 @@ class _Resolver:
     model: str
     record_key: str
     opener: Opener
-    assignments: list[tuple[Any, Any, EncryptedStr]]
+    assignments: list[tuple[Any, Any, Any]]
     # Plaintexts of stored values already opened, by path: a value is decrypted (and audited)
     # once, however many checks look at it.
     opened: dict[FieldPath, str | None]
@@ -122,6 +123,12 @@ class _Resolver:
             return self.opened[path]
         raw = stored.decode("utf-8") if isinstance(stored, bytes) else stored
         plaintext: str | None = None
+        if leaf.typed is not None and raw is not None and not isinstance(raw, str):
+            # An Encrypted[T] value left as plaintext in a JSON document (a number, an object).
+            check_unbound(raw, self.model, dotted(path), self.record_key)
+            plaintext = self.text(raw, leaf, path)
+            self.opened[path] = plaintext
+            return plaintext
         kind = classify(raw) if isinstance(raw, str) else Kind.EMPTY
         if kind is not Kind.EMPTY and not (kind is Kind.PLAINTEXT and leaf.mask.could_be_mask(raw)):
             if kind is not Kind.ENVELOPE:
@@ -129,12 +136,52 @@ class _Resolver:
                 # refuse it, or a mask would seal a value planted in Redis into a genuine
                 # envelope of this record.
                 check_unbound(raw, self.model, dotted(path), self.record_key)
-            # Plaintext not migrated yet is taken as it is.
-            plaintext = raw if kind is Kind.PLAINTEXT else self.opener(raw, path)
+            # Plaintext not migrated yet is taken as it is (an Encrypted[T] value as its text).
+            if kind is Kind.PLAINTEXT:
+                plaintext = raw if leaf.typed is None else self.text(raw, leaf, path)
+            else:
+                plaintext = self.opener(raw, path)
+                self.check_type(plaintext, leaf, path)
         self.opened[path] = plaintext
         return plaintext
 
-    def keep(self, value: Any, leaf: Leaf, stored: Any, path: FieldPath) -> EncryptedStr:
+    def text(self, raw: Any, leaf: Leaf, path: FieldPath) -> str:
+        """The envelope plaintext of an ``Encrypted[T]`` value stored as plaintext."""
+        assert leaf.typed is not None
+        try:
+            return leaf.typed.encode(raw)
+        except ValueTypeError as exc:
+            raise StoredTypeError(
+                printable(
+                    f"Decryption failed: {self.model}.{dotted(path)} of {self.record_key} is "
+                    f"stored as plaintext that is not a {leaf.typed.name} ({exc})"
+                ),
+                model=self.model,
+                record=self.record_key,
+                field=dotted(path),
+            ) from None
+
+    def check_type(self, plaintext: str, leaf: Leaf, path: FieldPath) -> None:
+        """Refuse to keep a stored value of another type than the field's."""
+        found = stored_type(plaintext)
+        wanted = leaf.type_name()
+        if found != wanted:
+            raise StoredTypeError(
+                printable(
+                    f"Decryption failed: {self.model}.{dotted(path)} of {self.record_key} holds "
+                    f"a value of type {found}, not {wanted}, the type its field declares: the "
+                    "field's type changed since the value was written"
+                ),
+                model=self.model,
+                record=self.record_key,
+                field=dotted(path),
+            )
+
+    def value_of(self, text: str, leaf: Leaf) -> Any:
+        """The application's value of a plaintext: an ``EncryptedStr``, or a ``T``."""
+        return EncryptedStr(text) if leaf.typed is None else leaf.typed.decode(text)
+
+    def keep(self, value: Any, leaf: Leaf, stored: Any, path: FieldPath) -> Any:
         where = f"{self.model}.{dotted(path)}"
         existing = self.existing(stored, leaf, path)
         text = str.__str__(value)
@@ -143,7 +190,8 @@ class _Resolver:
         except MaskedSecretError as exc:
             raise self.error(f"{where} of {self.record_key}: {exc}", path) from None
         if not keep:
-            return EncryptedStr(text)
+            # Not a mask after all (a UrlMask rendering of no stored URL): a new value.
+            return EncryptedStr(text) if leaf.typed is None else leaf.typed.coerce(text)
         if existing is None:
             raw = stored.decode("utf-8") if isinstance(stored, bytes) else stored
             if isinstance(raw, str) and raw and leaf.mask.could_be_mask(raw):
@@ -160,7 +208,7 @@ class _Resolver:
                 f"secret, but {self.record_key} has no stored secret for it; send the real value",
                 path,
             )
-        return EncryptedStr(existing)
+        return self.value_of(existing, leaf)
 
     # -- lists -----------------------------------------------------------------------------------
 
@@ -208,7 +256,14 @@ class _Resolver:
             if is_mask(sent, node):
                 return self.shows(sent, node, stored, path)
             existing = self.existing(stored, node, path)
-            return isinstance(sent, str) and existing is not None and str.__str__(sent) == existing
+            if existing is None or sent is None:
+                return False
+            if node.typed is not None:
+                try:
+                    return node.typed.encode(sent) == existing
+                except ValueTypeError:
+                    return False
+            return isinstance(sent, str) and str.__str__(sent) == existing
         if isinstance(node, Many):
             items = stored if isinstance(stored, list) else None
             return (

@@ -100,6 +100,9 @@ _MASKED = _Shown(repr(EncryptedStr()))
 def _masked(value: Any, node: Node) -> Any:
     """``value`` for repr(), with every secret at an encrypted path shown masked."""
     if isinstance(node, Leaf):
+        if node.typed is not None:
+            hidden = value is not None and not isinstance(value, KeepExisting)
+            return _Shown(f"Encrypted[{node.typed.display}]('**********')") if hidden else value
         masked = isinstance(value, str) and not isinstance(value, KeepExisting)
         return _MASKED if masked else value
     if isinstance(node, Many):
@@ -131,13 +134,16 @@ def _without_input(exc: ValidationError) -> ValidationError:
     )
 
 
-def _needs_opening(data: dict[str, Any], plan: Plan) -> bool:
+def _needs_opening(data: dict[str, Any], plan: Plan, reading: bool) -> bool:
     """Whether validating ``data`` has anything to open: a ``str`` (not yet an ``EncryptedStr``)
-    at an encrypted field, or a container that may hold one. Not so when redis-om re-validates
-    an instance (``check()``, and its ``__init__`` inside every validation)."""
+    at an encrypted field, or a container that may hold one; while ``reading``, a value of an
+    ``Encrypted[T]`` field (it may be plaintext). Not so when redis-om re-validates an instance
+    (``check()``, and its ``__init__`` inside every validation)."""
     for name, node in plan.items():
         value = data.get(name)
         if type(value) is str:
+            return True
+        if reading and value is not None and isinstance(node, Leaf) and node.typed is not None:
             return True
         if not isinstance(node, Leaf) and isinstance(value, (dict, list)):
             return True
@@ -193,7 +199,16 @@ class EncryptedModel:
                     if type(data.get(name)) is str:
                         data = cls._ref_opener().record(data, facts)
                         break
-            elif facts.opens and _needs_opening(data, facts.plan):
+                else:
+                    # An Encrypted[T] value that is not text, read from Redis: plaintext left by
+                    # older code (a JSON number), unless the opener decoded it (see Opener).
+                    if (
+                        facts.typed
+                        and _reading.get()
+                        and any(data.get(n) is not None for n in facts.typed)
+                    ):
+                        data = cls._ref_opener().record(data, facts)
+            elif facts.opens and _needs_opening(data, facts.plan, bool(_reading.get())):
                 data = cls._ref_opener().record(data, facts)
         token = model_scope.set(True) if scoped else None
         try:
@@ -217,7 +232,7 @@ class EncryptedModel:
         # repr() hides it before the next save; masks stay raw for save() to resolve.
         if type(value) is str:
             node = plan_for(typing.cast(Any, type(self))).get(name)
-            if isinstance(node, Leaf) and not node.mask.could_be_mask(value):
+            if isinstance(node, Leaf) and node.typed is None and not node.mask.could_be_mask(value):
                 if is_legacy_envelope(value):  # refused as in construction, not kept as text
                     check_input(value, type(self).__name__, name, self._ref_record_key())
                 value = EncryptedStr(value)
@@ -287,7 +302,10 @@ class EncryptedModel:
         if saving.get() is self:
             if facts.search.blind:
                 key_prefix, clear = cls._ref_key(""), "" if facts.is_hash else None
-                write_companions(data, self.__dict__, facts.search.blind, key_prefix, cls, clear)
+                search = facts.search
+                write_companions(
+                    data, self.__dict__, search.blind, key_prefix, cls, clear, search.codecs
+                )
             if facts.is_hash:
                 # HSET skips None; an empty string overwrites the old secret, and redis-om reads
                 # it back as None for an Optional field.
@@ -311,7 +329,12 @@ class EncryptedModel:
                     data[name] = rest[name]
             else:
                 value = values.get(name)
-                data[name] = None if value is None else sealer.seal(value, leaf.mask, name)
+                if value is None:
+                    data[name] = None
+                else:
+                    typed = leaf.typed
+                    text = value if typed is None else typed.encode(value)
+                    data[name] = sealer.seal(text, leaf.mask, name)
         if len(data) < len(rest) + len(facts.plan):
             data.update((k, v) for k, v in rest.items() if k not in data)  # computed fields
         return data

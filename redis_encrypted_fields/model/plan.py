@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from .blind_index import BlindIndex, companion_name
 from .fields import DEFAULT_MASK, EncryptedStr, Mask
+from .typed import EncryptedType, TypeCodec, is_typed
 
 __all__ = [
     "FieldPath",
@@ -42,6 +43,11 @@ FieldPath = tuple[str | int, ...]
 class Leaf:
     mask: Mask
     blind: BlindIndex | None = None
+    typed: TypeCodec | None = None  # Encrypted[T]; None for an EncryptedStr
+
+    def type_name(self) -> str:
+        """What messages call the field's type."""
+        return "str" if self.typed is None else self.typed.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +68,7 @@ _building: set[type[BaseModel]] = set()
 
 
 def _mentions_encrypted(annotation: Any) -> bool:
-    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
+    if isinstance(annotation, type) and issubclass(annotation, (EncryptedStr, EncryptedType)):
         return True
     return any(_mentions_encrypted(arg) for arg in typing.get_args(annotation))
 
@@ -73,9 +79,12 @@ def _node(annotation: Any, metadata: Sequence[Any], where: str) -> Node | None:
     if origin is typing.Annotated:
         inner, *extra = typing.get_args(annotation)
         return _node(inner, [*metadata, *extra], where)
-    if isinstance(annotation, type) and issubclass(annotation, EncryptedStr):
+    typed = is_typed(annotation)
+    if typed is not None or (isinstance(annotation, type) and issubclass(annotation, EncryptedStr)):
         blind = next((m for m in metadata if isinstance(m, BlindIndex)), None)
-        return Leaf(mask or DEFAULT_MASK, blind)
+        if typed is not None:
+            _check_typed(typed, where)
+        return Leaf(mask or DEFAULT_MASK, blind, typed)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
@@ -88,10 +97,20 @@ def _node(annotation: Any, metadata: Sequence[Any], where: str) -> Node | None:
         return Nested(annotation) if plan_for(annotation) else None
     if _mentions_encrypted(annotation):
         raise TypeError(
-            f"{where}: EncryptedStr is supported as a field, Optional, in a list, or inside a "
-            "nested model; not in this position"
+            f"{where}: EncryptedStr and Encrypted[T] are supported as a field, Optional, in a "
+            "list, or inside a nested model; not in this position"
         )
     return None
+
+
+def _check_typed(typed: TypeCodec, where: str) -> None:
+    source = typed.source
+    if isinstance(source, type) and issubclass(source, BaseModel) and plan_for(source):
+        raise TypeError(
+            f"{where}: Encrypted[{source.__name__}] holds the whole model as one envelope, but "
+            f"{source.__name__} has encrypted fields of its own; declare it as a plain nested "
+            "model instead (its secrets are then encrypted one by one)"
+        )
 
 
 def plan_for(model: type[BaseModel]) -> Plan:
@@ -209,7 +228,9 @@ def check_not_indexed(
     hints = _hints(model)
     for name, field in model.model_fields.items():
         if name not in plan and _mentions_blind([hints.get(name), *field.metadata]):
-            raise TypeError(f"{prefix}{name}: BlindIndex goes on an EncryptedStr field")
+            raise TypeError(
+                f"{prefix}{name}: BlindIndex goes on an EncryptedStr or Encrypted[T] field"
+            )
 
 
 def _mentions_blind(annotations: Sequence[Any]) -> bool:

@@ -40,7 +40,7 @@ from redis_om.search_reply import (
 )
 
 from ..crypto import Kind, binding, classify, open_value
-from ..errors import IndexKeyError, printable
+from ..errors import IndexKeyError, ValueTypeError, printable
 from ..keys import get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import (
@@ -55,6 +55,7 @@ from .conditions import Blind, Node, Parser, blind_leaves, has_blind, render, se
 from .errors import UnsupportedQueryError
 from .fields import DEFER, EncryptedStr, Pending
 from .replies import Doc, documents, only_results, reply_keys
+from .typed import TypeCodec
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
 
@@ -69,8 +70,19 @@ def plaintext_dump(record: BaseModel) -> dict[str, Any]:
     return typing.cast(dict[str, Any], _reveal(data))
 
 
+def _text_or_empty(codec: TypeCodec, value: str) -> str:
+    """The text of an ``Encrypted[T]`` value stored as plaintext, or "" (matches nothing) if it
+    is not a ``T``: its record's build says so."""
+    try:
+        return codec.encode(value)
+    except ValueTypeError:
+        return ""
+
+
 def _reveal(value: Any) -> Any:
     if isinstance(value, Pending):
+        if value.plain is not None:
+            return value.plain  # an Encrypted[T] value
         secret = value.value
         return secret if isinstance(secret, EncryptedStr) else EncryptedStr(secret)
     if isinstance(value, dict):
@@ -330,7 +342,8 @@ class _Search:
                 # agrees with all().
                 check_unbound(value, model, leaf.field, doc.key)
             if kind is Kind.PLAINTEXT:
-                found = value  # plaintext not migrated yet: the record's build warns
+                # Plaintext not migrated yet (the record's build warns), as the field's text.
+                found = value if leaf.codec is None else _text_or_empty(leaf.codec, value)
             else:
                 context = binding(doc.key, leaf.field) if kind is Kind.ENVELOPE else b""
                 found = open_value(

@@ -181,6 +181,8 @@ def _may_hold_masks(model: Any) -> bool:
     for name in facts.plan:
         value = values.get(name)
         if value is not None and type(value) is not EncryptedStr:
+            if name in facts.typed and not isinstance(value, str):
+                continue  # an Encrypted[T] value: a mask is always a str
             return True
     return False
 

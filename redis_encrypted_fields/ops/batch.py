@@ -26,7 +26,7 @@ from ..crypto import (
     track_open,
     writes_v1,
 )
-from ..errors import DecryptionError, EncryptionError
+from ..errors import DecryptionError, EncryptionError, ValueTypeError
 from ..keys import KeyRing
 from ..model.blind_index import (
     INDEX_MISSING,
@@ -38,9 +38,19 @@ from ..model.blind_index import (
 )
 from ..model.codec import ENV_REJECT_PLAINTEXT
 from ..model.fields import is_star_mask
-from ..model.plan import FieldPath, dotted
+from ..model.plan import FieldPath, Leaf, dotted
+from ..model.typed import TypeCodec
 from ..steps import Request, Steps
-from .layout import Layout, as_text, counted_name, field_part, index_name, json_path, stored_values
+from .layout import (
+    Layout,
+    as_text,
+    counted_name,
+    expected,
+    field_part,
+    index_name,
+    json_path,
+    stored_values,
+)
 from .report import (
     EMPTY,
     LEGACY,
@@ -72,6 +82,7 @@ class _Decision:
     reason: str = ""
     verified: bool = False  # decrypted to check it
     key_id: bytes | None = None  # of a value that failed: the key its envelope names
+    text: str | None = None  # an Encrypted[T] plaintext's text (what is sealed and indexed)
 
 
 # Why a value is left as suspicious: the deployment has declared (REDIS_SRE_REJECT_PLAINTEXT)
@@ -96,6 +107,7 @@ def _decide(
     suspect: bool = False,
     auditing: bool = False,
     where: tuple[str | None, str | None, str | None] = (None, None, None),
+    typed: TypeCodec | None = None,
 ) -> _Decision:
     """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
     its data opened), so that what cannot be decrypted is reported by every operation, not
@@ -106,11 +118,16 @@ def _decide(
     encrypt, upgrade or re-wrap by what it writes, a value left as it is by the decrypt that
     checked it, a failure by the failed decrypt. Events describe what the tool decided: a write
     that then loses a compare-and-set race is decided again, and audited again, on the retry.
+
+    ``typed``: the codec of an ``Encrypted[T]`` field, whose plaintext (``"5000"`` in a hash,
+    ``5000`` in a JSON document) is sealed as its text.
     """
     if raw is None:
         return _Decision(EMPTY)
     if not isinstance(raw, str):
-        return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
+        if typed is None:
+            return _Decision(PLAINTEXT, outcome="failed", reason="not a string")
+        return _plain(raw, keyring, context, suspect, op, auditing, where, typed)
     kind = classify(raw)
     if kind is Kind.EMPTY:
         return _Decision(EMPTY)
@@ -179,14 +196,36 @@ def _decide(
     if is_star_mask(raw):
         # The origin stored masks as secrets; encrypting one would hide that the secret is lost.
         return _Decision(MASKED, outcome="failed", reason="holds a mask, not a secret")
+    return _plain(raw, keyring, context, suspect, op, auditing, where, typed)
+
+
+def _plain(
+    raw: Any,
+    keyring: KeyRing,
+    context: bytes,
+    suspect: bool,
+    op: Operation,
+    auditing: bool,
+    where: tuple[str | None, str | None, str | None],
+    typed: TypeCodec | None,
+) -> _Decision:
+    """A plaintext value: left as suspicious, counted, or encrypted (as its field's text)."""
     if suspect:
         return _Decision(SUSPICIOUS, outcome="suspicious", reason=_SUSPICIOUS_PLAINTEXT)
-    if not seals:
-        return _Decision(PLAINTEXT)
+    text = raw
+    if typed is not None:
+        try:
+            text = typed.encode(raw)
+        except ValueTypeError as exc:
+            reason = f"plaintext that is not a {typed.name} ({exc})"
+            return _Decision(PLAINTEXT, outcome="failed", reason=reason)
+    if op is Operation.STATUS:
+        return _Decision(PLAINTEXT, text=text)
+    model, field, record = where
     new = seal_value(
-        raw, keyring, context, auditing=auditing, model=model, field=field, record=record
+        text, keyring, context, auditing=auditing, model=model, field=field, record=record
     )
-    return _Decision(PLAINTEXT, new, "encrypted")
+    return _Decision(PLAINTEXT, new, "encrypted", text=text)
 
 
 def _reason(exc: EncryptionError) -> str:
@@ -243,7 +282,7 @@ def _plan_record(
     planned: Planned,
     suspect: bool = False,
 ) -> None:
-    values: Iterable[tuple[FieldPath, Any]]
+    values: Iterable[tuple[FieldPath, Any, Leaf]]
     companions: dict[str, Any] = {}
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
@@ -261,7 +300,7 @@ def _plan_record(
         if layout.blind:
             companions = dict(zip(layout.blind, map(as_text, stored[len(paths) :]), strict=True))
             stored = stored[: len(paths)]
-        values = zip(paths, stored, strict=True)
+        values = zip(paths, stored, layout.hash_leaves, strict=True)
     planned.records += 1
     args = planned.send_args
     start = len(args)
@@ -269,16 +308,16 @@ def _plan_record(
     tally: list[_Tally] = []
     auditing = audit_enabled()
     record = binding_part(key) if layout.bound else None
-    for path, value in values:
+    for path, value, leaf in values:
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
         context = b"" if record is None else record + field_part(path)
         names = (layout.name, dotted(path), key) if auditing else _NOWHERE
-        d = _decide(op, raw, keyring, context, suspect, auditing, names)
+        d = _decide(op, raw, keyring, context, suspect, auditing, names, leaf.typed)
         kind = (counted_name(layout.name, path), d.state, d.outcome)
         tally.append(_tallies.setdefault(kind, kind))
         if d.new is not None:
             if layout.is_json:
-                args += [json_path(path), raw, json.dumps(d.new)]
+                args += [json_path(path), expected(raw), json.dumps(d.new)]
             else:
                 args += [path[0], raw, d.new]
         elif d.outcome in _LEFT:
@@ -293,7 +332,7 @@ def _plan_record(
             if kind[2] == "indexed":
                 if d.new is None:  # the value is compared too: the companion goes beside it
                     if layout.is_json:
-                        args += [json_path(path), raw or "", json.dumps(raw)]
+                        args += [json_path(path), expected(raw or ""), json.dumps(raw)]
                     else:
                         args += [name, raw or "", raw or ""]
                 if layout.is_json:
@@ -335,7 +374,7 @@ def _reindex(
         if d.state == EMPTY:
             plaintext = None
         elif d.state == PLAINTEXT:
-            plaintext = raw
+            plaintext = raw if d.text is None else d.text
         else:
             # Opened (and audited) by _decide already: not audited again.
             plaintext = open_value(raw, keyring, context, auditing=False, locate=False)

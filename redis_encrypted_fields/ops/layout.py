@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,9 @@ from ..model.plan import FieldPath, Leaf, Many, Nested, Node, dotted, pattern, p
 # n, then n triples. One call per batch: a call per record costs more than the work it does.
 # Hash triples: field, expected, new; per-field TTLs are kept (HSET drops them) where the server
 # has hash field expiration. JSON triples: path, expected string, new value as JSON text. A
-# missing field (JSON: or null) is expected as "" (a blind index's companion not written yet).
+# missing field (JSON: or null) is expected as "" (a blind index's companion not written yet);
+# a value that is not a string (an Encrypted[T] field's plaintext: a number, an object) as
+# "\0json:" and its JSON text in an array (``expected``), compared as Lua's cjson encodes both.
 HASH_CAS = """
 local done, a = {}, 1
 for k = 1, #KEYS do
@@ -62,9 +65,14 @@ for k = 1, #KEYS do
   for i = a + 1, a + 3 * n, 3 do
     local current = redis.call('JSON.GET', key, ARGV[i])
     if not current then ok = 0 break end
-    local value = cjson.decode(current)[1]
+    local value, want = cjson.decode(current)[1], ARGV[i + 1]
     if value == nil or value == cjson.null then value = '' end
-    if value ~= ARGV[i + 1] then ok = 0 break end
+    if type(value) == 'string' then
+      if value ~= want then ok = 0 break end
+    elseif string.sub(want, 1, 6) ~= '\\0json:'
+      or cjson.encode(value) ~= cjson.encode(cjson.decode(string.sub(want, 7))[1]) then
+      ok = 0 break
+    end
   end
   if ok == 1 then
     for i = a + 1, a + 3 * n, 3 do redis.call('JSON.SET', key, ARGV[i], ARGV[i + 2]) end
@@ -111,7 +119,7 @@ class Layout:
             raise EncryptionError(f"{model.__name__} is embedded; run on the model that holds it")
         plan = plan_for(model)
         if not plan:
-            raise EncryptionError(f"{model.__name__} has no EncryptedStr fields")
+            raise EncryptionError(f"{model.__name__} has no encrypted fields")
         return cls(
             model=model,
             name=model.__name__,
@@ -126,6 +134,11 @@ class Layout:
     def hash_paths(self) -> tuple[FieldPath, ...]:
         """A hash model's encrypted fields as paths, in the order the read script returns them."""
         return tuple((name,) for name in self.plan)
+
+    @functools.cached_property
+    def hash_leaves(self) -> tuple[Leaf, ...]:
+        """The plan leaves of ``hash_paths`` (a hash holds no lists or nested models)."""
+        return tuple(typing.cast(Leaf, node) for node in self.plan.values())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -152,22 +165,28 @@ def json_path(path: FieldPath) -> str:
 
 def stored_values(
     doc: Any, plan: dict[str, Node], path: FieldPath
-) -> Iterator[tuple[FieldPath, Any]]:
+) -> Iterator[tuple[FieldPath, Any, Leaf]]:
+    """The values at a document's encrypted paths, each with its path and plan leaf."""
     if not isinstance(doc, dict):
         return
     for name, node in plan.items():
         yield from _node_values(doc.get(name), node, (*path, name))
 
 
-def _node_values(value: Any, node: Node, path: FieldPath) -> Iterator[tuple[FieldPath, Any]]:
+def _node_values(value: Any, node: Node, path: FieldPath) -> Iterator[tuple[FieldPath, Any, Leaf]]:
     if isinstance(node, Leaf):
-        yield path, value
+        yield path, value, node
     elif isinstance(node, Many):
         if isinstance(value, list):
             for i, item in enumerate(value):
                 yield from _node_values(item, node.item, (*path, i))
     elif isinstance(node, Nested):
         yield from stored_values(value, plan_for(node.model), path)
+
+
+def expected(raw: Any) -> str:
+    """A stored JSON value as the compare-and-set expects it (see ``JSON_CAS``)."""
+    return raw if isinstance(raw, str) else "\0json:" + json.dumps([raw])
 
 
 def as_text(value: Any) -> Any:
