@@ -26,6 +26,8 @@ from .errors import (
 )
 from .keys import (
     AwsKms,
+    AzureKeyVault,
+    GcpKms,
     KeyRecord,
     KeyRing,
     KeyState,
@@ -52,6 +54,7 @@ from .version import __version__
 __all__ = [
     "AuditEvent",
     "AwsKms",
+    "AzureKeyVault",
     "BlindIndex",
     "BlindIndexError",
     "ConcurrentChangeError",
@@ -61,6 +64,7 @@ __all__ = [
     "EncryptedStr",
     "EncryptionError",
     "Failure",
+    "GcpKms",
     "Group",
     "IndexKeyError",
     "IndexPlan",

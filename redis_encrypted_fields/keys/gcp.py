@@ -84,7 +84,8 @@ class GcpKms:
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> GcpKms:
-        """The provider of a ``gcpkms://projects/.../cryptoKeys/<k>`` URI (``REDIS_SRE_KMS_KEY_ID``)."""
+        """The provider of a ``gcpkms://projects/.../cryptoKeys/<k>`` URI
+        (``REDIS_SRE_KMS_KEY_ID``)."""
         if not uri.strip().startswith(URI_SCHEME):
             raise KmsError(f"not a GCP KMS key URI (expected {URI_SCHEME}projects/...)")
         return cls(uri, **options)
