@@ -47,6 +47,18 @@ _KEY_URL = re.compile(
 _logs = SdkLogGuard("azure", "urllib3", "requests", "msal")
 
 
+def _algorithms() -> tuple[Any, Any]:
+    """The SDK's RSA-OAEP-256 and PS256 (its enums: plain strings are not taken alike)."""
+    try:
+        from azure.keyvault.keys.crypto import KeyWrapAlgorithm, SignatureAlgorithm
+    except ImportError:
+        raise KmsError(
+            "the Azure Key Vault provider needs azure-keyvault-keys and azure-identity: "
+            "pip install 'redis-encrypted-fields[azure]'"
+        ) from None
+    return KeyWrapAlgorithm.rsa_oaep_256, SignatureAlgorithm.ps256
+
+
 class _KeyId(NamedTuple):
     host: str
     name: str
@@ -182,14 +194,10 @@ class AzureKeyVault:
             return client
 
     def _make_client(self, url: str) -> Any:
-        try:
-            from azure.core.exceptions import AzureError
-            from azure.keyvault.keys.crypto import CryptographyClient
-        except ImportError:
-            raise KmsError(
-                "the Azure Key Vault provider needs azure-keyvault-keys and azure-identity: "
-                "pip install 'redis-encrypted-fields[azure]'"
-            ) from None
+        _algorithms()  # the SDK is there
+        from azure.core.exceptions import AzureError
+        from azure.keyvault.keys.crypto import CryptographyClient
+
         credential = self._credential
         try:
             with _logs.quiet():
@@ -228,10 +236,9 @@ class AzureKeyVault:
         return os.urandom(32)
 
     def wrap(self, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:
-        from azure.keyvault.keys.crypto import KeyWrapAlgorithm, SignatureAlgorithm
-
+        wrap_algorithm, sign_algorithm = _algorithms()
         url = self._key.url
-        wrapped = self._call("wrap_key", url, KeyWrapAlgorithm.rsa_oaep_256, bytes(plaintext))
+        wrapped = self._call("wrap_key", url, wrap_algorithm, bytes(plaintext))
         kid = str(wrapped.key_id or url)
         used = _KeyId.parse(kid)
         if used is None or not used.same_key(self._key):
@@ -246,15 +253,14 @@ class AzureKeyVault:
             )
         digest = _digest(used.url, bytes(wrapped.encrypted_key), context)
         # The version that wrapped signs: the blob then names one key version throughout.
-        signed = self._call("sign", used.url, SignatureAlgorithm.ps256, digest)
+        signed = self._call("sign", used.url, sign_algorithm, digest)
         blob = bytes([_BLOB_VERSION]) + _pack(
             used.url.encode(), bytes(wrapped.encrypted_key), bytes(signed.signature)
         )
         return WrappedKey(blob, used.uri)
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
-        from azure.keyvault.keys.crypto import KeyWrapAlgorithm, SignatureAlgorithm
-
+        wrap_algorithm, sign_algorithm = _algorithms()
         blob = bytes(wrapped.blob)
         fields = _unpack(blob[1:], 3) if blob[:1] == bytes([_BLOB_VERSION]) else None
         used = None if fields is None else _KeyId.parse(fields[0].decode("ascii", "replace"))
@@ -268,13 +274,13 @@ class AzureKeyVault:
             )
         _, encrypted, signature = fields
         digest = _digest(used.url, encrypted, context)
-        verified = self._call("verify", used.url, SignatureAlgorithm.ps256, digest, signature)
+        verified = self._call("verify", used.url, sign_algorithm, digest, signature)
         if not verified.is_valid:
             raise KmsError(
                 f"{PROVIDER} unwrap with {self.kms_key_id}: the signature does not match (another "
                 "encryption context, an altered blob, or one not made by this key's holder)"
             )
-        unwrapped = self._call("unwrap_key", used.url, KeyWrapAlgorithm.rsa_oaep_256, encrypted)
+        unwrapped = self._call("unwrap_key", used.url, wrap_algorithm, encrypted)
         return bytes(unwrapped.key)
 
     def after_fork(self) -> None:
