@@ -179,9 +179,9 @@ class GcpKms:
 
     def generate(self, context: Mapping[str, str]) -> bytes:
         """32 bytes from ``os.urandom``, the operating system's CSPRNG. Cloud KMS's
-        ``generateRandomBytes`` would need a permission on the location beyond the key's role
-        (``cloudkms.locations.generateRandomBytes``) and a request per new key, for bytes that
-        are then in this process's memory all the same."""
+        ``generateRandomBytes`` would need ``cloudkms.locations.generateRandomBytes`` on the
+        location, which no role granted on the key gives, and a request per new key, for bytes
+        that are then in this process's memory all the same."""
         return os.urandom(32)
 
     def wrap(self, plaintext: bytes, context: Mapping[str, str]) -> WrappedKey:
