@@ -13,8 +13,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import azure.keyvault.keys
 import provider_conformance
 import pytest
+import requests
 from cloud_support import (
     check_failing_kms_writes_nothing,
     check_forked_child_makes_its_own_client,
@@ -311,9 +313,50 @@ def test_from_uri_takes_the_azurekv_scheme_only() -> None:
 def test_without_the_sdk_the_error_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, vault: AzureKeyVaultStandIn, key_name: str
 ) -> None:
-    import azure.keyvault.keys
-
     monkeypatch.setitem(sys.modules, "azure.keyvault.keys.crypto", None)
     monkeypatch.delattr(azure.keyvault.keys, "crypto", raising=False)
     with pytest.raises(KmsError, match=r"redis-encrypted-fields\[azure\]"):
         AzureKeyVault(vault.key_url(key_name), credential=vault.credential).wrap(bytes(32), CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({}, 200),  # the well-formed request
+        ({"token": None}, 401),
+        ({"token": "wrong"}, 401),
+        ({"api-version": None}, 400),
+        ({"api-version": "1999-01-01"}, 400),
+        ({"alg": "RSA-OAEP"}, 400),
+        ({"alg": "RSA1_5"}, 400),
+        ({"value": base64.urlsafe_b64encode(bytes(32)).decode()}, 400),  # padded
+        ({"value": base64.b64encode(b"\xfb" * 32).decode()}, 400),  # not url-safe
+    ],
+)
+def test_the_standin_refuses_what_the_service_refuses(
+    vault: AzureKeyVaultStandIn, key_name: str, change: dict[str, Any], status: int
+) -> None:
+    """The stand-in is worth testing against only if it refuses malformed requests."""
+    sent: dict[str, Any] = {
+        "token": vault.token,
+        "api-version": "7.6",
+        "alg": "RSA-OAEP-256",
+        "value": base64.urlsafe_b64encode(bytes(32)).decode().rstrip("="),
+        **change,
+    }
+    headers = {"Content-Type": "application/json"}
+    if sent["token"] is not None:
+        headers["Authorization"] = f"Bearer {sent['token']}"
+    params = {} if sent["api-version"] is None else {"api-version": sent["api-version"]}
+    answer = requests.post(
+        f"{vault.key_url(key_name, vault.keys[key_name].latest)}/wrapkey",
+        params=params,
+        json={"alg": sent["alg"], "value": sent["value"]},
+        headers=headers,
+        verify=str(vault.ca_file),
+        timeout=5,
+    )
+    assert answer.status_code == status
+    assert answer.json()["value" if status == 200 else "error"]
+    if status == 401:
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer authorization=")

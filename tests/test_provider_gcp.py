@@ -13,8 +13,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import google.cloud
 import provider_conformance
 import pytest
+import requests
 from cloud_support import (
     check_failing_kms_writes_nothing,
     check_forked_child_makes_its_own_client,
@@ -230,9 +232,37 @@ def test_from_uri_takes_the_gcpkms_scheme_only() -> None:
 def test_without_the_sdk_the_error_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, gcp_key: str
 ) -> None:
-    import google.cloud
-
     monkeypatch.setitem(sys.modules, "google.cloud.kms", None)
     monkeypatch.delattr(google.cloud, "kms", raising=False)
     with pytest.raises(KmsError, match=r"redis-encrypted-fields\[gcp\]"):
         GcpKms(gcp_key).wrap(bytes(32), CONTEXT)
+
+
+GOOD = object()  # the stand-in's own token
+
+
+@pytest.mark.parametrize(
+    ("token", "content_type", "body", "status"),
+    [
+        (GOOD, "application/json", {"plaintext": "AAAA"}, 200),  # the well-formed request
+        (None, "application/json", {"plaintext": "AAAA"}, 401),
+        ("wrong", "application/json", {"plaintext": "AAAA"}, 401),
+        (GOOD, "text/plain", {"plaintext": "AAAA"}, 400),
+        (GOOD, "application/json", {"plaintext": "not base64!"}, 400),
+        (GOOD, "application/json", {"additionalAuthenticatedData": "AAAA"}, 400),
+    ],
+)
+def test_the_standin_refuses_what_the_service_refuses(
+    gcp_kms: GcpKmsStandIn, gcp_key: str, token: Any, content_type: str, body: Any, status: int
+) -> None:
+    """The stand-in is worth testing against only if it refuses malformed requests."""
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {gcp_kms.token if token is GOOD else token}"
+    answer = requests.post(
+        f"{gcp_kms.url}/v1/{gcp_key}:encrypt", data=json.dumps(body), headers=headers, timeout=5
+    )
+    assert answer.status_code == status
+    assert (
+        answer.json()["error"]["code"] == status if status != 200 else answer.json()["ciphertext"]
+    )

@@ -45,6 +45,7 @@ _KEY_URL = re.compile(
     r"https://(?P<host>[^/\s?#]+)/keys/(?P<name>[0-9A-Za-z-]{1,127})(?:/(?P<version>[0-9A-Za-z]+))?/?"
 )
 _logs = SdkLogGuard("azure", "urllib3", "requests", "msal")
+_MAX_CLIENTS = 16  # key versions with a client at once (a vault key has a few in use)
 
 
 def _algorithms() -> tuple[Any, Any]:
@@ -190,6 +191,9 @@ class AzureKeyVault:
                 self._pid = os.getpid()
             client = self._clients.get(url)
             if client is None:
+                if len(self._clients) >= _MAX_CLIENTS:
+                    # Records name versions: planted ones could name any number of them.
+                    self._clients = dict(self._given)
                 client = self._clients[url] = self._make_client(url)
             return client
 
