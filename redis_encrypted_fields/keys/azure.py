@@ -121,7 +121,8 @@ class AzureKeyVault:
     waits at most ``connect_timeout`` to connect and ``read_timeout`` for an answer, and is sent
     ``max_attempts`` times in all. ``client_options`` are passed on to each
     ``CryptographyClient`` (azure-core's settings: ``connection_verify``, ``api_version``, ...);
-    ``client`` replaces the one this provider makes for the configured key.
+    ``client`` replaces the one this provider makes for the configured key (blobs of another
+    version of the key are unwrapped by a client made with ``credential``).
     """
 
     def __init__(
