@@ -29,6 +29,8 @@ from .errors import (
 )
 from .keys import (
     AwsKms,
+    AzureKeyVault,
+    GcpKms,
     KeyRecord,
     KeyRing,
     KeyState,
@@ -56,6 +58,7 @@ from .version import __version__
 __all__ = [
     "AuditEvent",
     "AwsKms",
+    "AzureKeyVault",
     "BlindIndex",
     "BlindIndexError",
     "ConcurrentChangeError",
@@ -67,6 +70,7 @@ __all__ = [
     "EncryptedStr",
     "EncryptionError",
     "Failure",
+    "GcpKms",
     "Group",
     "IndexKeyError",
     "IndexPlan",

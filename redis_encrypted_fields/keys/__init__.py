@@ -1,8 +1,9 @@
 """Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
-``aws``: AWS KMS), key rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
-ring), the KMS-backed key store (``store``: its records and their states) and the cached ring
-over it (``store_ring``), and the environment factory (``env``: ``get_keyring``,
-``set_keyring``) above them.
+``aws``: AWS KMS, ``gcp``: Google Cloud KMS, ``azure``: Azure Key Vault; ``sdk_logs`` keeps
+their SDKs' debug logs out of a KMS call), key rings (``ring``: ``MasterKey``, the ``KeyRing``
+interface, the static ring), the KMS-backed key store (``store``: its records and their
+states) and the cached ring over it (``store_ring``), and the environment factory (``env``:
+``get_keyring``, ``set_keyring``) above them.
 
 Imports neither pydantic nor redis-om. The names below are this layer's public surface; the
 package ``redis_encrypted_fields`` says which of them users see.
@@ -11,7 +12,9 @@ package ``redis_encrypted_fields`` says which of them users see.
 from __future__ import annotations
 
 from .aws import AwsKms
+from .azure import AzureKeyVault
 from .env import get_keyring, set_keyring
+from .gcp import GcpKms
 from .kms import KmsProvider, WrappedKey
 from .ring import (
     ENV_MASTER_KEY,
@@ -38,6 +41,8 @@ __all__ = [
     "ENV_PREVIOUS_MASTER_KEYS",
     "KEY_ID_SIZE",
     "AwsKms",
+    "AzureKeyVault",
+    "GcpKms",
     "KeyRecord",
     "KeyRing",
     "KeyState",
