@@ -34,7 +34,7 @@ lint: venv
 	$(VPY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/redis_stack.py \
-		devtools/kms_server.py devtools/local.py
+		devtools/kms_server.py devtools/local.py devtools/vault_server.py
 
 demo: venv
 	$(WITH_REDIS) $(VPY) examples/redis_instance.py

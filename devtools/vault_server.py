@@ -7,7 +7,7 @@ Used by the Vault transit provider's tests::
         os.environ.update(vault.env)           # VAULT_ADDR, VAULT_TOKEN
         vault.create_transit_key("app")
         ...
-        vault.transit_requests()   # [("datakey", "app"), ("decrypt", "app"), ...], from the audit log
+        vault.transit_requests()   # [("encrypt", "app"), ...], from the audit log
 
 The server keeps its state in memory (dev mode): it is lost when it stops. Its audit device (a
 file, declared in the ``-config`` file, as OpenBao takes audit devices only from configuration)

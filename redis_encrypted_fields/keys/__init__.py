@@ -1,5 +1,6 @@
 """Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
-``aws``: AWS KMS), key rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
+``aws``: AWS KMS, ``vault``: Vault/OpenBao transit; ``providers``: which a key id names), key
+rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
 ring), the KMS-backed key store (``store``: its records and their states) and the cached ring
 over it (``store_ring``), and the environment factory (``env``: ``get_keyring``,
 ``set_keyring``) above them.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from .aws import AwsKms
 from .env import get_keyring, set_keyring
 from .kms import KmsProvider, WrappedKey
+from .providers import provider_for
 from .ring import (
     ENV_MASTER_KEY,
     ENV_PREVIOUS_MASTER_KEYS,
@@ -31,6 +33,7 @@ from .store import (
     deny_statement,
 )
 from .store_ring import StoreKeyRing
+from .vault import VaultTransit
 
 __all__ = [
     "ENV_KMS_KEY_ID",
@@ -47,9 +50,11 @@ __all__ = [
     "MasterKey",
     "StaticKeyRing",
     "StoreKeyRing",
+    "VaultTransit",
     "WrappedKey",
     "deny_statement",
     "generate_master_key",
     "get_keyring",
+    "provider_for",
     "set_keyring",
 ]

@@ -36,8 +36,8 @@ import redis
 
 from ..audit import track
 from ..errors import ConfigurationError, KeyStoreError, KmsError, printable
-from .aws import AwsKms
 from .kms import KmsProvider, WrappedKey
+from .providers import provider_for, provider_name
 from .ring import KEY_ID_SIZE, MasterKey
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "ENV_KEYSTORE_URL",
     "ENV_KEY_CACHE_TTL",
     "ENV_KMS_KEY_ID",
+    "ENV_PREVIOUS_KMS_KEY_IDS",
     "STORE_KEY",
     "KeyRecord",
     "KeyState",
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
+# KMS keys (comma-separated, as REDIS_SRE_KMS_KEY_ID takes them) that wrapped older keys of the
+# store: after a move to another KMS, what unwraps the keys the old one wrapped.
+ENV_PREVIOUS_KMS_KEY_IDS = "REDIS_SRE_PREVIOUS_KMS_KEY_IDS"
 ENV_KEYSTORE_URL = "REDIS_SRE_KEYSTORE_URL"
 ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
 DEFAULT_CACHE_TTL = 300.0
@@ -151,6 +155,7 @@ class KeyRecord:
     wrapped: bytes = field(default=b"", repr=False)
     deactivated_at: str | None = None  # when it stopped being active (ISO 8601, UTC)
     context_version: int = 1  # 2: created_at is in the KMS encryption context
+    provider: str = "aws"  # the KMS that wrapped it: aws, vault, gcp, azure (providers.py)
 
     @property
     def is_active(self) -> bool:
@@ -169,6 +174,7 @@ class KeyRecord:
             "state": self.state.value,
             "created_at": self.created_at,
             "deactivated_at": self.deactivated_at,
+            "provider": self.provider,
             "kms_key_id": self.kms_key_id,
         }
 
@@ -194,6 +200,8 @@ class KeyRecord:
                 wrapped=base64.b64decode(doc["wrapped"], validate=True),
                 deactivated_at=None if deactivated_at is None else str(deactivated_at),
                 context_version=doc.get("context_version", 1),
+                # Records written before there were other providers are AWS KMS's.
+                provider=str(doc.get("provider", "aws")),
             )
             # Timestamps are compared (which key is newest, how long one has been inactive).
             instant(record.created_at)
@@ -201,9 +209,14 @@ class KeyRecord:
                 instant(record.deactivated_at)
             if type(record.context_version) is not int or record.context_version not in (1, 2):
                 raise ValueError("unknown context version")
+            if record.provider not in KNOWN_PROVIDERS:
+                raise ValueError("unknown provider")
             return record
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise KeyStoreError(f"the key store record of {key_id} is malformed") from None
+
+
+KNOWN_PROVIDERS = ("aws", "vault", "gcp", "azure")
 
 
 class KeyUsage(Protocol):
@@ -221,8 +234,10 @@ class KeyStore:
     """Master keys in one Redis hash (``key``), wrapped by ``kms``.
 
     ``client`` is a synchronous redis-py client. ``kms`` may be ``None`` for reading the store
-    (``records``); creating and unwrapping keys need it. ``source`` says where its location came
-    from (``from_env``: which variable), for messages.
+    (``records``); creating and unwrapping keys need it. ``previous_kms``: the providers of KMS
+    keys that wrapped older keys, of other KMSes than ``kms`` (after a move from one to another):
+    a record is unwrapped by the first of ``kms`` and these of its own provider. ``source`` says
+    where its location came from (``from_env``: which variable), for messages.
     """
 
     def __init__(
@@ -232,9 +247,11 @@ class KeyStore:
         *,
         key: str = STORE_KEY,
         source: str | None = None,
+        previous_kms: Iterable[KmsProvider] = (),
     ) -> None:
         self.client = client
         self.kms = kms
+        self.previous_kms = tuple(previous_kms)
         self.key = key
         self.source = source
         self.kms_key_id_empty = False  # from_env: the variable is set, but to nothing
@@ -255,7 +272,8 @@ class KeyStore:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
         """The store at ``REDIS_SRE_KEYSTORE_URL``, else ``REDIS_OM_URL`` (the models' Redis),
-        with AWS KMS key ``REDIS_SRE_KMS_KEY_ID`` if set."""
+        with the KMS key ``REDIS_SRE_KMS_KEY_ID`` names if set (``providers.provider_for``) and
+        those ``REDIS_SRE_PREVIOUS_KMS_KEY_IDS`` names."""
         env = os.environ if environ is None else environ
         if env.get(ENV_KEYSTORE_URL):
             url, source = env[ENV_KEYSTORE_URL], f"from {ENV_KEYSTORE_URL}"
@@ -280,7 +298,17 @@ class KeyStore:
                 f"{ENV_KEYSTORE_URL} (or REDIS_OM_URL) is not a Redis URL"
             ) from None
         kms_key_id = (env.get(ENV_KMS_KEY_ID) or "").strip()
-        store = cls(client, AwsKms(kms_key_id) if kms_key_id else None, source=source)
+        previous = [
+            provider_for(text, env)
+            for text in (env.get(ENV_PREVIOUS_KMS_KEY_IDS) or "").split(",")
+            if text.strip()
+        ]
+        store = cls(
+            client,
+            provider_for(kms_key_id, env) if kms_key_id else None,
+            source=source,
+            previous_kms=previous,
+        )
         store.kms_key_id_empty = ENV_KMS_KEY_ID in env and not kms_key_id
         return store
 
@@ -299,6 +327,20 @@ class KeyStore:
                 )
             raise KeyStoreError(f"no KMS configured: set {ENV_KMS_KEY_ID}")
         return self.kms
+
+    def provider_of(self, record: KeyRecord) -> KmsProvider:
+        """The configured provider that unwraps ``record``: the KMS of ``kms`` if the record's
+        provider is its, else the first of ``previous_kms`` that is. Never one the record names:
+        a record planted in Redis cannot make a process trust a KMS key of the planter's."""
+        kms = self._require_kms()
+        for candidate in (kms, *self.previous_kms):
+            if provider_name(candidate.kms_key_id) == record.provider:
+                return candidate
+        raise KmsError(
+            f"wrapped by {record.provider} KMS key "
+            f"{printable(record.kms_key_id)}, and no {record.provider} KMS key is configured: "
+            f"add it to {ENV_PREVIOUS_KMS_KEY_IDS}"
+        )
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -334,11 +376,11 @@ class KeyStore:
 
     def unwrap(self, record: KeyRecord) -> MasterKey:
         """Unwrap a record's key with the KMS (one call, audited as ``kms_decrypt``)."""
-        kms = self._require_kms()
         if record.state is KeyState.RETIRED or not record.wrapped:
             raise KeyStoreError(f"master key {record.key_id} is retired")
         key_id = bytes.fromhex(record.key_id)
         try:
+            kms = self.provider_of(record)
             wrapped = WrappedKey(record.wrapped, record.kms_key_id)
             try:
                 material = kms.unwrap(wrapped, record.context)
@@ -393,6 +435,7 @@ class KeyStore:
             wrapped.kms_key_id,
             wrapped.blob,
             context_version=CONTEXT_VERSION,
+            provider=provider_name(kms.kms_key_id),
         )
         self.unwrap(record)
 
