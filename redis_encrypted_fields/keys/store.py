@@ -312,11 +312,16 @@ class KeyStore:
         store.kms_key_id_empty = ENV_KMS_KEY_ID in env and not kms_key_id
         return store
 
-    def _redis(self, call: Callable[[], T]) -> T:
+    def redis_call(self, call: Callable[[], T]) -> T:
+        """``call()``, a Redis error as ``KeyStoreError``."""
         try:
             return call()
         except redis.RedisError as exc:
             raise KeyStoreError(f"key store: {type(exc).__name__}: {exc}") from None
+
+    def now(self) -> datetime.datetime:
+        """The store's Redis clock (what key ages are measured by)."""
+        return self.redis_call(lambda: _server_now(self.client))
 
     def _require_kms(self) -> KmsProvider:
         if self.kms is None:
@@ -346,14 +351,14 @@ class KeyStore:
 
     def records(self) -> list[KeyRecord]:
         """Every key, oldest first."""
-        stored = self._redis(lambda: self.client.hgetall(self.key))
+        stored = self.redis_call(lambda: self.client.hgetall(self.key))
         records = [KeyRecord.from_json(_text(k), _text(v)) for k, v in stored.items()]
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
 
     def record(self, key_id: bytes) -> KeyRecord | None:
         """The record of one key id, or ``None``."""
         hex_id = key_id.hex()
-        raw = self._redis(lambda: self.client.hget(self.key, hex_id))
+        raw = self.redis_call(lambda: self.client.hget(self.key, hex_id))
         return None if raw is None else KeyRecord.from_json(hex_id, _text(raw))
 
     def active(self, records: Iterable[KeyRecord] | None = None) -> KeyRecord:
@@ -409,7 +414,7 @@ class KeyStore:
         kms = self._require_kms()
         newest = max((instant(r.created_at) for r in self.records()), default=None)
         # To the millisecond, as stored and compared.
-        moment = instant(_iso(self._redis(lambda: _server_now(self.client))))
+        moment = instant(_iso(self.redis_call(lambda: _server_now(self.client))))
         if newest is not None and moment <= newest:  # a clock set back, or a store moved
             moment = newest + datetime.timedelta(milliseconds=1)
         created_at = _iso(moment)
@@ -459,7 +464,7 @@ class KeyStore:
             pipe.multi()
             pipe.hset(self.key, mapping=updates)
 
-        self._redis(lambda: self.client.transaction(activate, self.key))
+        self.redis_call(lambda: self.client.transaction(activate, self.key))
         track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
         return record
 
@@ -476,7 +481,7 @@ class KeyStore:
         _refuse_active(record)
         if record.state is not KeyState.RETIRED:
             records = self.records()
-            now = self._redis(lambda: _server_now(self.client))
+            now = self.redis_call(lambda: _server_now(self.client))
             _refuse_recent(record, records, now, cache_ttl() if ttl is None else ttl)
         return record
 
@@ -526,7 +531,7 @@ class KeyStore:
             pipe.multi()
             pipe.hset(self.key, key_id, retired[0].to_json())
 
-        self._redis(lambda: self.client.transaction(retire, self.key))
+        self.redis_call(lambda: self.client.transaction(retire, self.key))
         track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
         return retired[0]
 
