@@ -1,7 +1,7 @@
 """Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
 ``aws``: AWS KMS, ``vault``: Vault/OpenBao transit; ``providers``: which a key id names), key
 rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
-ring), the KMS-backed key store (``store``: its records and their states) and the cached ring
+ring; ``secrets_manager``: keys from an AWS Secrets Manager secret), the KMS-backed key store (``store``: its records and their states) and the cached ring
 over it (``store_ring``), and the environment factory (``env``: ``get_keyring``,
 ``set_keyring``) above them.
 
@@ -24,6 +24,7 @@ from .ring import (
     StaticKeyRing,
     generate_master_key,
 )
+from .secrets_manager import SecretsManagerKeyRing
 from .store import (
     ENV_KMS_KEY_ID,
     KeyRecord,
@@ -48,6 +49,7 @@ __all__ = [
     "KeyUsage",
     "KmsProvider",
     "MasterKey",
+    "SecretsManagerKeyRing",
     "StaticKeyRing",
     "StoreKeyRing",
     "VaultTransit",

@@ -14,7 +14,7 @@ from ..errors import KmsError
 from ..forks import reset_in_children
 from .kms import WrappedKey
 
-__all__ = ["AwsKms"]
+__all__ = ["AwsKms", "botocore_quiet"]
 
 
 # botocore logs request parameters and response bodies at DEBUG (``botocore.endpoint``,
@@ -48,6 +48,15 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         _in_call.active = False
+
+
+@contextmanager
+def botocore_quiet() -> Iterator[None]:
+    """No DEBUG record of botocore, boto3 or urllib3 from this thread meanwhile: for calls whose
+    requests or responses hold key material (KMS, Secrets Manager)."""
+    _guard_botocore_logs()  # again: botocore makes some loggers on first use
+    with _quiet():
+        yield
 
 
 class AwsKms:
