@@ -1,9 +1,9 @@
 """Master keys and where they come from, bottom up: KMS providers (``kms``: the interface,
 ``aws``: AWS KMS, ``vault``: Vault/OpenBao transit; ``providers``: which a key id names), key
-rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static
-ring; ``secrets_manager``: keys from an AWS Secrets Manager secret), the KMS-backed key store (``store``: its records and their states) and the cached ring
-over it (``store_ring``), and the environment factory (``env``: ``get_keyring``,
-``set_keyring``) above them.
+rings (``ring``: ``MasterKey``, the ``KeyRing`` interface, the static ring; ``secrets_manager``:
+keys from an AWS Secrets Manager secret), the KMS-backed key store (``store``: its records and
+their states) and the cached ring over it (``store_ring``), scheduled rotation (``schedule``),
+and the environment factory (``env``: ``get_keyring``, ``set_keyring``) above them.
 
 Imports neither pydantic nor redis-om. The names below are this layer's public surface; the
 package ``redis_encrypted_fields`` says which of them users see.
