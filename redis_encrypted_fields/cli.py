@@ -626,6 +626,14 @@ def keys_retire(
         report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
         record = store.retire(key_id, report)
     print(f"retired {record.key_id}")
+    if record.provider != "aws":
+        # The deny statement is an AWS KMS key policy; see docs/keys.md for the others.
+        print(
+            f"# a backup of its key store record still unwraps while {record.provider} KMS key "
+            f"{printable(record.kms_key_id)} decrypts it: see docs/keys.md, retiring for good",
+            file=sys.stderr,
+        )
+        return
     print(
         f"# a backup of its key store record still unwraps with kms:Decrypt: add this statement "
         f"to the key policy of {record.kms_key_id} to make retiring it final (docs/keys.md)",
