@@ -4,6 +4,8 @@ from its file audit device."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -176,3 +178,28 @@ def test_one_transit_request_per_key_per_cache_lifetime(
     assert [decrypt_secret(t) for t in tokens] == [f"secret {n}" for n in range(50)]
     served = Counter(vault_server.transit_requests()[before:])
     assert served == {("decrypt", vault_store): 1}
+
+
+def test_a_forked_child_can_use_a_provider_whose_lock_its_parent_held(
+    vault_server: VaultServer, app_token: str
+) -> None:
+    """A parent's thread making the hvac client holds the provider's lock; a child forked
+    meanwhile makes its own client instead of waiting for a lock nothing will release."""
+    provider = transit(vault_server, new_key(vault_server), app_token)
+    wrapped = provider.wrap(bytes(range(32)), CONTEXT)
+    provider._lock.acquire()  # what a parent thread inside `provider.client` holds
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
+            code = 1
+            try:
+                signal.alarm(20)
+                if provider.unwrap(wrapped, CONTEXT) == bytes(range(32)):
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        provider._lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert provider.unwrap(wrapped, CONTEXT) == bytes(range(32))

@@ -4,6 +4,8 @@ moto_server on loopback (``AWS_ENDPOINT_URL_SECRETS_MANAGER``)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -154,3 +156,26 @@ def test_kms_key_id_and_secret_together_are_refused(
     set_keyring(None)
     with pytest.raises(MasterKeyError, match="set one"):
         get_keyring()
+
+
+def test_a_forked_child_can_use_a_ring_whose_lock_its_parent_held(
+    secret: tuple[str, MasterKey],
+) -> None:
+    name, key = secret
+    ring = SecretsManagerKeyRing(name)
+    lock = ring._locks["AWSCURRENT"]  # what a parent thread fetching the secret holds
+    lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
+            code = 1
+            try:
+                signal.alarm(20)
+                if ring.current == key:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        lock.release()
+    assert os.waitstatus_to_exitcode(status) == 0
