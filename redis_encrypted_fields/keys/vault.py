@@ -69,8 +69,6 @@ class VaultTransit:
     that does not answer is an error within seconds. ``client`` replaces the hvac client.
     """
 
-    provider = "vault"
-
     def __init__(
         self,
         key: str,
