@@ -4,6 +4,7 @@ keys``."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib
 import json
 import os
@@ -33,7 +34,7 @@ from .keys import (
     generate_master_key,
 )
 from .keys.schedule import create_if_due, format_age, key_age, parse_duration, rotation_done
-from .keys.store import instant
+from .keys.store import KeyRecord, cache_ttl, instant
 from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
 from .model.codec import plaintext_allowed
@@ -581,9 +582,13 @@ def keys_rotate(
         store = KeyStore.from_env()
         due = create_if_due(store, limit)
     key_id = due.active.key_id
+    with _errors():
+        started = store.now()
     if due.created:
         print(f"created {key_id}", file=sys.stderr)
-    elif not due.rotate:
+    elif due.rotate:
+        print(f"# re-wrapping under {key_id}: its rotation is not complete yet", file=sys.stderr)
+    else:
         print(
             f"the active master key {key_id} is {format_age(due.age)} old, not past --max-age "
             f"{max_age}: nothing to do",
@@ -597,8 +602,18 @@ def keys_rotate(
         False,
         batch_size,
         as_json,
-        when_ok=lambda: rotation_done(store, key_id),
+        when_ok=lambda: _rotated(store, due.active, started),
     )
+
+
+def _rotated(store: KeyStore, record: KeyRecord, started: datetime.datetime) -> None:
+    if not rotation_done(store, record, started, cache_ttl()):
+        print(
+            f"# processes may have encrypted under the previous key since this run began "
+            f"(REDIS_SRE_KEY_CACHE_TTL after {record.key_id} was created): the next run "
+            "re-wraps again",
+            file=sys.stderr,
+        )
 
 
 @keys_app.command("retire", cls=_Command)

@@ -5,7 +5,8 @@ many runs (cron, a Kubernetes CronJob) start at the same time.
 Runs at once are kept apart by a lock in the key store's Redis (``SET NX`` with a lifetime and a
 token, released only by its holder); whoever holds it reads the active key again before making
 one. A key made by a run whose values were not all re-wrapped yet is marked pending: the next run
-re-wraps them even when no new key is due.
+re-wraps them even when no new key is due, and so does a run that began while processes may
+still have encrypted under the old key (within the key cache lifetime of the new key's creation).
 """
 
 from __future__ import annotations
@@ -113,8 +114,15 @@ def create_if_due(store: KeyStore, max_age: datetime.timedelta, *, wait: float =
         return Due(record, key_age(store, record), created=True, rotate=True)
 
 
-def rotation_done(store: KeyStore, key_id: str) -> None:
-    """Every value is under ``key_id`` now: no run needs to re-wrap them for it again."""
-    store.redis_call(
-        lambda: store.client.eval(_RELEASE, 1, _pending_key(store), key_id),
-    )
+def rotation_done(
+    store: KeyStore, record: KeyRecord, started: datetime.datetime, ttl: float
+) -> bool:
+    """A run that began at ``started`` (the store's clock) re-wrapped every value under
+    ``record``'s key: no run needs to again, if the run began once every process had taken the
+    key as active (``ttl``, the key cache lifetime, after its creation); before that, a process
+    may have written a value under the old key behind the run's scan, and the key stays pending.
+    True if it is no longer pending."""
+    if started < instant(record.created_at) + datetime.timedelta(seconds=ttl):
+        return False
+    store.redis_call(lambda: store.client.eval(_RELEASE, 1, _pending_key(store), record.key_id))
+    return True
