@@ -4,11 +4,16 @@ from its file audit device."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -203,3 +208,34 @@ def test_a_forked_child_can_use_a_provider_whose_lock_its_parent_held(
         provider._lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.unwrap(wrapped, CONTEXT) == bytes(range(32))
+
+
+def test_keys_list_and_retire_of_vault_keys(
+    vault_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys list` names the provider; `keys retire` of a Vault key prints no AWS key policy."""
+    monkeypatch.setenv("REDIS_SRE_KEY_CACHE_TTL", "1")
+    old = KeyStore.from_env().create()
+    KeyStore.from_env().create()
+    listed = json.loads(cli("keys", "list", "--json").stdout)
+    assert {(e["provider"], e["kms_key_id"]) for e in listed} == {
+        ("vault", f"vault://transit/{vault_store}")
+    }
+    time.sleep(1.1)
+    retired = cli("keys", "retire", old.key_id, "keystore_models:Vault")
+    assert retired.returncode == 0, retired.stderr
+    assert retired.stdout.strip() == f"retired {old.key_id}"
+    assert "kms:Decrypt" not in retired.stdout + retired.stderr
+    assert "docs/keys.md" in retired.stderr
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redis_encrypted_fields", *args],
+        cwd=Path(__file__).parent,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
