@@ -34,7 +34,7 @@ lint: venv
 	$(VPY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/redis_stack.py \
-		devtools/kms_server.py devtools/local.py devtools/http_standin.py \
+		devtools/kms_server.py devtools/local.py devtools/vault_server.py devtools/http_standin.py \
 		devtools/gcp_kms_standin.py devtools/azure_kv_standin.py
 
 demo: venv

@@ -73,7 +73,11 @@ class KmsServer:
     @property
     def env(self) -> dict[str, str]:
         """The environment variables that point boto3's KMS client here."""
-        return {**AWS_TEST_ENV, "AWS_ENDPOINT_URL_KMS": self.url}
+        return {
+            **AWS_TEST_ENV,
+            "AWS_ENDPOINT_URL_KMS": self.url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.url,
+        }
 
     def start(self) -> Self:
         if self._proc is not None:
@@ -120,12 +124,12 @@ class KmsServer:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def client(self) -> Any:
-        """A boto3 KMS client for this server (for setting up keys)."""
+    def client(self, service: str = "kms") -> Any:
+        """A boto3 client of ``service`` for this server (for setting up keys and secrets)."""
         import boto3
 
         return boto3.session.Session().client(
-            "kms",
+            service,
             endpoint_url=self.url,
             region_name=AWS_TEST_ENV["AWS_DEFAULT_REGION"],
             aws_access_key_id="testing",
@@ -140,8 +144,10 @@ class KmsServer:
             kms.create_alias(AliasName=alias, TargetKeyId=arn)
         return arn
 
-    def requests(self) -> list[str]:
-        """The KMS operations served since the start (or the last ``reset_requests``), in order."""
+    def requests(self, service: str = "TrentService") -> list[str]:
+        """The operations of ``service`` (its X-Amz-Target prefix: ``TrentService`` is KMS,
+        ``secretsmanager`` Secrets Manager) served since the start (or the last
+        ``reset_requests``), in order."""
         assert self.workdir is not None
         path = self.workdir / "requests.jsonl"
         if not path.exists():
@@ -150,8 +156,8 @@ class KmsServer:
         for line in path.read_text().splitlines():
             headers = {k.lower(): v for k, v in json.loads(line)["headers"].items()}
             target = headers.get("x-amz-target", "")
-            if target.startswith("TrentService."):
-                out.append(target.removeprefix("TrentService."))
+            if target.startswith(f"{service}."):
+                out.append(target.removeprefix(f"{service}."))
         return out
 
     def reset_requests(self) -> None:

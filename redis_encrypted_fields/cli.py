@@ -4,6 +4,7 @@ keys``."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib
 import json
 import os
@@ -32,6 +33,8 @@ from .keys import (
     deny_statement,
     generate_master_key,
 )
+from .keys.schedule import create_if_due, format_age, key_age, parse_duration, rotation_done
+from .keys.store import KeyRecord, cache_ttl, instant
 from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
 from .model.codec import plaintext_allowed
@@ -326,9 +329,16 @@ def _run(
     batch: int,
     as_json: bool,
     accept_plaintext: bool = False,
+    *,
+    max_age: str | None = None,
+    when_ok: Callable[[], None] | None = None,
 ) -> None:
+    """Run ``operation`` over TARGET's models, print the report, exit with its status.
+    ``max_age`` (status): also exit 1 if the key store's active key is older. ``when_ok``: run
+    once every value is in the wanted state."""
     with _errors():
         plaintext_allowed()  # a malformed switch is refused before anything is read
+        limit = None if max_age is None else parse_duration(max_age)
         models = load_models_at(target, url)
         client = client_for_url(url) if url else None
         total = _run_models(operation, models, client, dry_run, batch, accept_plaintext)
@@ -357,7 +367,24 @@ def _run(
             f"`redis-encrypted-fields migrate --accept-plaintext {target}`",
             file=sys.stderr,
         )
-    raise typer.Exit(EXIT_OK if total.ok else EXIT_NOT_OK)
+    ok = total.ok
+    if limit is not None:
+        with _errors():
+            store = KeyStore.from_env()
+            active = store.active()
+            age = key_age(store, active)
+        if age > limit:
+            ok = False
+            print(
+                f"warning: the active master key {active.key_id} is {format_age(age)} old, past "
+                f"--max-age {max_age}: run `redis-encrypted-fields keys rotate {target} "
+                f"--max-age {max_age}`",
+                file=sys.stderr,
+            )
+    if ok and when_ok is not None:
+        with _errors():
+            when_ok()
+    raise typer.Exit(EXIT_OK if ok else EXIT_NOT_OK)
 
 
 def _print_text(report: ops.Report) -> None:
@@ -418,12 +445,23 @@ def rotate(
 
 @app.command(cls=_Command)
 def status(
-    target: TargetArg, url: UrlOpt = None, batch_size: BatchOpt = 500, as_json: JsonOpt = False
+    target: TargetArg,
+    url: UrlOpt = None,
+    batch_size: BatchOpt = 500,
+    as_json: JsonOpt = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            help="Also warn (exit status 1) when the key store's active key is older than this "
+            "(1s, 12h, 90d, 2w).",
+        ),
+    ] = None,
 ) -> None:
     """Count values per model and field: plaintext, origin v1, per key id (current, previous,
     unknown), undecryptable. Exit status 0 only when every value decrypts and is under the
-    current key."""
-    _run(ops.Operation.STATUS, target, url, True, batch_size, as_json)
+    current key (and, with --max-age, the active key is not past due)."""
+    _run(ops.Operation.STATUS, target, url, True, batch_size, as_json, max_age=max_age)
 
 
 @app.command("plan-index")
@@ -471,7 +509,8 @@ def keys_create() -> None:
     with _errors():
         record = KeyStore.from_env().create()
     print(
-        "# the new active key; running processes use it within REDIS_SRE_KEY_CACHE_TTL",
+        f"# the new active key ({record.provider} KMS key {printable(record.kms_key_id)}); "
+        "running processes use it within REDIS_SRE_KEY_CACHE_TTL",
         file=sys.stderr,
     )
     print(record.key_id)
@@ -481,23 +520,100 @@ def keys_create() -> None:
 def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """List the keys: key id, state, creation time, KMS key."""
+    """List the keys: key id, state, creation time, age, provider, KMS key."""
     with _errors():
-        records = KeyStore.from_env().records()
+        store = KeyStore.from_env()
+        records = store.records()
+        now = store.now() if records else None
+        ages = [now - instant(r.created_at) for r in records if now is not None]
     if as_json:
-        print(json.dumps([r.as_dict() for r in records], indent=2))
+        listed = [
+            {**r.as_dict(), "age": format_age(a), "age_seconds": int(a.total_seconds())}
+            for r, a in zip(records, ages, strict=True)
+        ]
+        print(json.dumps(listed, indent=2))
         return
-    rows = [("key id", "state", "created at", "KMS key")]
+    rows = [("key id", "state", "created at", "age", "provider", "KMS key")]
     # Creation time and KMS key come from the store's records, which whoever writes to Redis
     # can change: shown printable, so that one cannot make lines of its own.
     rows += [
-        (r.key_id, r.state.value, printable(r.created_at), printable(r.kms_key_id)) for r in records
+        (
+            r.key_id,
+            r.state.value,
+            printable(r.created_at),
+            format_age(a),
+            r.provider,
+            printable(r.kms_key_id),
+        )
+        for r, a in zip(records, ages, strict=True)
     ]
     # Plain aligned columns, not a rich table: a table fits itself to the terminal's width and
     # would wrap the ARNs of a piped, grepped listing. The last column is not padded.
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+
+
+@keys_app.command("rotate", cls=_Command)
+def keys_rotate(
+    target: TargetArg,
+    max_age: Annotated[
+        str,
+        typer.Option(
+            "--max-age",
+            help="How old the active key may get: 1s, 12h, 90d, 2w.",
+            show_default=False,
+        ),
+    ],
+    url: UrlOpt = None,
+    batch_size: BatchOpt = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """Scheduled rotation: when the active key is older than --max-age, create a new one and
+    re-wrap TARGET's values under it (as rotate does); otherwise do nothing (exit status 0).
+
+    Safe from cron or a Kubernetes CronJob: runs at the same time make one key (a lock in the
+    key store's Redis), and a run cut short is completed by the next one.
+    """
+    with _errors():
+        limit = parse_duration(max_age)
+        plaintext_allowed()
+        load_models_at(target, url)  # a wrong TARGET fails before a key is made
+        store = KeyStore.from_env()
+        due = create_if_due(store, limit)
+    key_id = due.active.key_id
+    with _errors():
+        started = store.now()
+    if due.created:
+        print(f"created {key_id}", file=sys.stderr)
+    elif due.rotate:
+        print(f"# re-wrapping under {key_id}: its rotation is not complete yet", file=sys.stderr)
+    else:
+        print(
+            f"the active master key {key_id} is {format_age(due.age)} old, not past --max-age "
+            f"{max_age}: nothing to do",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_OK)
+    _run(
+        ops.Operation.ROTATE,
+        target,
+        url,
+        False,
+        batch_size,
+        as_json,
+        when_ok=lambda: _rotated(store, due.active, started),
+    )
+
+
+def _rotated(store: KeyStore, record: KeyRecord, started: datetime.datetime) -> None:
+    if not rotation_done(store, record, started, cache_ttl()):
+        print(
+            f"# processes may have encrypted under the previous key since this run began "
+            f"(REDIS_SRE_KEY_CACHE_TTL after {record.key_id} was created): the next run "
+            "re-wraps again",
+            file=sys.stderr,
+        )
 
 
 @keys_app.command("retire", cls=_Command)
@@ -525,6 +641,14 @@ def keys_retire(
         report = _run_models(ops.Operation.STATUS, models, client, True, batch_size)
         record = store.retire(key_id, report)
     print(f"retired {record.key_id}")
+    if record.provider != "aws":
+        # The deny statement is an AWS KMS key policy; see docs/keys.md for the others.
+        print(
+            f"# a backup of its key store record still unwraps while {record.provider} KMS key "
+            f"{printable(record.kms_key_id)} decrypts it: see docs/keys.md, retiring for good",
+            file=sys.stderr,
+        )
+        return
     print(
         f"# a backup of its key store record still unwraps with kms:Decrypt: add this statement "
         f"to the key policy of {record.kms_key_id} to make retiring it final (docs/keys.md)",

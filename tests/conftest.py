@@ -10,7 +10,9 @@ as-is; otherwise a private server is started here and stopped at the end.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +32,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 if TYPE_CHECKING:
+    from devtools.kms_server import KmsServer
     from devtools.redis_stack import RedisStackCluster, RedisStackServer
+    from devtools.vault_server import VaultServer
 
 _server: RedisStackServer | None = None
 _cluster: RedisStackCluster | None = None
@@ -102,6 +106,57 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis[str]]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def kms_server() -> Iterator[KmsServer]:
+    """One moto_server (AWS KMS and Secrets Manager) for the session, on a free loopback port,
+    started by the first test that needs it."""
+    from devtools.kms_server import KmsServer
+
+    with KmsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vault_server() -> Iterator[VaultServer]:
+    """One OpenBao dev server (``bao server -dev``, transit mounted) for the session, on a free
+    loopback port, started by the first test that needs it."""
+    from devtools.vault_server import VaultServer
+
+    with VaultServer() as server:
+        server.enable_transit()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def silent_endpoint() -> Iterator[tuple[str, int]]:
+    """A loopback port that accepts connections and never sends a byte."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)  # kept open, never answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
 
 
 SESSION_KEY = "V2hlbiBpbiBkb3VidCwgdXNlIGJydXRlIGZvcmNlLiE="  # 32 bytes, tests only

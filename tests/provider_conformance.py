@@ -7,7 +7,7 @@ A provider's test module subclasses ``ProviderConformance`` and defines its fixt
 - ``missing_key_provider``: the same service, a key that does not exist;
 - ``unreachable_provider``: an endpoint where nothing listens (connection refused);
 - ``silent_provider``: an endpoint that accepts connections and never answers
-  (``silent_endpoint``), with the provider's timeouts set short.
+  (the ``silent_endpoint`` fixture, in conftest.py), with the provider's timeouts set short.
 
 Every test here must hold for every provider: that is what lets the key store treat them alike.
 """
@@ -15,9 +15,7 @@ Every test here must hold for every provider: that is what lets the key store tr
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,36 +26,6 @@ from redis_encrypted_fields.keys.kms import KmsProvider, WrappedKey
 CONTEXT = {"purpose": "conformance", "key_id": "00112233aabbccdd"}
 # A generous bound on "no hang": a provider that waits this long ignored its timeouts.
 NO_HANG_SECONDS = 30.0
-
-
-@pytest.fixture(scope="session")
-def silent_endpoint() -> Iterator[tuple[str, int]]:
-    """A loopback port that accepts connections and never sends a byte."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            held.append(conn)  # kept open, never answered
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
 
 
 def closed_port() -> int:

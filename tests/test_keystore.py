@@ -68,13 +68,6 @@ TESTS = Path(__file__).parent
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
-@pytest.fixture(scope="session")
-def kms_server() -> Iterator[KmsServer]:
-    """One moto_server for the session, on a free loopback port."""
-    with KmsServer() as server:
-        yield server
-
-
 @dataclass(frozen=True)
 class KmsKey:
     alias: str
@@ -211,11 +204,12 @@ def test_redis_holds_each_master_key_only_wrapped_by_kms(
         first.key_id: "decrypt-only",
         second.key_id: "active",
     }
-    fields = {"wrapped", "state", "created_at", "kms_key_id", "context_version"}
+    fields = {"wrapped", "state", "created_at", "kms_key_id", "context_version", "provider"}
     assert set(docs[first.key_id]) == {*fields, "deactivated_at"}  # when it stopped being active
     assert set(docs[second.key_id]) == fields
     for doc in docs.values():
         assert doc["kms_key_id"] == kms.arn
+        assert doc["provider"] == "aws"
         assert doc["context_version"] == 2
     key = StoreKeyRing(store()).current
     assert key.key_id_hex == second.key_id
@@ -1241,8 +1235,8 @@ def test_cli_keys_list_columns_are_apart_and_aligned(kms: KmsKey) -> None:
     header, *rows = listed.stdout.splitlines()
     assert header.split("  ")[0] == "key id"
     records = {r.key_id: r for r in store().records()}
-    assert [row.split() for row in rows] == [
-        [i, records[i].state.value, records[i].created_at, kms.arn] for i in ids
+    assert [row.split()[:3] + row.split()[4:] for row in rows] == [
+        [i, records[i].state.value, records[i].created_at, "aws", kms.arn] for i in ids
     ]
     for row in rows:  # every value starts under its heading
         assert row.index(kms.arn) == header.index("KMS key")

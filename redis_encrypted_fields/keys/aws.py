@@ -3,51 +3,30 @@ redis-encrypted-fields[aws]``), imported here and only here, on first use."""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import KmsError
 from ..forks import reset_in_children
 from .kms import WrappedKey
+from .sdk_logs import SdkLogGuard
 
-__all__ = ["AwsKms"]
+__all__ = ["AwsKms", "botocore_quiet"]
 
 
 # botocore logs request parameters and response bodies at DEBUG (``botocore.endpoint``,
 # ``botocore.parsers``): with KMS that is key material in the clear, in the log of any application
 # that turns DEBUG on. Records emitted by this thread during one of our calls are dropped.
-_in_call = threading.local()
+_logs = SdkLogGuard("botocore", "boto3", "urllib3")
 
 
-class _DropDuringKmsCall(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG or not getattr(_in_call, "active", False)
-
-
-_drop_filter = _DropDuringKmsCall()
-
-
-def _guard_botocore_logs() -> None:
-    for name in list(logging.root.manager.loggerDict):
-        if name in ("botocore", "boto3", "urllib3") or name.startswith(
-            ("botocore.", "boto3.", "urllib3.")
-        ):
-            logger = logging.getLogger(name)
-            if _drop_filter not in logger.filters:
-                logger.addFilter(_drop_filter)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    _in_call.active = True
-    try:
-        yield
-    finally:
-        _in_call.active = False
+def botocore_quiet() -> AbstractContextManager[None]:
+    """No DEBUG record of botocore, boto3 or urllib3 from this thread meanwhile: for calls whose
+    requests or responses hold key material (KMS, Secrets Manager)."""
+    return _logs.quiet()
 
 
 class AwsKms:
@@ -118,9 +97,8 @@ class AwsKms:
         client = self.client
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-        _guard_botocore_logs()  # again: botocore makes some loggers on first use
         try:
-            with _quiet():
+            with _logs.quiet():
                 return dict(getattr(client, operation)(**params))
         except ClientError as exc:
             error = exc.response.get("Error", {})

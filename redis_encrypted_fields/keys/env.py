@@ -1,8 +1,9 @@
 """The environment factory: ``get_keyring()``, the ring in force, and ``set_keyring()``.
 
-Above ``ring``, ``store`` and ``store_ring``: the environment describes either a static ring
-(``REDIS_SRE_MASTER_KEY``, ``REDIS_SRE_PREVIOUS_MASTER_KEYS``) or, with ``REDIS_SRE_KMS_KEY_ID``
-set, a key store's ring.
+Above ``ring``, ``store``, ``store_ring`` and ``secrets_manager``: the environment describes a
+static ring (``REDIS_SRE_MASTER_KEY``, ``REDIS_SRE_PREVIOUS_MASTER_KEYS``), or, with
+``REDIS_SRE_KMS_KEY_ID`` set, a key store's ring, or, with ``REDIS_SRE_MASTER_KEY_SECRET`` set,
+the ring of an AWS Secrets Manager secret.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import threading
 
 from ..errors import MasterKeyError
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, parse_env
-from .store import ENV_KMS_KEY_ID
+from .secrets_manager import ENV_MASTER_KEY_SECRET, SecretsManagerKeyRing
+from .store import ENV_KEY_CACHE_TTL, ENV_KMS_KEY_ID
 from .store_ring import ENVIRONMENT, StoreKeyRing
 
 __all__ = ["get_keyring", "set_keyring"]
@@ -47,6 +49,8 @@ _RAW_KEYS = (
     os.fsencode(ENV_PREVIOUS_MASTER_KEYS),
     os.fsencode(ENV_KMS_KEY_ID),
 )
+# Checked like the key store's variables (after the three above), whether set or not.
+_SECRET_NAMES = (ENV_MASTER_KEY_SECRET,)
 _POSIX = os.name == "posix"
 
 # The ring in force, with the text of the variables that made it.
@@ -84,9 +88,16 @@ def get_keyring() -> KeyRing:
 def _read_environ() -> KeyRing:
     global _env_ring, _fast
     data = getattr(os.environ, "_data", None) if _POSIX else None
-    names: tuple[str, ...] = (ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, ENV_KMS_KEY_ID)
+    names: tuple[str, ...] = (
+        ENV_MASTER_KEY,
+        ENV_PREVIOUS_MASTER_KEYS,
+        ENV_KMS_KEY_ID,
+        *_SECRET_NAMES,
+    )
     if (os.environ.get(ENV_KMS_KEY_ID) or "").strip():
         names += ENVIRONMENT
+    elif (os.environ.get(ENV_MASTER_KEY_SECRET) or "").strip():
+        names += (ENV_KEY_CACHE_TTL,)
     raw_names = [os.fsencode(n) for n in names]
     # The bytes before the text: if the environment changes in between, the cache is stale at once.
     raw = [data.get(n) for n in raw_names] if type(data) is dict else None
@@ -94,8 +105,16 @@ def _read_environ() -> KeyRing:
     cached = _env_ring
     ring = cached[1] if cached is not None and cached[0] == texts else None
     if ring is None:
+        secret = (texts[3] or "").strip()
         if texts[2] is not None and texts[2].strip():
+            if secret:
+                raise MasterKeyError(
+                    f"both {ENV_KMS_KEY_ID} (a key store) and {ENV_MASTER_KEY_SECRET} (a Secrets "
+                    "Manager secret) are set: set one, the source of the master keys"
+                )
             ring = StoreKeyRing.from_env()
+        elif secret:
+            ring = SecretsManagerKeyRing.from_env()
         elif texts[2] is not None:
             try:
                 ring = _parse_env(texts[0], texts[1])

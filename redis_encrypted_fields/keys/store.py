@@ -16,35 +16,44 @@ unwrapped key must also have the id of the record it came from.
 Rolling the store back (an old record written back as active) is refused: a ring encrypts only
 under an active key that is the newest the store lists and that it has never seen demoted.
 
-The ring a process uses over the store, ``StoreKeyRing``, is in ``store_ring``.
+The records themselves are in ``records``; the ring a process uses over the store,
+``StoreKeyRing``, is in ``store_ring``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import enum
-import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 import redis
 
 from ..audit import track
 from ..errors import ConfigurationError, KeyStoreError, KmsError, printable
-from .aws import AwsKms
 from .kms import KmsProvider, WrappedKey
-from .ring import KEY_ID_SIZE, MasterKey
+from .providers import provider_for, provider_name
+from .records import (
+    CONTEXT_VERSION,
+    PURPOSE,
+    KeyRecord,
+    KeyState,
+    deny_statement,
+    encryption_context,
+    instant,
+    iso,
+    parse_key_id,
+)
+from .ring import MasterKey
 
 __all__ = [
     "DEFAULT_CACHE_TTL",
     "ENV_KEYSTORE_URL",
     "ENV_KEY_CACHE_TTL",
     "ENV_KMS_KEY_ID",
+    "ENV_PREVIOUS_KMS_KEY_IDS",
     "STORE_KEY",
     "KeyRecord",
     "KeyState",
@@ -57,67 +66,17 @@ __all__ = [
 ]
 
 ENV_KMS_KEY_ID = "REDIS_SRE_KMS_KEY_ID"
+# KMS keys (comma-separated, as REDIS_SRE_KMS_KEY_ID takes them) that wrapped older keys of the
+# store: after a move to another KMS, what unwraps the keys the old one wrapped.
+ENV_PREVIOUS_KMS_KEY_IDS = "REDIS_SRE_PREVIOUS_KMS_KEY_IDS"
 ENV_KEYSTORE_URL = "REDIS_SRE_KEYSTORE_URL"
 ENV_KEY_CACHE_TTL = "REDIS_SRE_KEY_CACHE_TTL"
 DEFAULT_CACHE_TTL = 300.0
 STORE_KEY = "redis-encrypted-fields:keystore"
 DEFAULT_URL = "redis://localhost:6379"  # with neither REDIS_SRE_KEYSTORE_URL nor REDIS_OM_URL
-PURPOSE = "redis-encrypted-fields master key"
 _TIMEOUT = 5.0  # seconds, for the store's own Redis client
 
 T = TypeVar("T")
-
-
-class KeyState(enum.StrEnum):
-    ACTIVE = "active"  # encrypts new values (one key) and decrypts
-    DECRYPT_ONLY = "decrypt-only"
-    # Wrapped key deleted from the store. A copy of its record (a backup) still unwraps until
-    # the KMS key policy denies its key id (``deny_statement``).
-    RETIRED = "retired"
-
-
-# Context version 2 (keys created from now on) also binds the creation time: a replayed record
-# cannot claim to be newer than it is without the KMS refusing to unwrap it.
-CONTEXT_VERSION = 2
-
-
-def encryption_context(key_id_hex: str, created_at: str | None = None) -> dict[str, str]:
-    """The KMS encryption context of a master key: its key id and purpose, and its creation time
-    for records of context version 2."""
-    context = {"purpose": PURPOSE, "key_id": key_id_hex}
-    if created_at is not None:
-        context["created_at"] = created_at
-    return context
-
-
-def deny_statement(key_id_hex: str) -> dict[str, Any]:
-    """The KMS key policy statement that denies unwrapping one master key, whatever its record
-    says: what makes retiring a key irreversible (``keys retire`` prints it)."""
-    return {
-        "Sid": f"DenyRetiredMasterKey{key_id_hex}",
-        "Effect": "Deny",
-        "Principal": "*",
-        "Action": "kms:Decrypt",
-        "Resource": "*",
-        "Condition": {
-            "StringEquals": {
-                f"kms:EncryptionContext:{name}": value
-                for name, value in encryption_context(key_id_hex).items()
-            }
-        },
-    }
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def instant(text: str) -> datetime.datetime:
-    """A record's timestamp as an aware datetime (ValueError if it is not one)."""
-    moment = datetime.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise ValueError("a timestamp without a time zone")
-    return moment
 
 
 def _server_now(client: Any) -> datetime.datetime:
@@ -128,82 +87,6 @@ def _server_now(client: Any) -> datetime.datetime:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _parse_key_id(text: str) -> bytes:
-    try:
-        key_id = bytes.fromhex(text)
-    except ValueError:
-        key_id = b""
-    if len(key_id) != KEY_ID_SIZE or len(text) != 2 * KEY_ID_SIZE:
-        raise KeyStoreError(f"{text!r} is not a key id (16 hex digits, as `keys list` shows)")
-    return key_id
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """One master key in the store. ``wrapped`` is KMS ciphertext (empty once retired)."""
-
-    key_id: str  # 16 hex digits, the id envelopes carry
-    state: KeyState
-    created_at: str  # ISO 8601, UTC
-    kms_key_id: str  # the KMS key that wrapped it
-    wrapped: bytes = field(default=b"", repr=False)
-    deactivated_at: str | None = None  # when it stopped being active (ISO 8601, UTC)
-    context_version: int = 1  # 2: created_at is in the KMS encryption context
-
-    @property
-    def is_active(self) -> bool:
-        return self.state is KeyState.ACTIVE
-
-    @property
-    def context(self) -> dict[str, str]:
-        """The KMS encryption context its key was wrapped with."""
-        bound = self.created_at if self.context_version >= 2 else None
-        return encryption_context(self.key_id, bound)
-
-    def as_dict(self) -> dict[str, str | None]:
-        """What ``keys list --json`` prints for it."""
-        return {
-            "key_id": self.key_id,
-            "state": self.state.value,
-            "created_at": self.created_at,
-            "deactivated_at": self.deactivated_at,
-            "kms_key_id": self.kms_key_id,
-        }
-
-    def to_json(self) -> str:
-        doc: dict[str, Any] = {k: v for k, v in self.as_dict().items() if v is not None}
-        del doc["key_id"]  # the hash field
-        doc["wrapped"] = base64.b64encode(self.wrapped).decode("ascii")
-        if self.context_version != 1:
-            doc["context_version"] = self.context_version
-        return json.dumps(doc, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, key_id: str, text: str) -> KeyRecord:
-        _parse_key_id(key_id)
-        try:
-            doc = json.loads(text)
-            deactivated_at = doc.get("deactivated_at")
-            record = cls(
-                key_id=key_id,
-                state=KeyState(doc["state"]),
-                created_at=str(doc["created_at"]),
-                kms_key_id=str(doc["kms_key_id"]),
-                wrapped=base64.b64decode(doc["wrapped"], validate=True),
-                deactivated_at=None if deactivated_at is None else str(deactivated_at),
-                context_version=doc.get("context_version", 1),
-            )
-            # Timestamps are compared (which key is newest, how long one has been inactive).
-            instant(record.created_at)
-            if record.deactivated_at is not None:
-                instant(record.deactivated_at)
-            if type(record.context_version) is not int or record.context_version not in (1, 2):
-                raise ValueError("unknown context version")
-            return record
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-            raise KeyStoreError(f"the key store record of {key_id} is malformed") from None
 
 
 class KeyUsage(Protocol):
@@ -221,8 +104,10 @@ class KeyStore:
     """Master keys in one Redis hash (``key``), wrapped by ``kms``.
 
     ``client`` is a synchronous redis-py client. ``kms`` may be ``None`` for reading the store
-    (``records``); creating and unwrapping keys need it. ``source`` says where its location came
-    from (``from_env``: which variable), for messages.
+    (``records``); creating and unwrapping keys need it. ``previous_kms``: the providers of KMS
+    keys that wrapped older keys, of other KMSes than ``kms`` (after a move from one to another):
+    a record is unwrapped by the first of ``kms`` and these of its own provider. ``source`` says
+    where its location came from (``from_env``: which variable), for messages.
     """
 
     def __init__(
@@ -232,9 +117,11 @@ class KeyStore:
         *,
         key: str = STORE_KEY,
         source: str | None = None,
+        previous_kms: Iterable[KmsProvider] = (),
     ) -> None:
         self.client = client
         self.kms = kms
+        self.previous_kms = tuple(previous_kms)
         self.key = key
         self.source = source
         self.kms_key_id_empty = False  # from_env: the variable is set, but to nothing
@@ -255,7 +142,8 @@ class KeyStore:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyStore:
         """The store at ``REDIS_SRE_KEYSTORE_URL``, else ``REDIS_OM_URL`` (the models' Redis),
-        with AWS KMS key ``REDIS_SRE_KMS_KEY_ID`` if set."""
+        with the KMS key ``REDIS_SRE_KMS_KEY_ID`` names if set (``providers.provider_for``) and
+        those ``REDIS_SRE_PREVIOUS_KMS_KEY_IDS`` names."""
         env = os.environ if environ is None else environ
         if env.get(ENV_KEYSTORE_URL):
             url, source = env[ENV_KEYSTORE_URL], f"from {ENV_KEYSTORE_URL}"
@@ -280,15 +168,30 @@ class KeyStore:
                 f"{ENV_KEYSTORE_URL} (or REDIS_OM_URL) is not a Redis URL"
             ) from None
         kms_key_id = (env.get(ENV_KMS_KEY_ID) or "").strip()
-        store = cls(client, AwsKms(kms_key_id) if kms_key_id else None, source=source)
+        previous = [
+            provider_for(text, env)
+            for text in (env.get(ENV_PREVIOUS_KMS_KEY_IDS) or "").split(",")
+            if text.strip()
+        ]
+        store = cls(
+            client,
+            provider_for(kms_key_id, env) if kms_key_id else None,
+            source=source,
+            previous_kms=previous,
+        )
         store.kms_key_id_empty = ENV_KMS_KEY_ID in env and not kms_key_id
         return store
 
-    def _redis(self, call: Callable[[], T]) -> T:
+    def redis_call(self, call: Callable[[], T]) -> T:
+        """``call()``, a Redis error as ``KeyStoreError``."""
         try:
             return call()
         except redis.RedisError as exc:
             raise KeyStoreError(f"key store: {type(exc).__name__}: {exc}") from None
+
+    def now(self) -> datetime.datetime:
+        """The store's Redis clock (what key ages are measured by)."""
+        return self.redis_call(lambda: _server_now(self.client))
 
     def _require_kms(self) -> KmsProvider:
         if self.kms is None:
@@ -300,18 +203,32 @@ class KeyStore:
             raise KeyStoreError(f"no KMS configured: set {ENV_KMS_KEY_ID}")
         return self.kms
 
+    def provider_of(self, record: KeyRecord) -> KmsProvider:
+        """The configured provider that unwraps ``record``: the KMS of ``kms`` if the record's
+        provider is its, else the first of ``previous_kms`` that is. Never one the record names:
+        a record planted in Redis cannot make a process trust a KMS key of the planter's."""
+        kms = self._require_kms()
+        for candidate in (kms, *self.previous_kms):
+            if provider_name(candidate.kms_key_id) == record.provider:
+                return candidate
+        raise KmsError(
+            f"wrapped by {record.provider} KMS key "
+            f"{printable(record.kms_key_id)}, and no {record.provider} KMS key is configured: "
+            f"add it to {ENV_PREVIOUS_KMS_KEY_IDS}"
+        )
+
     # --- reading -------------------------------------------------------------------------------
 
     def records(self) -> list[KeyRecord]:
         """Every key, oldest first."""
-        stored = self._redis(lambda: self.client.hgetall(self.key))
+        stored = self.redis_call(lambda: self.client.hgetall(self.key))
         records = [KeyRecord.from_json(_text(k), _text(v)) for k, v in stored.items()]
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
 
     def record(self, key_id: bytes) -> KeyRecord | None:
         """The record of one key id, or ``None``."""
         hex_id = key_id.hex()
-        raw = self._redis(lambda: self.client.hget(self.key, hex_id))
+        raw = self.redis_call(lambda: self.client.hget(self.key, hex_id))
         return None if raw is None else KeyRecord.from_json(hex_id, _text(raw))
 
     def active(self, records: Iterable[KeyRecord] | None = None) -> KeyRecord:
@@ -334,11 +251,11 @@ class KeyStore:
 
     def unwrap(self, record: KeyRecord) -> MasterKey:
         """Unwrap a record's key with the KMS (one call, audited as ``kms_decrypt``)."""
-        kms = self._require_kms()
         if record.state is KeyState.RETIRED or not record.wrapped:
             raise KeyStoreError(f"master key {record.key_id} is retired")
         key_id = bytes.fromhex(record.key_id)
         try:
+            kms = self.provider_of(record)
             wrapped = WrappedKey(record.wrapped, record.kms_key_id)
             try:
                 material = kms.unwrap(wrapped, record.context)
@@ -367,10 +284,10 @@ class KeyStore:
         kms = self._require_kms()
         newest = max((instant(r.created_at) for r in self.records()), default=None)
         # To the millisecond, as stored and compared.
-        moment = instant(_iso(self._redis(lambda: _server_now(self.client))))
+        moment = instant(iso(self.redis_call(lambda: _server_now(self.client))))
         if newest is not None and moment <= newest:  # a clock set back, or a store moved
             moment = newest + datetime.timedelta(milliseconds=1)
-        created_at = _iso(moment)
+        created_at = iso(moment)
         try:
             material = kms.generate({"purpose": PURPOSE})
             key = _checked(material, None)
@@ -393,12 +310,13 @@ class KeyStore:
             wrapped.kms_key_id,
             wrapped.blob,
             context_version=CONTEXT_VERSION,
+            provider=provider_name(kms.kms_key_id),
         )
         self.unwrap(record)
 
         def activate(pipe: Any) -> None:
             stored = pipe.hgetall(self.key)
-            now = _iso(_server_now(pipe))
+            now = iso(_server_now(pipe))
             updates = {record.key_id: record.to_json()}
             for k, v in stored.items():
                 old = KeyRecord.from_json(_text(k), _text(v))
@@ -416,7 +334,7 @@ class KeyStore:
             pipe.multi()
             pipe.hset(self.key, mapping=updates)
 
-        self._redis(lambda: self.client.transaction(activate, self.key))
+        self.redis_call(lambda: self.client.transaction(activate, self.key))
         track("key_created", key_id=key.key_id, kms_key_id=record.kms_key_id)
         return record
 
@@ -427,13 +345,13 @@ class KeyStore:
         ``KeyStoreError`` for a malformed or unknown key id, the active key, or a key that
         stopped being active less than ``ttl`` seconds ago (default: ``REDIS_SRE_KEY_CACHE_TTL``)
         by the store's clock, since processes may still encrypt with it until then."""
-        record = self.record(_parse_key_id(key_id))
+        record = self.record(parse_key_id(key_id))
         if record is None:
             raise KeyStoreError(f"no master key {key_id} in the key store")
         _refuse_active(record)
         if record.state is not KeyState.RETIRED:
             records = self.records()
-            now = self._redis(lambda: _server_now(self.client))
+            now = self.redis_call(lambda: _server_now(self.client))
             _refuse_recent(record, records, now, cache_ttl() if ttl is None else ttl)
         return record
 
@@ -483,7 +401,7 @@ class KeyStore:
             pipe.multi()
             pipe.hset(self.key, key_id, retired[0].to_json())
 
-        self._redis(lambda: self.client.transaction(retire, self.key))
+        self.redis_call(lambda: self.client.transaction(retire, self.key))
         track("key_retired", key_id=kid, kms_key_id=record.kms_key_id)
         return retired[0]
 
@@ -524,7 +442,7 @@ def _refuse_recent(
         raise KeyStoreError(
             f"master key {record.key_id} stopped being active at {since}: processes may encrypt "
             f"with it until their key cache lifetime ({ttl:g} s, {ENV_KEY_CACHE_TTL}) has passed; "
-            f"retire it in {wait} s (after {_iso(until)}), once `status` shows no value under it"
+            f"retire it in {wait} s (after {iso(until)}), once `status` shows no value under it"
         )
 
 

@@ -26,12 +26,14 @@ from .store import (
     ENV_KEY_CACHE_TTL,
     ENV_KEYSTORE_URL,
     ENV_KMS_KEY_ID,
+    ENV_PREVIOUS_KMS_KEY_IDS,
     KeyRecord,
     KeyState,
     KeyStore,
     cache_ttl,
     instant,
 )
+from .vault import ENVIRONMENT as VAULT_ENVIRONMENT
 
 __all__ = [
     "DEFAULT_FAILURE_BACKOFF",
@@ -41,7 +43,13 @@ __all__ = [
 ]
 
 # The variables a store-backed ring is built from (besides the KMS key id and the env keys).
-ENVIRONMENT = (ENV_KEYSTORE_URL, "REDIS_OM_URL", ENV_KEY_CACHE_TTL)
+ENVIRONMENT = (
+    ENV_KEYSTORE_URL,
+    "REDIS_OM_URL",
+    ENV_KEY_CACHE_TTL,
+    ENV_PREVIOUS_KMS_KEY_IDS,
+    *VAULT_ENVIRONMENT,
+)
 # After an unwrap fails, the key id is not sent to the KMS again for this long, doubled after each
 # further failure up to MAX_FAILURE_BACKOFF: a planted record (or a KMS outage) then costs a few
 # KMS calls per key id per minute and process, not one per read.
