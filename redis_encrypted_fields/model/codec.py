@@ -310,6 +310,14 @@ class Opener:
                     out[name] = None
         return out
 
+    def unseen(self, raw: dict[str, Any], facts: Facts) -> bool:
+        """Whether the record ``raw`` has not been opened by this read yet (see ``record``)."""
+        pk = raw.get(facts.pk_name) if facts.pk_name is not None else None
+        prefix = self._prefix
+        if pk in (None, "") or prefix is None:
+            return True
+        return f"{prefix}{pk}" not in self._seen
+
     def key_of(self, key: str, pk: Any) -> str:
         """``key``, the Redis key a record was read from, once its stored primary key is
         checked against it (``check_stored_key``)."""

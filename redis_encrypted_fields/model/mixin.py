@@ -207,7 +207,9 @@ class EncryptedModel:
                         and _reading.get()
                         and any(data.get(n) is not None for n in facts.typed)
                     ):
-                        data = cls._ref_opener().record(data, facts)
+                        opener = cls._ref_opener()
+                        if opener.unseen(data, facts):
+                            data = opener.record(data, facts)
             elif facts.opens and _needs_opening(data, facts.plan, bool(_reading.get())):
                 data = cls._ref_opener().record(data, facts)
         token = model_scope.set(True) if scoped else None
