@@ -8,10 +8,10 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 WITH_REDIS := $(VPY) devtools/redis_stack.py
 
-# The suite once more, with the lowest versions pyproject.toml admits (ci/constraints-lowest.txt).
+# The suite once more, with the lowest versions pyproject.toml admits (.ci/constraints-lowest.txt).
 LOWEST     := .venv-lowest
 LOWEST_PY  := $(LOWEST)/bin/python
-CONSTRAINTS_LOWEST := ci/constraints-lowest.txt
+CONSTRAINTS_LOWEST := .ci/constraints-lowest.txt
 # Material for MkDocs prints a notice about its end of life on every build.
 DOCS_ENV   := NO_MKDOCS_2_WARNING=1
 

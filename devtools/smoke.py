@@ -40,7 +40,7 @@ SDIST_NEEDS = (
 )
 SDIST_DOCUMENTS = ("CHANGELOG.md", "SECURITY.md", "CONTRIBUTING.md", "docs/security.md")
 # The tests need the repository's devtools, examples and benchmarks: run them from a clone.
-NOT_SHIPPED = ("tests/", "devtools/", "benchmarks/", "examples/", ".ci/", "ci/")
+NOT_SHIPPED = ("tests/", "devtools/", "benchmarks/", "examples/", ".ci/")
 
 # Run by the virtualenv's Python in place of the demo: the demo's own process must import the
 # installed wheel, never a source tree.
