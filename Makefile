@@ -8,8 +8,15 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 WITH_REDIS := $(VPY) devtools/redis_stack.py
 
+# The suite once more, with the lowest versions pyproject.toml admits (.ci/constraints-lowest.txt).
+LOWEST     := .venv-lowest
+LOWEST_PY  := $(LOWEST)/bin/python
+CONSTRAINTS_LOWEST := .ci/constraints-lowest.txt
+# Material for MkDocs prints a notice about its end of life on every build.
+DOCS_ENV   := NO_MKDOCS_2_WARNING=1
+
 .DEFAULT_GOAL := test
-.PHONY: venv test fuzz lint demo bench clean distclean
+.PHONY: venv test test-lowest fuzz lint demo bench dist smoke docs docs-build clean distclean
 
 venv: $(STAMP)
 
@@ -19,11 +26,45 @@ $(VPY):
 # Re-install only when pyproject.toml changes (or the venv is new).
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e '.[dev,examples]'
+	$(VPY) -m pip install -e '.[dev,examples,docs]'
+	touch $@
+
+$(LOWEST)/.install-stamp: pyproject.toml $(CONSTRAINTS_LOWEST)
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST_PY) -m pip install --upgrade pip
+	$(LOWEST_PY) -m pip install -c $(CONSTRAINTS_LOWEST) -e '.[dev,examples]'
 	touch $@
 
 test: venv
 	$(VPY) -m pytest -q
+
+# The versions installed are printed first: the run is only as good as the pins it got.
+test-lowest: $(LOWEST)/.install-stamp
+	$(LOWEST_PY) -m pip list --format=freeze | grep -iE '^(redis|redis-om|pydantic|cryptography|typer|rich|boto3)=='
+	$(LOWEST_PY) -m pytest -q -p no:cacheprovider
+
+# sdist and wheel in dist/; the build must print no warning (setuptools' deprecations among them),
+# and both must pass `twine check --strict`. PYTHONDONTWRITEBYTECODE is emptied: set, it makes
+# setuptools warn that it skips byte-compiling.
+dist: venv
+	rm -rf dist build
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m build > build.log 2>&1 || { cat build.log; exit 1; }
+	@if grep -iE 'warning|deprecat' build.log | grep -vE '^(copying|adding) '; then \
+		echo 'make dist: the build printed warnings (above; whole output in build.log)'; exit 1; fi
+	$(VPY) -m twine check --strict dist/*
+	$(VPY) devtools/smoke.py --check-dist dist
+
+# The wheel installed in a fresh virtualenv outside the checkout: import, the CLI, the demo.
+smoke: dist
+	$(VPY) devtools/smoke.py dist/*.whl
+
+# The documentation site: served at http://127.0.0.1:8000 with live reload, or built as CI does.
+docs: venv
+	$(DOCS_ENV) $(VENV)/bin/mkdocs serve
+
+docs-build: venv
+	$(DOCS_ENV) $(VENV)/bin/mkdocs build --strict
 
 # The property-based tests with new random examples, 20 times as many as `make test` tries.
 fuzz: venv
@@ -33,9 +74,7 @@ lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/redis_stack.py \
-		devtools/kms_server.py devtools/local.py devtools/vault_server.py devtools/http_standin.py \
-		devtools/gcp_kms_standin.py devtools/azure_kv_standin.py
+	$(VPY) -m mypy --strict --explicit-package-bases redis_encrypted_fields devtools/*.py
 
 demo: venv
 	$(WITH_REDIS) $(VPY) examples/redis_instance.py
@@ -44,9 +83,9 @@ bench: venv
 	$(WITH_REDIS) $(VPY) -m benchmarks
 
 clean:
-	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist build.log site .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 
 # Also drop the virtualenv and the cached libssl1.1 (re-fetched on demand).
 distclean: clean
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(LOWEST) .cache

@@ -15,7 +15,7 @@ WRAPPER = REPO_ROOT / "devtools" / "redis_stack.py"
 
 
 def test_search_and_json_modules_loaded(redis_client: redis.Redis[str]) -> None:
-    modules = {m["name"] for m in redis_client.execute_command("MODULE", "LIST")}
+    modules = {m["name"] for m in redis_client.module_list()}
     assert {"search", "ReJSON"} <= modules
 
 
