@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .audit import AuditEvent, add_audit_hook, remove_audit_hook
+from .audit import (
+    AuditEvent,
+    acting_as,
+    add_audit_hook,
+    configure_audit,
+    flush_audit,
+    remove_audit_hook,
+)
 from .compat import (
     decrypt_secret,
     encrypt_secret,
@@ -23,6 +30,7 @@ from .errors import (
     MasterKeyError,
     PlaintextSecretError,
     StoredMaskError,
+    UnknownKeyError,
 )
 from .keys import (
     AwsKms,
@@ -84,14 +92,18 @@ __all__ = [
     "StoreKeyRing",
     "StoredMaskError",
     "TopologyError",
+    "UnknownKeyError",
     "UnsupportedQueryError",
     "UrlMask",
     "WrappedKey",
     "__version__",
+    "acting_as",
     "add_audit_hook",
+    "configure_audit",
     "decrypt_secret",
     "deny_statement",
     "encrypt_secret",
+    "flush_audit",
     "generate_master_key",
     "get_keyring",
     "get_secret_value",

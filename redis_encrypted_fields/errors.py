@@ -20,6 +20,7 @@ __all__ = [
     "MasterKeyError",
     "PlaintextSecretError",
     "StoredMaskError",
+    "UnknownKeyError",
     "printable",
 ]
 
@@ -124,6 +125,11 @@ class ConfigurationError(EncryptionError):
 
 class DecryptionError(EncryptionError):
     """A stored value could not be decrypted: wrong key, tampered, truncated or misplaced."""
+
+
+class UnknownKeyError(DecryptionError):
+    """A stored value names a master key the key ring does not hold: an unknown key id, or one
+    the key store has retired (a value restored from a backup, or planted)."""
 
 
 class PlaintextSecretError(DecryptionError):
