@@ -40,4 +40,8 @@ BENCHMARKS: dict[str, Spec] = {
         "benchmarks.keystore", "9. Master keys from the key store (KMS) vs the environment"
     ),
     "memory": Spec("benchmarks.memory", "10. Peak memory of `find().all()`"),
+    "audit": Spec(
+        "benchmarks.audit_trail",
+        "11. Audit trail: off, and with the stream, metrics and anomaly rules on",
+    ),
 }

@@ -15,7 +15,13 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from security_support import SecAccount, secret
 
-from redis_encrypted_fields import KmsError, MasterKey, configure_audit
+from redis_encrypted_fields import (
+    KmsError,
+    MasterKey,
+    configure_audit,
+    decrypt_secret,
+    encrypt_secret,
+)
 from redis_encrypted_fields.audit import Threshold, track
 
 pytestmark = pytest.mark.usefixtures("audit_reset")
@@ -38,7 +44,8 @@ def by_attributes(found: list[Any]) -> dict[tuple[tuple[str, Any], ...], Any]:
 @pytest.fixture
 def reader() -> InMemoryMetricReader:
     reader = InMemoryMetricReader()
-    configure_audit(meter_provider=MeterProvider(metric_readers=[reader]), anomalies=False)
+    provider = MeterProvider(metric_readers=[reader])
+    configure_audit(meter_provider=provider, timing_sample=1, anomalies=False)
     return reader
 
 
@@ -86,6 +93,18 @@ def test_kms_requests_and_anomalies_are_counted(reader: InMemoryMetricReader) ->
         track("kms_decrypt", kms_key_id="alias/app", error=KmsError("denied"))
     anomalies = by_attributes(points(reader2)["redis_encrypted_fields.anomalies"])
     assert anomalies[(("rule", "kms_errors"),)].value == 1  # rate-limited: one alert
+
+
+def test_seal_and_open_times_are_sampled_by_default(master_key: str) -> None:
+    reader = InMemoryMetricReader()
+    configure_audit(meter_provider=MeterProvider(metric_readers=[reader]), anomalies=False)
+    for _ in range(16):
+        decrypt_secret(encrypt_secret("x"))
+    durations = by_attributes(points(reader)["redis_encrypted_fields.crypto.duration"])
+    # One in 8 (of encrypt and decrypt together, in turn): the counter has all 32.
+    assert sum(p.count for p in durations.values()) == 4
+    operations = points(reader)["redis_encrypted_fields.operations"]
+    assert sum(p.value for p in operations) == 32
 
 
 NO_OTEL = """

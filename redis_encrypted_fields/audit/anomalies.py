@@ -151,7 +151,7 @@ def _parse_setting(name: str, setting: str, variable: str) -> Rule:
 class _Actor:
     """One actor's decrypts, in buckets of a sixth of the rate window."""
 
-    __slots__ = ("bucket", "current", "first", "history", "limit", "recent")
+    __slots__ = ("bucket", "current", "first", "held", "history", "limit", "quiet", "recent")
 
     def __init__(self, bucket: int, limit: float) -> None:
         self.bucket = bucket  # the bucket being counted
@@ -160,6 +160,8 @@ class _Actor:
         self.first = bucket
         self.history: deque[tuple[int, int]] = deque()  # (bucket, count), completed
         self.limit = limit  # what recent + current may reach before the rule fires
+        self.quiet = -math.inf  # no alert for this actor before then (the last one's interval)
+        self.held = 0  # trips since its last alert
 
 
 class Detector:
@@ -231,17 +233,23 @@ class Detector:
             state = self._roll(actor, bucket)
         state.current += 1
         if state.recent + state.current >= state.limit:
+            now = self.clock()
+            if now < state.quiet:
+                state.held += 1  # an ongoing burst: counted, not alerted (nor locked for)
+                return
             rate = self._rate
             assert rate is not None
             total = state.recent + state.current
-            self._alert(
+            held, state.held = state.held, 0
+            state.quiet = self._alert(
                 RATE_RULE,
                 actor,
                 event,
                 f"{total} decrypts by this actor within {rate.window:g} s (limit "
                 f"{math.ceil(state.limit)}: at least {rate.minimum}, {rate.factor:g}x its "
                 f"average over the previous {rate.baseline:g} s)",
-                self.clock(),
+                now,
+                held,
             )
 
     def _roll(self, actor: str, bucket: int) -> _Actor:
@@ -284,15 +292,19 @@ class Detector:
 
     # --- alerts ------------------------------------------------------------------------------
 
-    def _alert(self, rule: str, scope: str, event: AuditEvent, detail: str, now: float) -> None:
+    def _alert(
+        self, rule: str, scope: str, event: AuditEvent, detail: str, now: float, held: int = 0
+    ) -> float:
+        """Emit the anomaly unless the rule alerted for ``scope`` less than ``alert_interval``
+        ago (``held``: trips counted elsewhere meanwhile); when it may alert again."""
         key = (rule, scope)
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.alert_interval:
-                self._held[key] = self._held.get(key, 0) + 1
-                return
+                self._held[key] = self._held.get(key, 0) + 1 + held
+                return last + self.alert_interval
             self._last[key] = now
-            held = self._held.pop(key, 0)
+            held += self._held.pop(key, 0)
         if held:
             detail += f"; tripped {held} more times since its last alert"
         emit(
@@ -308,6 +320,7 @@ class Detector:
                 detail=detail,
             )
         )
+        return now + self.alert_interval
 
     def __repr__(self) -> str:
         return f"Detector(rules={sorted(self.rules)})"

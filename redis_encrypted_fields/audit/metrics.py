@@ -9,7 +9,8 @@ application set up; nothing without it.
   ...), ``outcome``, ``kms_key_id``.
 - ``redis_encrypted_fields.anomalies`` (counter): anomaly alerts by ``rule``.
 - ``redis_encrypted_fields.crypto.duration`` (histogram, seconds): seal and open time by
-  ``operation`` (``encrypt``, ``decrypt``, ``rewrap``).
+  ``operation`` (``encrypt``, ``decrypt``, ``rewrap``), one value in ``timing_sample`` (8 by
+  default; 1 records every one): its counts are a sample, the operations counter counts all.
 - ``redis_encrypted_fields.audit.dropped`` (counter): events the stream's full buffer dropped.
 """
 
@@ -23,9 +24,10 @@ from typing import Any
 from ..version import __version__
 from .events import ANOMALY, AuditEvent
 
-__all__ = ["METER_NAME", "Metrics", "otel_available"]
+__all__ = ["DEFAULT_TIMING_SAMPLE", "METER_NAME", "Metrics", "otel_available"]
 
 METER_NAME = "redis_encrypted_fields"
+DEFAULT_TIMING_SAMPLE = 8  # the histogram records one seal or open time in this many
 _Key = tuple[str, str, str | None, str | None, str | None]
 _NAMES = ("operation", "outcome", "model", "field", "key_id")
 
@@ -45,7 +47,10 @@ class Metrics:
     stream's)."""
 
     def __init__(
-        self, meter_provider: Any = None, dropped: Callable[[], int] | None = None
+        self,
+        meter_provider: Any = None,
+        dropped: Callable[[], int] | None = None,
+        timing_sample: int = DEFAULT_TIMING_SAMPLE,
     ) -> None:
         api = importlib.import_module("opentelemetry.metrics")  # the otel extra: only if used
         self._observation = api.Observation
@@ -80,6 +85,8 @@ class Metrics:
             )
         # One attribute dict per operation, built once: the histogram is recorded per value.
         self._by_operation: dict[str, dict[str, str]] = {}
+        self.timing_sample = max(1, timing_sample)
+        self._tick = 0
 
     def __call__(self, event: AuditEvent, duration: float | None = None) -> None:
         operation = event.operation
@@ -96,6 +103,12 @@ class Metrics:
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
         if duration is not None:
+            # One time in timing_sample: an SDK Histogram.record costs several microseconds,
+            # more than the seal or open it times; a uniform sample keeps the distribution.
+            self._tick += 1
+            if self._tick < self.timing_sample:
+                return
+            self._tick = 0
             attributes = self._by_operation.get(operation)
             if attributes is None:
                 attributes = self._by_operation[operation] = {"operation": operation}

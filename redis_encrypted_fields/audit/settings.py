@@ -28,7 +28,7 @@ import redis
 from ..errors import ConfigurationError
 from .anomalies import DEFAULT_ALERT_INTERVAL, Detector, Rule, parse_rules
 from .events import Consumer, set_consumers, set_process_actor
-from .metrics import Metrics, otel_available
+from .metrics import DEFAULT_TIMING_SAMPLE, Metrics, otel_available
 from .stream import DEFAULT_BUFFER, DEFAULT_MAXLEN, STREAM_KEY, StreamWriter, client_for
 
 __all__ = [
@@ -131,6 +131,7 @@ def configure_audit(
     buffer: int | FromEnv = FROM_ENV,
     metrics: bool | FromEnv = FROM_ENV,
     meter_provider: Any = None,
+    timing_sample: int = DEFAULT_TIMING_SAMPLE,
     anomalies: bool | None | FromEnv = FROM_ENV,
     rules: Mapping[str, Rule | None] | FromEnv = FROM_ENV,
     alert_interval: float | FromEnv = FROM_ENV,
@@ -140,7 +141,8 @@ def configure_audit(
 
     ``stream``: ``True`` (the models' Redis), a URL or a client, or ``None``/``False`` (off);
     ``metrics``: OpenTelemetry metrics on ``meter_provider`` (default: the global one; giving
-    one turns metrics on); ``anomalies``: ``True``, ``False`` or ``None`` (on with the stream
+    one turns metrics on), its seal/open time histogram recording one value in
+    ``timing_sample``; ``anomalies``: ``True``, ``False`` or ``None`` (on with the stream
     or the metrics); ``rules``: settings by rule name (``Threshold``,
     ``Rate``, or ``None`` for off; others keep their defaults); ``actor``: the process's actor.
     The previous stream writer is closed (its buffer sent) when replaced.
@@ -184,7 +186,8 @@ def configure_audit(
     counter: Metrics | None = None
     if metrics or meter_provider is not None:
         if otel_available():
-            counter = Metrics(meter_provider, (lambda: writer.dropped) if writer else None)
+            dropped = (lambda: writer.dropped) if writer else None
+            counter = Metrics(meter_provider, dropped, timing_sample)
         else:
             _log.warning(
                 "audit metrics asked for, but OpenTelemetry's API is not installed: "

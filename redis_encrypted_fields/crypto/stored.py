@@ -17,12 +17,13 @@ what is written (a rolling upgrade; such values are bound to no record).
 
 from __future__ import annotations
 
+import binascii
 import enum
 import time
 
 from ..audit import audit_enabled, track
 from ..errors import ConfigurationError, DecryptionError, located
-from ..keys.ring import KeyRing
+from ..keys.ring import KEY_ID_SIZE, KeyRing
 from ..switches import EnvSwitch
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy, seal_legacy
@@ -104,6 +105,17 @@ def track_open(
 
 
 _clock = time.perf_counter
+# Base64 characters that hold an envelope's version byte and key id.
+_HEAD = (1 + KEY_ID_SIZE + 2) // 3 * 4
+
+
+def _opened_key_id(value: str) -> str | None:
+    """The hex key id of ``value``, a value that has just opened (so well formed), read from
+    its first characters rather than by parsing it all again; ``None`` for an origin v1 one."""
+    if not value.startswith(PREFIX):
+        return None
+    head = binascii.a2b_base64(value[len(PREFIX) : len(PREFIX) + _HEAD])
+    return head[1 : 1 + KEY_ID_SIZE].hex()
 
 
 def open_value(
@@ -140,7 +152,9 @@ def open_value(
             raise
         raise located(exc, model, field, record) from None
     if audited:
-        track_open(value, model=model, field=field, record=record, duration=_clock() - start)
+        duration = _clock() - start
+        key_id = _opened_key_id(value)
+        track("decrypt", model=model, field=field, record=record, key_id=key_id, duration=duration)
     return plaintext
 
 
