@@ -63,8 +63,11 @@ _PATCHED = ((codec, "audit_enabled"), (stored, "audit_enabled"), (stored, "track
 def _no_audit_code(on: bool) -> None:
     """Replace (or restore) the audit switch and entry points of the hot path."""
     for module, name in _PATCHED:
-        setattr(module, name, (_never if name == "audit_enabled" else _nothing) if on else
-                getattr(events, name))
+        setattr(
+            module,
+            name,
+            (_never if name == "audit_enabled" else _nothing) if on else getattr(events, name),
+        )
 
 
 class Paired(Comparison):
@@ -150,7 +153,10 @@ async def run(settings: Settings) -> Section:
             )
             _no_audit_code(False)
             config = configure_audit(
-                stream=os.environ["REDIS_OM_URL"], stream_key=STREAM_KEY, meter_provider=provider, anomalies=True
+                stream=os.environ["REDIS_OM_URL"],
+                stream_key=STREAM_KEY,
+                meter_provider=provider,
+                anomalies=True,
             )
             writer = config.stream
             assert writer is not None

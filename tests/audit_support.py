@@ -1,5 +1,5 @@
 """Helpers for the audit trail's tests: a stream of the test's own, the audit settings restored
-after each test."""
+after each test. A test module imports the fixtures it uses (``fixture_NAME``, used as ``NAME``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import redis
 from redis_encrypted_fields import AuditEvent, add_audit_hook, configure_audit, remove_audit_hook
 
 
-@pytest.fixture
-def audit_reset(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+@pytest.fixture(name="audit_reset")
+def fixture_audit_reset(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No audit variable set while the test runs; the settings read again after it."""
     for name in (
         "REDIS_SRE_AUDIT_STREAM",
@@ -32,16 +32,16 @@ def audit_reset(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     configure_audit()
 
 
-@pytest.fixture
-def stream_key(redis_client: redis.Redis[str]) -> Iterator[str]:
+@pytest.fixture(name="stream_key")
+def fixture_stream_key(redis_client: redis.Redis[str]) -> Iterator[str]:
     """A stream key of the test's own, deleted after it."""
     key = f"test-audit:{uuid.uuid4().hex}"
     yield key
     redis_client.delete(key)
 
 
-@pytest.fixture
-def hooked() -> Iterator[list[AuditEvent]]:
+@pytest.fixture(name="hooked")
+def fixture_hooked() -> Iterator[list[AuditEvent]]:
     """Every event a hook receives while the test runs."""
     got: list[AuditEvent] = []
     hook = got.append

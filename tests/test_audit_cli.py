@@ -3,6 +3,7 @@ the trail, its anomalies and exit status; entries followed live."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -13,7 +14,7 @@ import time
 
 import pytest
 import redis
-from audit_support import audit_reset, stream_key  # noqa: F401 - fixtures
+from audit_support import fixture_audit_reset, fixture_stream_key  # noqa: F401 - fixtures
 from security_support import TESTS, cli
 
 from redis_encrypted_fields import AuditEvent
@@ -41,10 +42,23 @@ def test_report_counts_a_window_and_exits_1_when_it_holds_anomalies(
     key = stream_key
     add(redis_client, key, AuditEvent("decrypt", "ok", "Old", "f", "r", KID_A), "old", ago=7200)
     for _ in range(3):
-        add(redis_client, key, AuditEvent("decrypt", "ok", "Account", "password", "a:1", KID_A), "api")
+        add(
+            redis_client,
+            key,
+            AuditEvent("decrypt", "ok", "Account", "password", "a:1", KID_A),
+            "api",
+        )
     add(redis_client, key, AuditEvent("encrypt", "ok", "Account", "token", "a:1", KID_B), "api")
-    failed = AuditEvent("decrypt", "failed", "Account", "password", "a:\n2", KID_A,
-                        "Decryption failed: corrupted data", error="DecryptionError")
+    failed = AuditEvent(
+        "decrypt",
+        "failed",
+        "Account",
+        "password",
+        "a:\n2",
+        KID_A,
+        "Decryption failed: corrupted data",
+        error="DecryptionError",
+    )
     add(redis_client, key, failed, "job")
 
     quiet = report(redis_url, key, "--since", "1h", "--json")
@@ -57,8 +71,16 @@ def test_report_counts_a_window_and_exits_1_when_it_holds_anomalies(
     assert summary["by_field"] == {"Account.password": 4, "Account.token": 1}
     assert report(redis_url, key, "--since", "3h", "--json").stdout.count('"Old"') == 1
 
-    anomaly = AuditEvent("decrypt", "anomaly", "Account", "password", "a:\n2", KID_A,
-                         "decrypt_failures", detail="10 within 60 s (threshold 10)")
+    anomaly = AuditEvent(
+        "decrypt",
+        "anomaly",
+        "Account",
+        "password",
+        "a:\n2",
+        KID_A,
+        "decrypt_failures",
+        detail="10 within 60 s (threshold 10)",
+    )
     add(redis_client, key, anomaly, "job")
     alarmed = report(redis_url, key, "--since", "30m", "--json")
     assert alarmed.returncode == 1, alarmed.stderr
@@ -83,8 +105,17 @@ def test_tail_follows_the_stream_live(
 ) -> None:
     add(redis_client, stream_key, AuditEvent("decrypt", "ok", "Before", "f", "r", KID_A), "x")
     tail = subprocess.Popen(
-        [sys.executable, "-m", "redis_encrypted_fields", "audit", "tail", "--url", redis_url,
-         "--key", stream_key],
+        [
+            sys.executable,
+            "-m",
+            "redis_encrypted_fields",
+            "audit",
+            "tail",
+            "--url",
+            redis_url,
+            "--key",
+            stream_key,
+        ],
         cwd=TESTS,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -95,16 +126,22 @@ def test_tail_follows_the_stream_live(
     reader.start()
     try:
         # XREAD from "$" starts once the process runs: write until its first line comes.
-        event = AuditEvent("decrypt", "failed", "Account", "password", "a:1", KID_A,
-                           "Decryption failed: corrupted data", error="DecryptionError")
+        event = AuditEvent(
+            "decrypt",
+            "failed",
+            "Account",
+            "password",
+            "a:1",
+            KID_A,
+            "Decryption failed: corrupted data",
+            error="DecryptionError",
+        )
         deadline = time.monotonic() + 60
         first = None
         while first is None and time.monotonic() < deadline:
             add(redis_client, stream_key, event, "api-1")
-            try:
+            with contextlib.suppress(queue.Empty):
                 first = lines.get(timeout=0.5)
-            except queue.Empty:
-                pass
         assert first is not None, tail.stderr
         assert " api-1 decrypt failed Account.password record=a:1 " in first
         assert f"key={KID_A} error=DecryptionError reason=Decryption failed: corrupted" in first

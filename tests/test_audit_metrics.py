@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from audit_support import audit_reset  # noqa: F401 - fixture
+from audit_support import fixture_audit_reset  # noqa: F401 - fixture
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from security_support import SecAccount, secret
@@ -63,12 +63,19 @@ def test_operations_are_counted_by_operation_outcome_model_field_and_key_id(
         ok = (("field", field), *where, ("outcome", "ok"))
         assert operations[tuple(sorted((*ok, ("operation", "encrypt"))))].value >= encrypts
         assert operations[tuple(sorted((*ok, ("operation", "decrypt"))))].value >= decrypts
-    before = operations[tuple(sorted((("field", "password"), *where, ("outcome", "ok"),
-                                      ("operation", "decrypt"))))].value
+    before = operations[
+        tuple(sorted((("field", "password"), *where, ("outcome", "ok"), ("operation", "decrypt"))))
+    ].value
     SecAccount.get(m.pk)
     after = by_attributes(points(reader)["redis_encrypted_fields.operations"])
-    assert after[tuple(sorted((("field", "password"), *where, ("outcome", "ok"),
-                               ("operation", "decrypt"))))].value == before + 1
+    assert (
+        after[
+            tuple(
+                sorted((("field", "password"), *where, ("outcome", "ok"), ("operation", "decrypt")))
+            )
+        ].value
+        == before + 1
+    )
 
     durations = by_attributes(points(reader)["redis_encrypted_fields.crypto.duration"])
     assert durations[(("operation", "encrypt"),)].count >= 2

@@ -10,11 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 import pytest
 import redis
-from audit_support import audit_reset, entries, hooked, stream_key  # noqa: F401 - fixtures
+from audit_support import entries, fixture_audit_reset, fixture_hooked, fixture_stream_key  # noqa: F401 - fixtures
 from provider_conformance import NO_HANG_SECONDS, closed_port, silent_endpoint  # noqa: F401
 from security_support import SecAccount, assert_absent, key_material, secret
 from support import new_key
@@ -124,9 +123,10 @@ def test_the_stream_is_trimmed_to_about_its_maximum_length(
 
 @pytest.mark.parametrize("endpoint", ["closed", "silent"])
 def test_an_unreachable_audit_redis_neither_blocks_nor_fails_reads_and_writes(
-    endpoint: str, silent_endpoint: tuple[str, int], caplog: pytest.LogCaptureFixture
+    endpoint: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = closed_port() if endpoint == "closed" else silent_endpoint[1]
+    # silent_endpoint: a port that accepts connections and never answers.
+    port = closed_port() if endpoint == "closed" else request.getfixturevalue("silent_endpoint")[1]
     config = configure_audit(
         stream=f"redis://:hunter2@127.0.0.1:{port}/0", buffer=50, anomalies=False
     )
@@ -235,7 +235,3 @@ def test_a_forked_child_writes_its_own_events_not_its_parents(
 def test_a_writer_shows_no_url(redis_url: str) -> None:
     config = configure_audit(stream="redis://:hunter2@127.0.0.1:1/0", anomalies=False)
     assert "hunter2" not in repr(config) + repr(audit_config())
-
-
-def _unused(*_: Any) -> None:
-    pass

@@ -220,8 +220,13 @@ class Detector:
                     seen.popleft()
                 count = len(seen)
             if count >= rule.count:
-                self._alert(name, "", event, f"{count} within {rule.window:g} s (threshold "
-                            f"{rule.count})", now)
+                self._alert(
+                    name,
+                    "",
+                    event,
+                    f"{count} within {rule.window:g} s (threshold {rule.count})",
+                    now,
+                )
 
     # --- decrypt_rate ------------------------------------------------------------------------
 

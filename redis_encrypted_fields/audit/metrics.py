@@ -94,10 +94,10 @@ class Metrics:
             self._anomalies.add(1, {"rule": event.reason or ""})
             return
         if operation.startswith("kms_"):
-            attributes = {"operation": operation, "outcome": event.outcome}
+            call = {"operation": operation, "outcome": event.outcome}
             if event.kms_key_id:
-                attributes["kms_key_id"] = event.kms_key_id
-            self._kms.add(1, attributes)
+                call["kms_key_id"] = event.kms_key_id
+            self._kms.add(1, call)
             return
         key = (operation, event.outcome, event.model, event.field, event.key_id)
         with self._lock:

@@ -2,16 +2,19 @@
 rules. Read from the environment when the package is imported; ``configure_audit`` changes it
 in code (each argument not given is read from the environment again).
 
-| variable | meaning |
-|---|---|
-| ``REDIS_SRE_AUDIT_STREAM`` | ``1``: the trail in a Redis Stream on the models' Redis (``REDIS_OM_URL``); a ``redis://``, ``rediss://`` or ``unix://`` URL: on that server; unset or ``0``: none |
-| ``REDIS_SRE_AUDIT_STREAM_MAXLEN`` | entries kept (approximately; default 1,000,000) |
-| ``REDIS_SRE_AUDIT_BUFFER`` | events buffered while the audit Redis is slow or away (default 10,000; then the oldest are dropped, and counted) |
-| ``REDIS_SRE_AUDIT_ACTOR`` | who the process is, in the stream (default ``host:pid``) |
-| ``REDIS_SRE_AUDIT_METRICS`` | ``1``: OpenTelemetry metrics (the ``otel`` extra) |
-| ``REDIS_SRE_AUDIT_ANOMALIES`` | ``1``: anomaly rules on; ``0``: off; unset: on with the stream or the metrics |
-| ``REDIS_SRE_AUDIT_RULES`` | ``rule=setting,...``: ``off``, ``COUNT/SECONDS``, for ``decrypt_rate`` ``MINIMUM/SECONDS/FACTORx`` |
-| ``REDIS_SRE_AUDIT_ALERT_INTERVAL`` | seconds between two alerts of one rule (default 300) |
+- ``REDIS_SRE_AUDIT_STREAM``: ``1``, the trail in a Redis Stream on the models' Redis
+  (``REDIS_OM_URL``); a ``redis://``, ``rediss://`` or ``unix://`` URL, on that server; unset
+  or ``0``, none.
+- ``REDIS_SRE_AUDIT_STREAM_MAXLEN``: entries kept (approximately; default 1,000,000).
+- ``REDIS_SRE_AUDIT_BUFFER``: events buffered while the audit Redis is slow or away (default
+  10,000; then the oldest are dropped, and counted).
+- ``REDIS_SRE_AUDIT_ACTOR``: who the process is, in the stream (default ``host:pid``).
+- ``REDIS_SRE_AUDIT_METRICS``: ``1``, OpenTelemetry metrics (the ``otel`` extra).
+- ``REDIS_SRE_AUDIT_ANOMALIES``: ``1``, anomaly rules on; ``0``, off; unset, on with the stream
+  or the metrics.
+- ``REDIS_SRE_AUDIT_RULES``: ``rule=setting,...``, each ``off`` or ``COUNT/SECONDS``
+  (``decrypt_rate``: ``MINIMUM/SECONDS/FACTORx``).
+- ``REDIS_SRE_AUDIT_ALERT_INTERVAL``: seconds between two alerts of one rule (default 300).
 """
 
 from __future__ import annotations
@@ -125,17 +128,17 @@ def stream_url(text: str | None = None) -> str | None:
 
 def configure_audit(
     *,
-    stream: str | bool | redis.Redis[Any] | None | FromEnv = FROM_ENV,
+    stream: str | bool | redis.Redis[Any] | FromEnv | None = FROM_ENV,
     stream_key: str = STREAM_KEY,
     stream_maxlen: int | FromEnv = FROM_ENV,
     buffer: int | FromEnv = FROM_ENV,
     metrics: bool | FromEnv = FROM_ENV,
     meter_provider: Any = None,
     timing_sample: int = DEFAULT_TIMING_SAMPLE,
-    anomalies: bool | None | FromEnv = FROM_ENV,
+    anomalies: bool | FromEnv | None = FROM_ENV,
     rules: Mapping[str, Rule | None] | FromEnv = FROM_ENV,
     alert_interval: float | FromEnv = FROM_ENV,
-    actor: str | None | FromEnv = FROM_ENV,
+    actor: str | FromEnv | None = FROM_ENV,
 ) -> AuditConfig:
     """Set where events go; an argument not given is read from its environment variable.
 

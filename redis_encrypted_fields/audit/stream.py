@@ -1,12 +1,13 @@
 """The durable audit trail: events appended to a Redis Stream by a background thread.
 
 The calling thread only appends ``(time, actor, event)`` to a bounded buffer (its oldest entries
-dropped, and counted, when full); a daemon thread sends them in batches of ``XADD``
-with approximate ``MAXLEN`` trimming (one Lua call per batch). The audit Redis being slow or unreachable costs the
-application nothing: short socket timeouts, no retries in redis-py, a back-off between attempts
-(doubling to 30 s), and events kept in the buffer meanwhile. What is still buffered is sent when
-the process exits normally (``atexit``, bounded by ``exit_timeout``). A forked child starts with
-an empty buffer, no connection and no thread: its first event starts its own.
+dropped, and counted, when full); a daemon thread sends them in batches, one Lua call of
+``XADD`` with approximate ``MAXLEN`` trimming per batch. The audit Redis being slow or
+unreachable costs the application nothing: short socket timeouts, no retries in redis-py, a
+back-off between attempts (doubling to 30 s), and events kept in the buffer meanwhile. What is
+still buffered is sent when the process exits normally (``atexit``, bounded by
+``exit_timeout``). A forked child starts with an empty buffer, no connection and no thread: its
+first event starts its own.
 
 Delivery is at least once: a batch cut short by a lost connection is sent again whole.
 """
@@ -27,9 +28,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 try:  # redis-py's optional C parser: packs a command ten times faster than Python does
-    from hiredis import pack_command as _hiredis_pack
+    import hiredis
 except ImportError:  # pragma: no cover - without hiredis
-    _hiredis_pack = None
+    hiredis = None  # type: ignore[assignment]
 
 from ..forks import reset_in_children
 from .events import AuditEvent, current_actor
@@ -96,7 +97,6 @@ def _pack_python(args: tuple[bytes, ...]) -> bytes:
     return b"".join(out)
 
 
-
 # One call appends a whole batch: ARGV[1] is MAXLEN, then per entry its number of fields and
 # its fields and values. One reply per batch rather than per entry: redis-py spends longer
 # reading a reply than Redis takes to append one.
@@ -120,9 +120,9 @@ def _entry_args(fields: dict[str, str]) -> list[str]:
 
 
 def _packed(args: list[Any]) -> bytes:
-    if _hiredis_pack is not None:
+    if hiredis is not None:
         try:
-            return bytes(_hiredis_pack(tuple(args)))  # encodes text as UTF-8 itself
+            return bytes(hiredis.pack_command(tuple(args)))  # encodes text as UTF-8 itself
         except UnicodeEncodeError:
             pass
     # A record key is any text: one that is not valid UTF-8 is written escaped, not refused.
