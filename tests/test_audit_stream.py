@@ -235,3 +235,22 @@ def test_a_forked_child_writes_its_own_events_not_its_parents(
 def test_a_writer_shows_no_url(redis_url: str) -> None:
     config = configure_audit(stream="redis://:hunter2@127.0.0.1:1/0", anomalies=False)
     assert "hunter2" not in repr(config) + repr(audit_config())
+
+
+def test_any_record_key_is_written_one_that_is_not_utf8_escaped(
+    redis_url: str, redis_client: redis.Redis[str], stream_key: str
+) -> None:
+    configure_audit(stream=redis_url, stream_key=stream_key, anomalies=False)
+    from redis_encrypted_fields.audit import track
+
+    for record in ("plain:1", "new\nline", "lone\udc80surrogate", "plain:1"):
+        track("decrypt", model="M", field="f", record=record, key_id="00" * 8)
+    track("decrypt", record="lone\udc80again", error=DecryptionError("x"))
+    assert flush_audit()
+    assert [e["record"] for e in entries(redis_client, stream_key)] == [
+        "plain:1",
+        "new\nline",
+        "lone\\udc80surrogate",
+        "plain:1",
+        "lone\\udc80again",
+    ]

@@ -27,11 +27,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-try:  # redis-py's optional C parser: packs a command ten times faster than Python does
-    import hiredis
-except ImportError:  # pragma: no cover - without hiredis
-    hiredis = None  # type: ignore[assignment]
-
 from ..forks import reset_in_children
 from .events import AuditEvent, current_actor
 
@@ -90,13 +85,6 @@ def entry_fields(when: float, actor: str, event: AuditEvent) -> dict[str, str]:
     return fields
 
 
-def _pack_python(args: tuple[bytes, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
 # One call appends a whole batch: ARGV[1] is MAXLEN, then per entry its number of fields and
 # its fields and values. One reply per batch rather than per entry: redis-py spends longer
 # reading a reply than Redis takes to append one.
@@ -112,23 +100,49 @@ return n
 """
 
 
-def _entry_args(fields: dict[str, str]) -> list[str]:
-    args = [str(len(fields))]
-    for item in fields.items():
-        args += item
-    return args
+def _arg(text: str) -> bytes:
+    """One argument in the wire format (RESP). A record key is any text: one that is not
+    valid UTF-8 is written escaped, not refused."""
+    data = text.encode("utf-8", "backslashreplace")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _packed(args: list[Any]) -> bytes:
-    if hiredis is not None:
-        try:
-            return bytes(hiredis.pack_command(tuple(args)))  # encodes text as UTF-8 itself
-        except UnicodeEncodeError:
-            pass
-    # A record key is any text: one that is not valid UTF-8 is written escaped, not refused.
-    return _pack_python(
-        tuple(a if isinstance(a, bytes) else a.encode("utf-8", "backslashreplace") for a in args)
-    )
+def _entry(fields: dict[str, str]) -> tuple[int, bytes]:
+    """An entry's arguments to the batch call: how many, and their wire format."""
+    parts = [_arg(str(len(fields)))]
+    for name, value in fields.items():
+        parts += (_arg(name), _arg(value))
+    return len(parts), b"".join(parts)
+
+
+_TIME, _RECORD = _arg("time"), _arg("record")
+_Common = tuple[str, str, str, str | None, str | None, str | None]
+
+
+class _Encoder:
+    """Entries in the wire format. Events mostly differ only in time and record: the rest of
+    an entry (actor, operation, outcome, model, field, key id) is encoded once per such
+    combination and kept, so that an entry costs two encodings, not ten."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.common: dict[_Common, bytes] = {}
+        self.limit = limit
+
+    def __call__(self, when: float, actor: str, event: AuditEvent) -> tuple[int, bytes]:
+        if event.reason or event.error or event.kms_key_id or event.detail:
+            return _entry(entry_fields(when, actor, event))
+        key = (actor, event.operation, event.outcome, event.model, event.field, event.key_id)
+        common = self.common.get(key)
+        if common is None:
+            if len(self.common) >= self.limit:
+                self.common.clear()
+            fields = entry_fields(when, actor, event)
+            del fields["time"], fields["record"]
+            parts = [_arg(str(len(fields) + 2))]
+            for name, value in fields.items():
+                parts += (_arg(name), _arg(value))
+            common = self.common[key] = b"".join(parts)
+        return 17, b"".join((common, _TIME, _arg(f"{when:.6f}"), _RECORD, _arg(event.record or "")))
 
 
 class StreamWriter:
@@ -170,6 +184,7 @@ class StreamWriter:
         self._thread: threading.Thread | None = None
         self._client: redis.Redis[str] | None = None
         self._conn: Any = None
+        self._encode = _Encoder()
 
     def after_fork(self) -> None:
         # The parent's buffer is the parent's to send; its connection and thread are not ours.
@@ -240,20 +255,28 @@ class StreamWriter:
         front."""
         taken = self._take()
         unreported = self._unreported
-        args: list[Any] = [b"EVAL", _APPEND, b"1", self.key, str(self.maxlen)]
+        count = 5
+        parts = [_arg("EVAL"), _arg(_APPEND.decode()), _arg("1"), _arg(self.key)]
+        parts.append(_arg(str(self.maxlen)))
         if unreported:
             fields = {"time": f"{time.time():.6f}", "actor": current_actor()}
             fields |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
-            args += _entry_args(fields)
-        for n, pending in enumerate(taken, 1):
-            args += _entry_args(entry_fields(*pending))
-            if n % 50 == 0:
+            n, data = _entry(fields)
+            count += n
+            parts.append(data)
+        encode = self._encode
+        for i, pending in enumerate(taken, 1):
+            n, data = encode(*pending)
+            count += n
+            parts.append(data)
+            if i % 100 == 0:
                 # Let the application's threads have the GIL: one back from Redis would
                 # otherwise wait for this loop (up to the 5 ms switch interval).
                 time.sleep(0)
+        parts[0:0] = [b"*%d\r\n" % count]
         try:
             connection = self._connection()
-            connection.send_packed_command([_packed(args)], check_health=False)
+            connection.send_packed_command([b"".join(parts)], check_health=False)
             written = int(connection.read_response())
         except Exception as exc:
             # Whatever went wrong (the server, the network, a reply), the thread goes on: the
