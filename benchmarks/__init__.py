@@ -41,4 +41,8 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "memory": Spec("benchmarks.memory", "10. Peak memory of `find().all()`"),
     "typed": Spec("benchmarks.typed", "11. `Encrypted[T]` field types against `EncryptedStr`"),
+    "audit": Spec(
+        "benchmarks.audit_trail",
+        "12. Audit trail: off, and with the stream, metrics and anomaly rules on",
+    ),
 }

@@ -3,7 +3,14 @@ or ``Encrypted[T]``."""
 
 from __future__ import annotations
 
-from .audit import AuditEvent, add_audit_hook, remove_audit_hook
+from .audit import (
+    AuditEvent,
+    acting_as,
+    add_audit_hook,
+    configure_audit,
+    flush_audit,
+    remove_audit_hook,
+)
 from .compat import (
     decrypt_secret,
     encrypt_secret,
@@ -25,6 +32,7 @@ from .errors import (
     PlaintextSecretError,
     StoredMaskError,
     StoredTypeError,
+    UnknownKeyError,
     ValueTypeError,
 )
 from .keys import (
@@ -98,16 +106,20 @@ __all__ = [
     "StoredMaskError",
     "StoredTypeError",
     "TopologyError",
+    "UnknownKeyError",
     "UnsupportedQueryError",
     "UrlMask",
     "ValueTypeError",
     "VaultTransit",
     "WrappedKey",
     "__version__",
+    "acting_as",
     "add_audit_hook",
+    "configure_audit",
     "decrypt_secret",
     "deny_statement",
     "encrypt_secret",
+    "flush_audit",
     "generate_master_key",
     "get_keyring",
     "get_secret_value",

@@ -21,6 +21,7 @@ __all__ = [
     "PlaintextSecretError",
     "StoredMaskError",
     "StoredTypeError",
+    "UnknownKeyError",
     "ValueTypeError",
     "printable",
 ]
@@ -137,6 +138,11 @@ class StoredTypeError(DecryptionError):
     """A stored value decrypted, but does not hold the type its field declares (the field's type
     changed since it was written, e.g. ``Encrypted[int]`` where a string was stored). Names the
     record, the field and both types, never the value."""
+
+
+class UnknownKeyError(DecryptionError):
+    """A stored value names a master key the key ring does not hold: an unknown key id, or one
+    the key store has retired (a value restored from a backup, or planted)."""
 
 
 class PlaintextSecretError(DecryptionError):

@@ -350,11 +350,12 @@ def test_silent_by_default_even_when_the_application_logs_at_debug(master_key: s
 
 
 def test_nothing_is_built_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from redis_encrypted_fields import audit
+    from redis_encrypted_fields.audit import events as audit
 
     built: list[Any] = []
     monkeypatch.setattr(audit, "_hooks", ())
-    monkeypatch.setattr(audit, "emit", built.append)
+    monkeypatch.setattr(audit, "_listening", False)
+    monkeypatch.setattr(audit, "emit", lambda *args: built.append(args))
     with levels({AUDIT_LOGGER: logging.WARNING}):
         m = SecAccount(name=secret("n"), password=secret("pw"))
         m.save()
@@ -419,9 +420,11 @@ def test_a_bound_method_hook_can_be_removed() -> None:
         encrypt_secret("x")
         assert sink.events == []
     finally:
-        from redis_encrypted_fields import audit
+        from redis_encrypted_fields.audit import events as audit
 
-        audit._hooks = tuple(h for h in audit._hooks if getattr(h, "__self__", None) is not sink)
+        for hook in audit._hooks:
+            if getattr(hook, "__self__", None) is sink:
+                remove_audit_hook(hook)
 
 
 async def test_a_raising_hook_breaks_neither_save_nor_get(

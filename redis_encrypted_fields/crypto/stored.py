@@ -17,11 +17,13 @@ what is written (a rolling upgrade; such values are bound to no record).
 
 from __future__ import annotations
 
+import binascii
 import enum
+import time
 
 from ..audit import audit_enabled, track
 from ..errors import ConfigurationError, DecryptionError, located
-from ..keys.ring import KeyRing
+from ..keys.ring import KEY_ID_SIZE, KeyRing
 from ..switches import EnvSwitch
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
 from .legacy import is_legacy_envelope, open_legacy, parse_legacy, seal_legacy
@@ -86,8 +88,10 @@ def track_open(
     model: str | None = None,
     field: str | None = None,
     record: str | None = None,
+    duration: float | None = None,
 ) -> None:
-    """The audit event of opening ``value`` (its key id read only if anything listens)."""
+    """The audit event of opening ``value`` (its key id read only if anything listens);
+    ``duration``: how long opening took, in seconds."""
     if audit_enabled():
         track(
             "decrypt",
@@ -96,7 +100,22 @@ def track_open(
             record=record,
             key_id=key_id_of(value),
             error=error,
+            duration=duration,
         )
+
+
+_clock = time.perf_counter
+# Base64 characters that hold an envelope's version byte and key id.
+_HEAD = (1 + KEY_ID_SIZE + 2) // 3 * 4
+
+
+def _opened_key_id(value: str) -> str | None:
+    """The hex key id of ``value``, a value that has just opened (so well formed), read from
+    its first characters rather than by parsing it all again; ``None`` for an origin v1 one."""
+    if not value.startswith(PREFIX):
+        return None
+    head = binascii.a2b_base64(value[len(PREFIX) : len(PREFIX) + _HEAD])
+    return head[1 : 1 + KEY_ID_SIZE].hex()
 
 
 def open_value(
@@ -119,6 +138,9 @@ def open_value(
     anything listens. Raises ``DecryptionError``, naming the value (``located``) when a name is
     given, unless ``locate`` is false.
     """
+    # Timed only when audited (the metrics' histogram): decided before, not after, opening.
+    audited = auditing if auditing is not None else audit_enabled()
+    start = _clock() if audited else 0.0
     try:
         if value.startswith(PREFIX):
             plaintext = open_blob(decode(value) if blob is None else blob, keyring, context)
@@ -129,8 +151,10 @@ def open_value(
         if not locate or (model is None and field is None and record is None):
             raise
         raise located(exc, model, field, record) from None
-    if auditing if auditing is not None else audit_enabled():
-        track_open(value, model=model, field=field, record=record)
+    if audited:
+        duration = _clock() - start
+        key_id = _opened_key_id(value)
+        track("decrypt", model=model, field=field, record=record, key_id=key_id, duration=duration)
     return plaintext
 
 
@@ -168,13 +192,16 @@ def seal_value(
     (``auditing``: whether to, ``None``: if anything listens). With ``REDIS_SRE_WRITE_FORMAT=v1``
     it is written in the origin's v1 format instead, bound to nothing (``context`` unused);
     ``v1``: that switch, if the caller has looked it up (a record's writer does, once)."""
+    audited = auditing if auditing is not None else audit_enabled()
+    start = _clock() if audited else 0.0
     if v1 if v1 is not None else writes_v1():
         envelope = seal_legacy(plaintext, keyring)
     else:
         envelope = seal(plaintext, keyring, context)
-    if auditing if auditing is not None else audit_enabled():
+    if audited:
         key_id = keyring.current.key_id
-        track("encrypt", model=model, field=field, record=record, key_id=key_id)
+        duration = _clock() - start
+        track("encrypt", model=model, field=field, record=record, key_id=key_id, duration=duration)
     return envelope
 
 
@@ -192,6 +219,7 @@ def rewrap_value(
     """A current envelope (``value``, and its checked bytes ``blob``) with its data key
     re-wrapped under the current master key, audited; a failure is audited as a failed open.
     Raises ``DecryptionError`` as it is."""
+    start = _clock() if auditing else 0.0
     try:
         new = rewrap_blob(value, blob, keyring, context)
     except DecryptionError as exc:
@@ -199,5 +227,6 @@ def rewrap_value(
         raise
     if auditing:
         key_id = keyring.current.key_id
-        track("rewrap", model=model, field=field, record=record, key_id=key_id)
+        duration = _clock() - start
+        track("rewrap", model=model, field=field, record=record, key_id=key_id, duration=duration)
     return new

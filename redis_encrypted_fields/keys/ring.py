@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import DecryptionError, MasterKeyError
+from ..errors import MasterKeyError, UnknownKeyError
 
 __all__ = [
     "ENV_MASTER_KEY",
@@ -216,7 +216,8 @@ class KeyRing:
         raise NotImplementedError
 
     def get(self, key_id: bytes) -> MasterKey:
-        """The key with this id (``DecryptionError`` if none); no trial decryption."""
+        """The key with this id (``UnknownKeyError``, a ``DecryptionError``, if none); no trial
+        decryption."""
         raise NotImplementedError
 
     def __contains__(self, key_id: object) -> bool:
@@ -248,7 +249,7 @@ class StaticKeyRing(KeyRing):
     def get(self, key_id: bytes) -> MasterKey:
         key = self._by_id.get(key_id)
         if key is None:
-            raise DecryptionError(
+            raise UnknownKeyError(
                 f"Decryption failed: no configured master key has id {key_id.hex()} "
                 f"(set it as {ENV_MASTER_KEY} or in {ENV_PREVIOUS_MASTER_KEYS})"
             )

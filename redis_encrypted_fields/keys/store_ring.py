@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 
 from ..audit import track
-from ..errors import ConfigurationError, DecryptionError, KeyStoreError, MasterKeyError
+from ..errors import ConfigurationError, KeyStoreError, MasterKeyError, UnknownKeyError
 from ..forks import reset_in_children
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, MasterKey, env_keys
 from .store import (
@@ -204,12 +204,12 @@ class StoreKeyRing(KeyRing):
         if record is None:
             record = self.store.record(key_id)
         if record is None:
-            raise DecryptionError(
+            raise UnknownKeyError(
                 f"Decryption failed: no configured master key has id {key_id.hex()} (not in the "
                 f"key store, nor set as {ENV_MASTER_KEY} or in {ENV_PREVIOUS_MASTER_KEYS})"
             )
         if record.state is KeyState.RETIRED:
-            raise DecryptionError(f"Decryption failed: master key {key_id.hex()} is retired")
+            raise UnknownKeyError(f"Decryption failed: master key {key_id.hex()} is retired")
         failure = self._failures.get(key_id)
         now = _monotonic()
         if failure is not None and failure[2] > now:

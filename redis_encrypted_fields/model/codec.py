@@ -16,7 +16,7 @@ from typing import Any
 
 from redis_om.search_reply import string_keyed, to_string
 
-from ..audit import audit_enabled
+from ..audit import audit_enabled, track
 from ..crypto import (
     ENV_WRITE_FORMAT,
     PREFIX,
@@ -176,12 +176,16 @@ def check_unbound(raw: Any, model: str, field: str, record: str | None) -> None:
     else:
         what = "is stored as plaintext"
     where = printable(f"{model}.{field}" + (f" of {record}" if record else ""))
-    raise PlaintextSecretError(
+    error = PlaintextSecretError(
         f"Decryption failed: {where} {what} and plaintext reads are disabled ({_REFUSED_HINT})",
         model=model,
         record=record,
         field=field,
     )
+    # A failed decrypt in the audit trail (anomaly rule plaintext_refused): a value planted in
+    # Redis behind the application's back looks like this.
+    track("decrypt", model=model, field=field, record=record, error=error)
+    raise error
 
 
 def check_input(value: str, model: str, field: str, record: str | None) -> None:

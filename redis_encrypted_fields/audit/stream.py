@@ -1,0 +1,369 @@
+"""The durable audit trail: events appended to a Redis Stream by a background thread.
+
+The calling thread only appends ``(time, actor, event)`` to a bounded buffer (its oldest entries
+dropped, and counted, when full); a daemon thread sends them in batches, one Lua call of
+``XADD`` with approximate ``MAXLEN`` trimming per batch. The audit Redis being slow or
+unreachable costs the application nothing: short socket timeouts, no retries in redis-py, a
+back-off between attempts (doubling to 30 s), and events kept in the buffer meanwhile. What is
+still buffered is sent when the process exits normally (``atexit``, bounded by
+``exit_timeout``). A forked child starts with an empty buffer, no connection and no thread: its
+first event starts its own.
+
+Delivery is at least once: a batch cut short by a lost connection is sent again whole.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..forks import reset_in_children
+from .events import AuditEvent, current_actor
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_MAXLEN",
+    "DROPPED",
+    "STREAM_KEY",
+    "StreamWriter",
+    "client_for",
+    "entry_fields",
+]
+
+STREAM_KEY = "redis-encrypted-fields:audit"
+DEFAULT_MAXLEN = 1_000_000  # approximate: Redis trims whole macro nodes
+DEFAULT_BUFFER = 10_000  # events held while the audit Redis is slow or away
+DROPPED = "audit_dropped"  # the operation of the entry that says events were dropped
+MAX_BACKOFF = 30.0
+
+_log = logging.getLogger("redis_encrypted_fields")
+
+_Pending = tuple[float, str, AuditEvent]  # wall time, actor, event
+
+
+def client_for(url: str, timeout: float = 1.0) -> redis.Redis[str]:
+    """A client for the audit Redis at ``url``: short timeouts, no retries of its own (the
+    writer backs off instead), so that an unreachable server holds nothing up."""
+    client: redis.Redis[str] = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    return client
+
+
+def entry_fields(when: float, actor: str, event: AuditEvent) -> dict[str, str]:
+    """A stream entry's fields: time (Unix seconds), actor, operation, outcome, model, field,
+    record, key id (empty when none); reason, error, KMS key and detail when present."""
+    fields = {
+        "time": f"{when:.6f}",
+        "actor": actor,
+        "operation": event.operation,
+        "outcome": event.outcome,
+        "model": event.model or "",
+        "field": event.field or "",
+        "record": event.record or "",
+        "key_id": event.key_id or "",
+    }
+    for name in ("reason", "error", "kms_key_id", "detail"):
+        value = getattr(event, name)
+        if value:
+            fields[name] = value
+    return fields
+
+
+# One call appends a whole batch: ARGV[1] is MAXLEN, then per entry its number of fields and
+# its fields and values. One reply per batch rather than per entry: redis-py spends longer
+# reading a reply than Redis takes to append one.
+_APPEND = b"""
+local i, n = 2, 0
+while i <= #ARGV do
+  local k = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, i + 2 * k))
+  i = i + 1 + 2 * k
+  n = n + 1
+end
+return n
+"""
+
+
+def _arg(text: str) -> bytes:
+    """One argument in the wire format (RESP). A record key is any text: one that is not
+    valid UTF-8 is written escaped, not refused."""
+    data = text.encode("utf-8", "backslashreplace")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _entry(fields: dict[str, str]) -> tuple[int, bytes]:
+    """An entry's arguments to the batch call: how many, and their wire format."""
+    parts = [_arg(str(len(fields)))]
+    for name, value in fields.items():
+        parts += (_arg(name), _arg(value))
+    return len(parts), b"".join(parts)
+
+
+_TIME, _RECORD = _arg("time"), _arg("record")
+_Common = tuple[str, str, str, str | None, str | None, str | None]
+
+
+class _Encoder:
+    """Entries in the wire format. Events mostly differ only in time and record: the rest of
+    an entry (actor, operation, outcome, model, field, key id) is encoded once per such
+    combination and kept, so that an entry costs two encodings, not ten."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.common: dict[_Common, bytes] = {}
+        self.limit = limit
+
+    def __call__(self, when: float, actor: str, event: AuditEvent) -> tuple[int, bytes]:
+        if event.reason or event.error or event.kms_key_id or event.detail:
+            return _entry(entry_fields(when, actor, event))
+        key = (actor, event.operation, event.outcome, event.model, event.field, event.key_id)
+        common = self.common.get(key)
+        if common is None:
+            if len(self.common) >= self.limit:
+                self.common.clear()
+            fields = entry_fields(when, actor, event)
+            del fields["time"], fields["record"]
+            parts = [_arg(str(len(fields) + 2))]
+            for name, value in fields.items():
+                parts += (_arg(name), _arg(value))
+            common = self.common[key] = b"".join(parts)
+        return 17, b"".join((common, _TIME, _arg(f"{when:.6f}"), _RECORD, _arg(event.record or "")))
+
+
+class StreamWriter:
+    """An audit consumer that appends events to the stream ``key`` of the Redis ``connect()``
+    returns (called in the writer thread), at most ``maxlen`` entries (approximately)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Redis[str]],
+        *,
+        key: str = STREAM_KEY,
+        maxlen: int = DEFAULT_MAXLEN,
+        buffer: int = DEFAULT_BUFFER,
+        batch: int = 500,
+        interval: float = 0.2,
+        exit_timeout: float = 2.0,
+    ) -> None:
+        self.connect = connect
+        self.key = key
+        self.maxlen = maxlen
+        self.capacity = buffer
+        self.batch = batch
+        self.interval = interval
+        self.exit_timeout = exit_timeout
+        self.dropped = 0  # events dropped since this writer started (a full buffer)
+        self.written = 0  # entries written
+        self._fresh()
+        reset_in_children(self)
+        _writers.add(self)
+
+    def _fresh(self) -> None:
+        self._pending: deque[_Pending] = deque()
+        self._unreported = 0  # drops not yet written to the stream as a DROPPED entry
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._client: redis.Redis[str] | None = None
+        self._conn: Any = None
+        self._encode = _Encoder()
+
+    def after_fork(self) -> None:
+        # The parent's buffer is the parent's to send; its connection and thread are not ours.
+        self._fresh()
+        self.dropped = self.written = 0
+
+    def __call__(self, event: AuditEvent, duration: float | None = None) -> None:
+        pending = self._pending
+        if len(pending) >= self.capacity:
+            self._drop(len(pending) - self.capacity + 1)
+        pending.append((time.time(), current_actor(), event))
+        if self._thread is None:
+            self._start()
+        elif len(pending) >= self.batch:
+            self._wake.set()
+
+    def _drop(self, n: int) -> None:
+        with self._lock:
+            for _ in range(n):
+                try:
+                    self._pending.popleft()
+                except IndexError:
+                    break
+                self.dropped += 1
+                self._unreported += 1
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="redis-encrypted-fields-audit", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Events buffered, not written yet."""
+        return len(self._pending)
+
+    def _run(self) -> None:
+        delay = 0.0
+        while True:
+            self._wake.wait(delay or self.interval)
+            self._wake.clear()
+            closing = self._closed
+            while self._pending or self._unreported:
+                if not self._send():
+                    delay = min(max(delay * 2, 0.5), MAX_BACKOFF)
+                    break
+                delay = 0.0
+            with self._idle:
+                self._idle.notify_all()
+            if closing:
+                return
+
+    def _take(self) -> list[_Pending]:
+        taken: list[_Pending] = []
+        pending = self._pending
+        with self._lock:
+            self._busy = True
+            while pending and len(taken) < self.batch:
+                taken.append(pending.popleft())
+        return taken
+
+    def _send(self) -> bool:
+        """One batch to the stream, in one call; on failure its events go back to the buffer's
+        front."""
+        taken = self._take()
+        unreported = self._unreported
+        count = 5
+        parts = [_arg("EVAL"), _arg(_APPEND.decode()), _arg("1"), _arg(self.key)]
+        parts.append(_arg(str(self.maxlen)))
+        if unreported:
+            fields = {"time": f"{time.time():.6f}", "actor": current_actor()}
+            fields |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
+            n, data = _entry(fields)
+            count += n
+            parts.append(data)
+        encode = self._encode
+        for i, pending in enumerate(taken, 1):
+            n, data = encode(*pending)
+            count += n
+            parts.append(data)
+            if i % 100 == 0:
+                # Let the application's threads have the GIL: one back from Redis would
+                # otherwise wait for this loop (up to the 5 ms switch interval).
+                time.sleep(0)
+        parts[0:0] = [b"*%d\r\n" % count]
+        try:
+            connection = self._connection()
+            connection.send_packed_command([b"".join(parts)], check_health=False)
+            written = int(connection.read_response())
+        except Exception as exc:
+            # Whatever went wrong (the server, the network, a reply), the thread goes on: the
+            # events wait in the buffer for the next attempt.
+            self._put_back(taken)
+            self._failed(exc)
+            return False
+        finally:
+            with self._lock:
+                self._busy = False
+        with self._lock:
+            self._unreported -= unreported
+        self.written += written
+        return True
+
+    def _connection(self) -> Any:
+        """The writer thread's own connection (from the client's pool)."""
+        if self._conn is None:
+            if self._client is None:
+                self._client = self.connect()
+            self._conn = self._client.connection_pool.get_connection()
+        return self._conn
+
+    def _put_back(self, taken: list[_Pending]) -> None:
+        with self._lock:
+            self._pending.extendleft(reversed(taken))
+        excess = len(self._pending) - self.capacity
+        if excess > 0:
+            self._drop(excess)
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        # A connection whose replies were not all read is of no further use.
+        connection, self._conn = self._conn, None
+        if connection is not None and self._client is not None:
+            connection.disconnect()
+            self._client.connection_pool.release(connection)
+
+    def _failed(self, exc: BaseException) -> None:
+        # One line per failed attempt at most every back-off: the server's name, never its URL
+        # (which may hold a password).
+        _log.warning(
+            "audit stream unreachable (%s); %d events buffered, %d dropped so far",
+            type(exc).__name__,
+            len(self._pending),
+            self.dropped,
+        )
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send what is buffered now; whether all of it was sent within ``timeout`` seconds."""
+        if self._thread is None:
+            self._start()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending or self._busy or self._unreported:
+                self._wake.set()
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._thread is not None and not self._thread.is_alive()):
+                    return False
+                self._idle.wait(min(left, 0.05))
+        return True
+
+    def close(self) -> None:
+        """Stop the thread after it has sent what is buffered (waiting ``exit_timeout`` at
+        most); events that come later are buffered and not sent."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        self._wake.set()
+        thread.join(self.exit_timeout)
+        if not thread.is_alive():
+            self._drop_connection()
+
+    def __repr__(self) -> str:
+        # Not the client: its URL may hold a password.
+        return f"StreamWriter(key={self.key!r}, maxlen={self.maxlen})"
+
+
+_writers: weakref.WeakSet[StreamWriter] = weakref.WeakSet()
+
+
+def close_all(writers: Iterable[StreamWriter] | None = None) -> None:
+    """Close the writers (every live one by default): buffered events are sent first."""
+    for writer in list(_writers if writers is None else writers):
+        writer.close()
+
+
+atexit.register(close_all)
