@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 from audit_support import entries, fixture_audit_reset, fixture_hooked, fixture_stream_key  # noqa: F401 - fixtures
-from provider_conformance import NO_HANG_SECONDS, closed_port, silent_endpoint  # noqa: F401
+from provider_conformance import NO_HANG_SECONDS, closed_port
 from security_support import SecAccount, assert_absent, key_material, secret
 from support import new_key
 

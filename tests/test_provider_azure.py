@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import azure.keyvault.keys
-import provider_conformance
 import pytest
 import requests
 from cloud_support import (
@@ -33,7 +32,6 @@ from redis_encrypted_fields import AzureKeyVault, KmsError
 from redis_encrypted_fields.keys.kms import WrappedKey, canonical_context
 
 # The suite's fixture, seen by pytest only where a test module names it.
-silent_endpoint = provider_conformance.silent_endpoint
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import google.cloud
-import provider_conformance
 import pytest
 import requests
 from cloud_support import (
@@ -32,7 +31,6 @@ from redis_encrypted_fields import GcpKms, KmsError
 from redis_encrypted_fields.keys.kms import canonical_context
 
 # The suite's fixture, seen by pytest only where a test module names it.
-silent_endpoint = provider_conformance.silent_endpoint
 
 
 class StaticToken(Credentials):  # type: ignore[misc]
