@@ -21,6 +21,7 @@ from keystore_models import Vault
 from support import client
 
 from redis_encrypted_fields import KeyStore, KmsError, StoreKeyRing, set_keyring
+from redis_encrypted_fields.forks import PerProcess
 from redis_encrypted_fields.keys.kms import KmsProvider
 
 
@@ -75,7 +76,9 @@ def check_forked_child_makes_its_own_client(provider: Any, store: KeyStore) -> N
     must make its own client, not wait forever for that lock."""
     record = store.create()
     ring = StoreKeyRing(store)
-    provider._lock.acquire()  # what a parent thread inside the client's making holds
+    clients = getattr(provider, "_clients", None)
+    lock = clients.lock if isinstance(clients, PerProcess) else provider._lock
+    lock.acquire()  # what a parent thread inside the client's making holds
     try:
         pid = os.fork()
         if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
@@ -88,7 +91,7 @@ def check_forked_child_makes_its_own_client(provider: Any, store: KeyStore) -> N
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
-        provider._lock.release()
+        lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     assert ring.current.key_id_hex == record.key_id
 

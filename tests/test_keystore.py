@@ -911,7 +911,7 @@ def test_a_forked_child_can_use_an_aws_kms_whose_lock_its_parent_held(kms: KmsKe
     record = store().create()
     aws = AwsKms(kms.alias)
     ring = StoreKeyRing(KeyStore(store().client, aws))
-    aws._lock.acquire()  # what a parent thread inside `aws.client` holds
+    aws._clients.lock.acquire()  # what a parent thread inside `aws.client` holds
     try:
         pid = os.fork()
         if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
@@ -924,7 +924,7 @@ def test_a_forked_child_can_use_an_aws_kms_whose_lock_its_parent_held(kms: KmsKe
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
-        aws._lock.release()
+        aws._clients.lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     assert ring.current.key_id_hex == record.key_id  # and the parent's provider still works
 

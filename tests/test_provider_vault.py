@@ -192,7 +192,7 @@ def test_a_forked_child_can_use_a_provider_whose_lock_its_parent_held(
     meanwhile makes its own client instead of waiting for a lock nothing will release."""
     provider = transit(vault_server, new_key(vault_server), app_token)
     wrapped = provider.wrap(bytes(range(32)), CONTEXT)
-    provider._lock.acquire()  # what a parent thread inside `provider.client` holds
+    provider._clients.lock.acquire()  # what a parent thread inside `provider.client` holds
     try:
         pid = os.fork()
         if pid == 0:  # the child: a hang is killed by the alarm, and fails the test
@@ -205,7 +205,7 @@ def test_a_forked_child_can_use_a_provider_whose_lock_its_parent_held(
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
-        provider._lock.release()
+        provider._clients.lock.release()
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.unwrap(wrapped, CONTEXT) == bytes(range(32))
 

@@ -3,14 +3,12 @@ redis-encrypted-fields[aws]``), imported here and only here, on first use."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import KmsError
-from ..forks import reset_in_children
+from ..forks import PerProcess
 from .kms import WrappedKey
 from .sdk_logs import SdkLogGuard
 
@@ -50,17 +48,12 @@ class AwsKms:
         if not key_id or not key_id.strip():
             raise KmsError("AwsKms needs a KMS key id, ARN or alias")
         self._key_id = key_id.strip()
-        self._client = client
-        # The process that made the client: a forked child makes its own (boto3 clients share
-        # their connection pool's sockets with the parent otherwise).
-        self._pid = os.getpid() if client is None else None
+        self._clients = PerProcess(self._make_client, client)
         self._config = {
             "connect_timeout": connect_timeout,
             "read_timeout": read_timeout,
             "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
         }
-        self._lock = threading.Lock()
-        reset_in_children(self)
 
     @property
     def kms_key_id(self) -> str:
@@ -69,14 +62,7 @@ class AwsKms:
     @property
     def client(self) -> Any:
         """The boto3 KMS client, made on first use."""
-        client = self._client
-        if client is None or (self._pid is not None and self._pid != os.getpid()):
-            with self._lock:
-                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-                client = self._client
-        return client
+        return self._clients.get()
 
     def _make_client(self) -> Any:
         try:
@@ -138,11 +124,6 @@ class AwsKms:
             EncryptionContext=dict(context),
         )
         return bytes(response["Plaintext"])
-
-    def after_fork(self) -> None:
-        # A thread of the parent making the client at fork time held the lock; nothing in the
-        # child would ever release it, and the child's first KMS call would wait forever.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"AwsKms({self._key_id!r})"

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import KmsError
-from ..forks import reset_in_children
+from ..forks import PerProcess
 from .kms import WrappedKey, canonical_context
 from .sdk_logs import SdkLogGuard
 
@@ -72,15 +71,12 @@ class GcpKms:
         if not (timeout > 0) or max_attempts < 1:
             raise KmsError("GcpKms needs a timeout above 0 and at least one attempt")
         self._name = match.group("key")
-        self._client = client
-        self._pid = os.getpid() if client is None else None
+        self._clients = PerProcess(self._make_client, client)
         self._credentials = credentials
         self._api_endpoint = api_endpoint
         self._transport = transport
         self._timeout = float(timeout)
         self._max_attempts = int(max_attempts)
-        self._lock = threading.Lock()
-        reset_in_children(self)
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> GcpKms:
@@ -102,14 +98,7 @@ class GcpKms:
     @property
     def client(self) -> Any:
         """The ``KeyManagementServiceClient``, made on first use (again in a forked child)."""
-        client = self._client
-        if client is None or (self._pid is not None and self._pid != os.getpid()):
-            with self._lock:
-                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-                client = self._client
-        return client
+        return self._clients.get()
 
     def _make_client(self) -> Any:
         try:
@@ -209,10 +198,6 @@ class GcpKms:
             },
         )
         return bytes(response.plaintext)
-
-    def after_fork(self) -> None:
-        # A parent's thread making the client at fork time held the lock: a fresh one.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"GcpKms({self.kms_key_id!r})"

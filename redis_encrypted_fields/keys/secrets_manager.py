@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, DecryptionError, KmsError, MasterKeyError
-from ..forks import reset_in_children
+from ..forks import PerProcess, reset_in_children
 from .aws import botocore_quiet
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, MasterKey, env_keys
 from .store import DEFAULT_CACHE_TTL, cache_ttl
@@ -45,13 +45,11 @@ class SecretsManagerKeyRing(KeyRing):
 
     __slots__ = (
         "__weakref__",
-        "_client",
-        "_client_lock",
+        "_clients",
         "_config",
         "_entries",
         "_failures",
         "_locks",
-        "_pid",
         "previous",
         "secret_id",
         "ttl",
@@ -75,8 +73,7 @@ class SecretsManagerKeyRing(KeyRing):
         self.secret_id = secret_id.strip()
         self.ttl = ttl
         self.previous = tuple(decrypt_only)
-        self._client = client
-        self._pid = os.getpid() if client is None else None
+        self._clients = PerProcess(self._make_client, client)
         self._config = {
             "connect_timeout": connect_timeout,
             "read_timeout": read_timeout,
@@ -85,7 +82,6 @@ class SecretsManagerKeyRing(KeyRing):
         self._entries: dict[str, _Entry] = {}
         self._failures: dict[str, _Failure] = {}
         self._locks = {CURRENT: threading.Lock(), PREVIOUS: threading.Lock()}
-        self._client_lock = threading.Lock()
         reset_in_children(self)
 
     @classmethod
@@ -197,14 +193,7 @@ class SecretsManagerKeyRing(KeyRing):
         )
 
     def _boto_client(self) -> Any:
-        client = self._client
-        if client is None or (self._pid is not None and self._pid != os.getpid()):
-            with self._client_lock:
-                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-                client = self._client
-        return client
+        return self._clients.get()
 
     def _make_client(self) -> Any:
         try:
@@ -224,7 +213,6 @@ class SecretsManagerKeyRing(KeyRing):
     def after_fork(self) -> None:
         # Locks held by the parent's threads at fork time would never be released in the child.
         self._locks = {CURRENT: threading.Lock(), PREVIOUS: threading.Lock()}
-        self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
         now = time.monotonic()

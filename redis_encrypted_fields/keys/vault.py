@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import KmsError
-from ..forks import reset_in_children
+from ..forks import PerProcess
 from .kms import WrappedKey, canonical_context
 
 __all__ = [
@@ -103,13 +102,10 @@ class VaultTransit:
                 f"Vault transit key {self.kms_key_id}: set {ENV_VAULT_TOKEN}, or "
                 f"{ENV_VAULT_ROLE_ID} and {ENV_VAULT_SECRET_ID} for an AppRole login"
             )
-        self._client = client
-        # The process that made the client: a forked child makes its own (a requests session
-        # shares its pooled sockets with the parent otherwise).
-        self._pid = os.getpid() if client is None else None
+        # A forked child makes its own client (a requests session shares its pooled sockets
+        # with the parent otherwise).
+        self._clients = PerProcess(self._make_client, client)
         self._timeout = (connect_timeout, read_timeout)
-        self._lock = threading.Lock()
-        reset_in_children(self)
 
     @property
     def kms_key_id(self) -> str:
@@ -119,14 +115,7 @@ class VaultTransit:
     @property
     def client(self) -> Any:
         """The hvac client, made (and logged in, for AppRole) on first use."""
-        client = self._client
-        if client is None or (self._pid is not None and self._pid != os.getpid()):
-            with self._lock:
-                if self._client is None or (self._pid is not None and self._pid != os.getpid()):
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-                client = self._client
-        return client
+        return self._clients.get()
 
     def _make_client(self) -> Any:
         try:
@@ -223,10 +212,6 @@ class VaultTransit:
             "decrypt", {"ciphertext": ciphertext, "associated_data": associated_data(context)}
         )
         return self._bytes(data, "decrypt", self.kms_key_id)
-
-    def after_fork(self) -> None:
-        # As AwsKms: a lock held by a parent's thread at fork time is never released in the child.
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"VaultTransit({self.kms_key_id!r})"
