@@ -23,6 +23,8 @@ from .errors import (
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    ScopeValueError,
+    ShreddedKeyError,
     StoredMaskError,
     StoredTypeError,
     ValueTypeError,
@@ -48,8 +50,10 @@ from .model.blind_index import BlindIndex, IndexPlan, plan_index
 from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
+from .model.scope import KeyScope
 from .model.typed import Encrypted, EncryptedBytes
 from .ops import Failure, Group, Operation, Report, Scanned
+from .ops.shred import ShredResult, shred_scope
 from .ops.topology import TopologyError
 from .version import __version__
 
@@ -72,6 +76,7 @@ __all__ = [
     "IndexPlan",
     "KeyRecord",
     "KeyRing",
+    "KeyScope",
     "KeyState",
     "KeyStore",
     "KeyStoreError",
@@ -86,6 +91,9 @@ __all__ = [
     "PlaintextSecretError",
     "Report",
     "Scanned",
+    "ScopeValueError",
+    "ShredResult",
+    "ShreddedKeyError",
     "StaticKeyRing",
     "StoreKeyRing",
     "StoredMaskError",
@@ -109,4 +117,5 @@ __all__ = [
     "remove_audit_hook",
     "set_keyring",
     "set_plaintext_reads",
+    "shred_scope",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 
 from ..audit import audit_enabled, track
-from ..errors import ConfigurationError, DecryptionError, located
+from ..errors import ConfigurationError, DecryptionError, ShreddedKeyError, located
 from ..keys.ring import KeyRing
 from ..switches import EnvSwitch
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
@@ -87,10 +87,11 @@ def track_open(
     field: str | None = None,
     record: str | None = None,
 ) -> None:
-    """The audit event of opening ``value`` (its key id read only if anything listens)."""
+    """The audit event of opening ``value`` (its key id read only if anything listens): a value
+    under a shredded scope key is ``shredded_key_read`` (failed), not a failed ``decrypt``."""
     if audit_enabled():
         track(
-            "decrypt",
+            "shredded_key_read" if isinstance(error, ShreddedKeyError) else "decrypt",
             model=model,
             field=field,
             record=record,
@@ -173,7 +174,9 @@ def seal_value(
     else:
         envelope = seal(plaintext, keyring, context)
     if auditing if auditing is not None else audit_enabled():
-        key_id = keyring.current.key_id
+        # A scope's ring seals under its scope key: the event names that key.
+        key = keyring.current if keyring.scope_part is None else keyring.scope_current()
+        key_id = key.key_id
         track("encrypt", model=model, field=field, record=record, key_id=key_id)
     return envelope
 

@@ -62,6 +62,7 @@ from .plan import (
 from .query import find_query
 from .replies import reply_results
 from .saving import save_async, save_sync, saving
+from .scope import ScopeField, scope_field
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -174,6 +175,7 @@ class EncryptedModel:
         forget(model)
         facts_cache.pop(model, None)
         check_not_indexed(model, plan_for(model), declared=cls.__ref_index_flags__)
+        scope_field(model, plan_for(model))  # TypeError for two KeyScope fields
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
         typing.cast(Any, super()).__pydantic_on_complete__()
 
@@ -320,7 +322,11 @@ class EncryptedModel:
         # field; the fields keep their order.
         cls = type(self)
         rest = parent.model_dump(exclude=facts.direct)
-        sealer = Sealer(cls.__name__, cls._ref_key(getattr(self, facts.pk_name)))  # type: ignore[arg-type]
+        sealer = Sealer(
+            cls.__name__,
+            cls._ref_key(getattr(self, facts.pk_name)),  # type: ignore[arg-type]
+            self._ref_scoped(facts),
+        )
         values = self.__dict__
         data: dict[str, Any] = {}
         for name, leaf in facts.layout:
@@ -346,8 +352,14 @@ class EncryptedModel:
         defer: dict[str, Any] = {DEFER: True}
         merged = {**context, **defer} if isinstance(context, Mapping) else defer
         data: dict[str, Any] = parent.model_dump(mode=mode, context=merged, **kwargs)
-        Sealer(cls.__name__, cls._ref_key(self._ref_pk())).tree(data, ())
+        facts = facts_cache.get(cls) or facts_for(cls)
+        Sealer(cls.__name__, cls._ref_key(self._ref_pk()), self._ref_scoped(facts)).tree(data, ())
         return data
+
+    def _ref_scoped(self, facts: Facts) -> tuple[Any, ScopeField, Any] | None:
+        """What a scoped record's sealer needs: its class, scope field and scope value."""
+        scope = facts.scope
+        return None if scope is None else (type(self), scope, self.__dict__.get(scope.name))
 
     def save(self, *args: Any, **kwargs: Any) -> Any:
         """redis-om's ``save``, after masks are replaced by the secrets they stand for.

@@ -1,0 +1,104 @@
+"""Crypto-shredding: ``shred_scope`` destroys a scope's keys (``keys.scope``), so that every value
+sealed under them is noise, and says how many records still hold such values."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from ..keys.scope import scope_keys, scope_redis_key
+from ..model.field_map import facts_for
+from ..model.mixin import EncryptedModel
+from ..model.scope import sync_client
+from .layout import as_text
+
+__all__ = ["ShredResult", "scoped_models", "shred_scope"]
+
+
+@dataclass
+class ShredResult:
+    """What ``shred_scope`` did: the scope key ids destroyed (in each database that held the
+    scope's keys) and, per model, how many records still hold values under them."""
+
+    namespace: str
+    value: str
+    key_ids: list[str] = field(default_factory=list)
+    records: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> int:
+        """Records still holding values under the shredded keys (unreadable from now on)."""
+        return sum(self.records.values())
+
+
+def scoped_models(namespace: str) -> list[type]:
+    """Every ``EncryptedModel`` class defined so far whose ``KeyScope`` has ``namespace``."""
+    found: list[type] = []
+    todo: list[type] = list(EncryptedModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        meta = getattr(cls, "_meta", None)
+        if meta is None or getattr(meta, "embedded", False) or cls in found:
+            continue
+        if not cls.__dict__.get("__pydantic_complete__"):
+            continue
+        scope = facts_for(cls).scope
+        if scope is not None and scope.namespace == namespace:
+            found.append(cls)
+    return found
+
+
+def _holding(model: Any, client: Any, name: str, value: str) -> int:
+    """Records of ``model`` whose scope field ``name`` holds ``value`` (a scan of its keys)."""
+    prefix = str(model.make_key(""))
+    is_hash = facts_for(model).is_hash
+    count = 0
+    keys = [as_text(k) for k in client.scan_iter(match=f"{_glob(prefix)}*", count=1000)]
+    for key in keys:
+        try:
+            if is_hash:
+                found: Any = client.hget(key, name)
+            else:
+                found = client.json().get(key, f"$.{name}")
+                found = found[0] if isinstance(found, list) and found else found
+        except redis.ResponseError:
+            continue  # not a record (redis-om's index schema hash)
+        if as_text(found) == value:
+            count += 1
+    return count
+
+
+def _glob(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)
+
+
+def shred_scope(namespace: str, value: str, *, models: Iterable[type] | None = None) -> ShredResult:
+    """Destroy the keys of scope (``namespace``, ``value``) — a tenant — in the database of each
+    model (default: every model whose ``KeyScope`` has ``namespace``), audited
+    (``scope_key_shredded``); count the records still holding values under them. Afterwards
+    their values raise ``ShreddedKeyError``; a new save in the scope makes a new key."""
+    chosen = list(models) if models is not None else scoped_models(namespace)
+    result = ShredResult(namespace, value)
+    done: list[Any] = []
+    for model in chosen:
+        scope = facts_for(model).scope
+        if scope is None or scope.namespace != namespace:
+            raise TypeError(f"{model.__name__} has no KeyScope({namespace!r}) field")
+        client = sync_client(typing.cast(Any, model).db())
+        if all(client is not c for c in done):
+            done.append(client)
+            result.key_ids += scope_keys.shred(client, namespace, value)
+        result.records[model.__name__] = _holding(model, client, scope.name, value)
+    if not done:
+        scope_keys.forget(namespace, value)
+    return result
+
+
+def scope_key_of(namespace: str, value: str) -> str:
+    """The Redis key holding a scope's keys."""
+    return scope_redis_key(namespace, value)
