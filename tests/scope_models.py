@@ -7,7 +7,7 @@ from typing import Annotated
 import aredis_om
 import redis_om
 
-from redis_encrypted_fields import Encrypted, EncryptedModel, EncryptedStr, KeyScope
+from redis_encrypted_fields import BlindIndex, Encrypted, EncryptedModel, EncryptedStr, KeyScope
 
 
 class SyncHashVault(EncryptedModel, redis_om.HashModel, index=True):
@@ -15,6 +15,7 @@ class SyncHashVault(EncryptedModel, redis_om.HashModel, index=True):
     name: str = redis_om.Field(index=True)
     password: EncryptedStr
     pin: Encrypted[int] | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
 
     class Meta:
         model_key_prefix = "scope.sync-hash"
@@ -25,6 +26,7 @@ class SyncJsonVault(EncryptedModel, redis_om.JsonModel, index=True):
     name: str = redis_om.Field(index=True)
     password: EncryptedStr
     pin: Encrypted[int] | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
 
     class Meta:
         model_key_prefix = "scope.sync-json"
@@ -35,6 +37,7 @@ class AsyncHashVault(EncryptedModel, aredis_om.HashModel, index=True):
     name: str = aredis_om.Field(index=True)
     password: EncryptedStr
     pin: Encrypted[int] | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
 
     class Meta:
         model_key_prefix = "scope.async-hash"
@@ -45,6 +48,7 @@ class AsyncJsonVault(EncryptedModel, aredis_om.JsonModel, index=True):
     name: str = aredis_om.Field(index=True)
     password: EncryptedStr
     pin: Encrypted[int] | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
 
     class Meta:
         model_key_prefix = "scope.async-json"

@@ -20,6 +20,7 @@ from redis_encrypted_fields import (
     KeyScope,
     ScopeValueError,
     ShreddedKeyError,
+    UnsupportedQueryError,
     add_audit_hook,
     remove_audit_hook,
     shred_scope,
@@ -37,7 +38,7 @@ def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-async def saved(model: Any, tenant_id: str, password: str = "hunter2-secret", **more: Any) -> Any:
+async def saved(model: Any, tenant_id: str, password: str = "hunter2-secret", **more: Any) -> Any:  # noqa: S107
     record = model(tenant_id=tenant_id, name=f"n-{uuid.uuid4().hex[:8]}", password=password, **more)
     await aw(record.save())
     return record
@@ -52,7 +53,7 @@ async def test_values_are_sealed_under_the_tenants_scope_key(model: Any) -> None
     record = await saved(model, acme, pin=1234)
     stored = raw(model, record.pk)
     blob = decode(stored["password"])
-    assert blob[0] == 3  # a scoped envelope
+    assert blob[0] == 0x82  # a scoped envelope
     keys = scope_hash(acme)
     # The envelope names the active scope key; Redis holds that key only wrapped.
     assert blob[1:9].hex() == keys["active"]
@@ -99,7 +100,8 @@ async def test_shred_erases_one_tenant_and_names_it(model: Any) -> None:
     hook = add_audit_hook(events.append)
     try:
         result = shred_scope("tenant", acme, models=[model])
-        assert result.records == {model.__name__: 2} and len(result.key_ids) == 1
+        assert result.records == {model.__name__: 2}
+        assert len(result.key_ids) == 1
         assert [e.operation for e in events] == ["scope_key_shredded"]
         assert events[0].record == scope_redis_key("tenant", acme)
         # Only a tombstone is left: the wrapped key is gone from Redis.
@@ -108,7 +110,8 @@ async def test_shred_erases_one_tenant_and_names_it(model: Any) -> None:
         with pytest.raises(ShreddedKeyError) as err:
             await aw(model.get(gone.pk))
         assert isinstance(err.value, DecryptionError)
-        assert acme in str(err.value) and "tenant" in str(err.value)
+        assert acme in str(err.value)
+        assert "tenant" in str(err.value)
         assert err.value.record == model.make_primary_key(gone.pk)
         assert "hunter2-secret" not in str(err.value)
         assert [(e.operation, e.outcome) for e in events] == [("shredded_key_read", "failed")]
@@ -129,7 +132,8 @@ async def test_an_empty_scope_value_is_refused_and_nothing_written(model: Any) -
     record = model(tenant_id="", name="empty", password="never-written")
     with pytest.raises(ScopeValueError) as err:
         await aw(record.save())
-    assert "tenant_id" in str(err.value) and "never-written" not in str(err.value)
+    assert "tenant_id" in str(err.value)
+    assert "never-written" not in str(err.value)
     assert not raw(model, record.pk)
 
 
@@ -142,7 +146,32 @@ async def test_first_save_audits_the_scope_key_created(model: Any) -> None:
     finally:
         remove_audit_hook(hook)
     created = [e for e in events if e.operation == "scope_key_created"]
-    assert len(created) == 1 and created[0].key_id == scope_hash(acme)["active"]
+    assert len(created) == 1
+    assert created[0].key_id == scope_hash(acme)["active"]
+
+
+async def test_blind_indexes_are_keyed_per_tenant(model: Any) -> None:
+    acme, globex = tenant(), tenant()
+    mine = await saved(model, acme, email="same@example.com")
+    theirs = await saved(model, globex, email="same@example.com")
+    companions = [raw(model, r.pk)["email__bidx"] for r in (mine, theirs)]
+    # Made under each tenant's scope key: equal values say nothing across tenants.
+    assert companions[0] != companions[1]
+    assert companions[0][:16] == scope_hash(acme)["active"]
+    found = await aw(
+        model.find((model.tenant_id == acme) & (model.email == "same@example.com")).all()
+    )
+    assert [r.pk for r in found] == [mine.pk]
+    assert found[0].email.get_secret_value() == "same@example.com"
+    none = await aw(model.find((model.tenant_id == tenant()) & (model.email == "x@y")).all())
+    assert none == []
+
+
+async def test_a_blind_index_query_without_the_scope_is_refused(model: Any) -> None:
+    with pytest.raises(UnsupportedQueryError) as err:
+        await aw(model.find(model.email == "same@example.com").all())
+    assert "email" in str(err.value)
+    assert "tenant_id" in str(err.value)
 
 
 def test_two_key_scopes_on_one_model_are_refused() -> None:
@@ -209,4 +238,5 @@ def test_a_scope_key_is_kept_only_wrapped(master_key: str) -> None:
     )
     material = base64.b64decode(ring.scope_current().to_base64())
     stored = str(scope_hash(acme)).encode()
-    assert material not in stored and base64.b64encode(material) not in stored
+    assert material not in stored
+    assert base64.b64encode(material) not in stored

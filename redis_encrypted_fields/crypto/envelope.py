@@ -67,12 +67,13 @@ _MIN_BLOB = _O_CT + _TAG
 KEY_ID_SLICE = slice(_O_KID, _O_DEK_NONCE)  # where the key id is in ``decode``'s bytes
 _WRAP_LABEL = b"REFv2/dek" + _VERSION_BYTE
 _DATA_LABEL = b"REFv2/data" + _VERSION_BYTE
-# A scoped envelope (version 3): the data key is wrapped by a scope key (keys/scope.py), whose
-# id the header carries; the layout is v2's, the labels and the bound context differ.
-SCOPED_VERSION = 3
+# A scoped envelope: v2's layout with the version byte's high bit set (0x82); the data key is
+# wrapped by a scope key (keys/scope.py), whose id the header carries, and both layers are bound
+# to the scope as well (other labels, a longer context).
+SCOPED_VERSION = _VERSION | 0x80
 _SCOPED_BYTE = bytes([SCOPED_VERSION])
-_S_WRAP_LABEL = b"REFv3/dek" + _SCOPED_BYTE
-_S_DATA_LABEL = b"REFv3/data" + _SCOPED_BYTE
+_S_WRAP_LABEL = b"REFv2s/dek" + _SCOPED_BYTE
+_S_DATA_LABEL = b"REFv2s/data" + _SCOPED_BYTE
 _VERSIONS = (_VERSION, SCOPED_VERSION)
 _FAILED = "Decryption failed"
 _UNWRAP_FAILED = (
@@ -117,7 +118,7 @@ class Envelope(NamedTuple):
     wrapped_dek: bytes
     nonce: bytes
     ciphertext: bytes
-    version: int = _VERSION  # 3: sealed under a scope key
+    version: int = _VERSION  # SCOPED_VERSION: sealed under a scope key
 
     def to_bytes(self) -> bytes:
         return b"".join(
@@ -292,7 +293,7 @@ def rewrap(text: str, keyring: KeyRing, context: bytes = b"") -> str:
 def rewrap_blob(text: str, blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
     """``rewrap`` of an envelope's text and its checked bytes (re-wrapped even if current).
 
-    A scoped envelope (version 3) is re-wrapped under its scope's current scope key."""
+    A scoped envelope (``SCOPED_VERSION``) is re-wrapped under its scope's current scope key."""
     if blob[0] == SCOPED_VERSION:
         current = keyring.scope_current()
         context += keyring.scope_binding()

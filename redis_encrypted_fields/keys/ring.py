@@ -238,6 +238,10 @@ class KeyRing:
         """What binds a value to its scope (a scope's ring only)."""
         raise DecryptionError(_UNSCOPED)
 
+    def scope_keys(self) -> tuple[MasterKey, ...]:
+        """The scope's keys, active first (a scope's ring only; none for another)."""
+        return ()
+
 
 _UNSCOPED = (
     "Decryption failed: the value was sealed under a scope key (a model with a KeyScope field), "

@@ -5,7 +5,7 @@ The hierarchy under a ``KeyScope`` (see docs/keys.md, "Per-tenant keys and erasu
 
     master key (env key ring or key store)
       └─ wraps scope keys: one Redis hash per scope (namespace, value)
-           └─ wrap data keys: one per secret, in each scoped envelope (docs/format.md, v3)
+           └─ wrap data keys: one per secret, in each scoped envelope (docs/format.md, "Scoped envelopes")
 
 The scope's hash, ``redis-encrypted-fields:scope:<namespace>:<value>``, holds:
 
@@ -192,7 +192,13 @@ class ScopeRing(KeyRing):
         )
 
     def scope_binding(self) -> bytes:
-        return self.scope_part
+        return self.scope.part
+
+    def scope_keys(self) -> tuple[MasterKey, ...]:
+        scope = self.scope
+        active = scope.active
+        rest = tuple(k for k in scope.keys.values() if k is not active)
+        return rest if active is None else (active, *rest)
 
     def __repr__(self) -> str:
         scope = self.scope
@@ -268,7 +274,7 @@ class ScopeKeys:
         if entry is None or entry.expires <= time.monotonic() or (create and entry.active is None):
             entry = self._fly(slot, lambda: self._load(slot, master, create))
         else:
-            try:
+            try:  # noqa: SIM105 (a read's path: suppress() costs more)
                 self._entries.move_to_end(slot)
             except KeyError:
                 pass  # dropped meanwhile by another thread: still valid for this call

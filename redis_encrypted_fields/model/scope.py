@@ -91,7 +91,7 @@ def sync_client(db: Any) -> Any:
             node = db.get_default_node() or db.get_nodes()[0]
             twin = redis.cluster.RedisCluster(
                 host=node.host,
-                port=node.port,
+                port=int(node.port),
                 password=db.get_connection_kwargs().get("password"),
                 username=db.get_connection_kwargs().get("username"),
             )
