@@ -5,7 +5,7 @@ The hierarchy under a ``KeyScope`` (see docs/keys.md, "Per-tenant keys and erasu
 
     master key (env key ring or key store)
       └─ wraps scope keys: one Redis hash per scope (namespace, value)
-           └─ wrap data keys: one per secret, in each scoped envelope (docs/format.md, "Scoped envelopes")
+           └─ wrap data keys: one per secret, in each scoped envelope (docs/format.md)
 
 The scope's hash, ``redis-encrypted-fields:scope:<namespace>:<value>``, holds:
 

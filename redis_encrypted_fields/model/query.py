@@ -61,8 +61,8 @@ from .conditions import (
     scope_equality,
     settle,
 )
-from .field_map import facts_for
 from .errors import UnsupportedQueryError
+from .field_map import facts_for
 from .fields import DEFER, EncryptedStr, Pending
 from .replies import Doc, documents, only_results, reply_keys
 from .scope import scope_ring
