@@ -53,7 +53,7 @@ from .model.mixin import EncryptedModel, set_plaintext_reads
 from .model.scope import KeyScope
 from .model.typed import Encrypted, EncryptedBytes
 from .ops import Failure, Group, Operation, Report, Scanned
-from .ops.shred import ShredResult, shred_scope
+from .ops.scopes import ShredResult, rotate_scope, shred_scope
 from .ops.topology import TopologyError
 from .version import __version__
 
@@ -115,6 +115,7 @@ __all__ = [
     "migrate_plaintext_to_encrypted",
     "plan_index",
     "remove_audit_hook",
+    "rotate_scope",
     "set_keyring",
     "set_plaintext_reads",
     "shred_scope",

@@ -65,3 +65,43 @@ class SyncHashNote(EncryptedModel, redis_om.HashModel, index=True):
 
 
 VAULT_MODELS = [SyncHashVault, SyncJsonVault, AsyncHashVault, AsyncJsonVault]
+
+
+# Models the maintenance tests run over (each test wipes them first: a run counts every record).
+class SyncHashLedger(EncryptedModel, redis_om.HashModel, index=True):
+    tenant_id: Annotated[str, KeyScope("tenant")] = redis_om.Field(index=True)
+    password: EncryptedStr | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
+
+    class Meta:
+        model_key_prefix = "scope.ledger-sync-hash"
+
+
+class SyncJsonLedger(EncryptedModel, redis_om.JsonModel, index=True):
+    tenant_id: Annotated[str, KeyScope("tenant")] = redis_om.Field(index=True)
+    password: EncryptedStr | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
+
+    class Meta:
+        model_key_prefix = "scope.ledger-sync-json"
+
+
+class AsyncHashLedger(EncryptedModel, aredis_om.HashModel, index=True):
+    tenant_id: Annotated[str, KeyScope("tenant")] = aredis_om.Field(index=True)
+    password: EncryptedStr | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
+
+    class Meta:
+        model_key_prefix = "scope.ledger-async-hash"
+
+
+class AsyncJsonLedger(EncryptedModel, aredis_om.JsonModel, index=True):
+    tenant_id: Annotated[str, KeyScope("tenant")] = aredis_om.Field(index=True)
+    password: EncryptedStr | None = None
+    email: Annotated[EncryptedStr, BlindIndex()] | None = None
+
+    class Meta:
+        model_key_prefix = "scope.ledger-async-json"
+
+
+LEDGER_MODELS = [SyncHashLedger, SyncJsonLedger, AsyncHashLedger, AsyncJsonLedger]

@@ -48,6 +48,7 @@ __all__ = [
     "SCOPE_KEY_PREFIX",
     "ScopeKeys",
     "ScopeRing",
+    "rewrap_scope_keys",
     "scope_binding",
     "scope_hashes",
     "scope_keys",
@@ -92,8 +93,8 @@ end
 return 0
 """
 _DROP = """
-if redis.call('HGET', KEYS[1], 'active') == ARGV[2] then return 0 end
-return redis.call('HDEL', KEYS[1], 'k:' .. ARGV[2])
+if redis.call('HGET', KEYS[1], 'active') == ARGV[1] then return 0 end
+return redis.call('HDEL', KEYS[1], 'k:' .. ARGV[1])
 """
 
 
@@ -382,6 +383,8 @@ class ScopeKeys:
         redis_key = scope_redis_key(namespace, value)
         done = int(client.eval(_DROP, 1, redis_key, key_id.hex()) or 0)
         self.forget(namespace, value)
+        if done:
+            track("scope_key_retired", record=redis_key, key_id=key_id)
         return bool(done)
 
     def shred(self, client: Any, namespace: str, value: str) -> list[str]:
@@ -433,6 +436,19 @@ class ScopeKeys:
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._flights = {}
+
+
+def rewrap_scope_keys(client: Any, master: KeyRing) -> tuple[int, int, list[str]]:
+    """Every scope key in the Redis of ``client`` wrapped under the current master key:
+    (re-wrapped, failed, the hashes where some failed)."""
+    done = failed = 0
+    where: list[str] = []
+    for redis_key in scope_hashes(client):
+        ok, bad = scope_keys.rewrap(client, master, redis_key)
+        done, failed = done + ok, failed + bad
+        if bad:
+            where.append(redis_key)
+    return done, failed, where
 
 
 def scope_hashes(client: Any) -> Iterator[str]:

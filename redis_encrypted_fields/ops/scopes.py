@@ -1,5 +1,6 @@
-"""Crypto-shredding: ``shred_scope`` destroys a scope's keys (``keys.scope``), so that every value
-sealed under them is noise, and says how many records still hold such values."""
+"""Operations on one key scope (a tenant): ``shred_scope`` destroys its keys (``keys.scope``),
+so that every value sealed under them is noise, and says how many records still hold such
+values; ``rotate_scope`` gives it a new key and re-wraps its values under it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from typing import Any
 
 import redis
 
+from ..keys import KeyRing, get_keyring
 from ..keys.scope import scope_keys, scope_redis_key
 from ..model.field_map import facts_for
 from ..model.mixin import EncryptedModel
 from ..model.scope import sync_client
 from .layout import as_text
+from .report import Operation, Report, merged
+from .run import rotate
 
-__all__ = ["ShredResult", "scoped_models", "shred_scope"]
+__all__ = ["ShredResult", "rotate_scope", "scoped_models", "shred_scope"]
 
 
 @dataclass
@@ -97,6 +101,46 @@ def shred_scope(namespace: str, value: str, *, models: Iterable[type] | None = N
     if not done:
         scope_keys.forget(namespace, value)
     return result
+
+
+def rotate_scope(
+    namespace: str,
+    value: str,
+    *,
+    models: Iterable[type] | None = None,
+    keyring: KeyRing | None = None,
+    batch_size: int = 500,
+) -> Report:
+    """A new key for scope (``namespace``, ``value``), and its values re-wrapped under it in
+    every model (default: every model whose ``KeyScope`` has ``namespace``); resumable (a run
+    again re-wraps what is left) and compare-and-set, as ``rotate``. Once every value is under
+    the new key, the old keys are deleted (``scope_key_retired``)."""
+    chosen = list(models) if models is not None else scoped_models(namespace)
+    master = keyring or get_keyring()
+    clients: list[Any] = []
+    for model in chosen:
+        client = sync_client(typing.cast(Any, model).db())
+        if all(client is not c for c in clients):
+            clients.append(client)
+            scope_keys.create(client, master, namespace, value, replace=True)
+    reports = [
+        rotate(
+            model,
+            client=sync_client(typing.cast(Any, model).db()),
+            keyring=master,
+            batch_size=batch_size,
+            scope=value,
+        )
+        for model in chosen
+    ]
+    report = merged(reports, Operation.ROTATE, False)
+    if report.ok:
+        for client in clients:
+            scope = scope_keys.read(client, master, namespace, value)
+            for key_id in list(scope.keys):
+                if scope.active is None or key_id != scope.active.key_id:
+                    scope_keys.drop(client, namespace, value, key_id)
+    return report
 
 
 def scope_key_of(namespace: str, value: str) -> str:
