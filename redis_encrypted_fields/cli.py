@@ -35,9 +35,11 @@ from .keys import (
 from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
 from .model.codec import plaintext_allowed
-from .model.mixin import ENV_REJECT_PLAINTEXT
+from .model.field_map import facts_for
+from .model.mixin import ENV_REJECT_PLAINTEXT, EncryptedModel
 from .model.plan import plan_for
 from .ops.report import counted
+from .ops.scopes import rotate_scope, shred_scope
 from .version import __version__
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
@@ -110,6 +112,14 @@ AcceptOpt = Annotated[
         "--accept-plaintext",
         help=f"With {ENV_REJECT_PLAINTEXT} on, encrypt plaintext and origin v1 values found anyway "
         "(by default they are suspicious: reported and left). Find out first how they got there.",
+    ),
+]
+ScopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scope",
+        metavar="NAMESPACE:VALUE",
+        help="Give one key scope (e.g. tenant:acme) a new key and re-wrap its values under it.",
     ),
 ]
 
@@ -409,11 +419,38 @@ def rotate(
     batch_size: BatchOpt = 500,
     as_json: JsonOpt = False,
     accept_plaintext: AcceptOpt = False,
+    scope: ScopeOpt = None,
 ) -> None:
     """Re-wrap every value under the current master key (old keys in
     REDIS_SRE_PREVIOUS_MASTER_KEYS); plaintext and v1 values are encrypted on the way (with
-    REDIS_SRE_REJECT_PLAINTEXT on: as migrate does)."""
+    REDIS_SRE_REJECT_PLAINTEXT on: as migrate does). Scope keys (KeyScope) are re-wrapped, not
+    the values under them; --scope NAMESPACE:VALUE gives that scope a new key instead, and
+    re-wraps its values under it."""
+    if scope is not None:
+        _rotate_scope(scope, target, url, batch_size, as_json)
     _run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
+
+
+def _rotate_scope(scope: str, target: str, url: str | None, batch: int, as_json: bool) -> None:
+    namespace, _, value = scope.partition(":")
+    with _errors():
+        if not namespace or not value:
+            _fail(f"--scope takes NAMESPACE:VALUE (e.g. tenant:acme), not {scope!r}")
+        models = [m for m in load_models_at(target, url) if _scope_of(m) == namespace]
+        if not models:
+            _fail(f"no model in {target} has a KeyScope({namespace!r}) field")
+        client = client_for_url(url) if url else None
+        report = rotate_scope(namespace, value, models=models, client=client, batch_size=batch)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_text(report)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_NOT_OK)
+
+
+def _scope_of(model: type[BaseModel]) -> str | None:
+    scope = facts_for(model).scope if issubclass(model, EncryptedModel) else None
+    return None if scope is None else scope.namespace
 
 
 @app.command(cls=_Command)
@@ -531,6 +568,43 @@ def keys_retire(
         file=sys.stderr,
     )
     print(json.dumps(deny_statement(record.key_id), indent=2))
+
+
+@keys_app.command("shred")
+def keys_shred(
+    namespace: Annotated[str, typer.Argument(help="The KeyScope namespace, e.g. tenant.")],
+    value: Annotated[str, typer.Argument(help="The scope value, e.g. the tenant id.")],
+    target: Annotated[
+        str | None,
+        typer.Argument(help="module or module:Model, to count the records left", metavar="TARGET"),
+    ] = None,
+    url: UrlOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask (required without a terminal).")
+    ] = False,
+) -> None:
+    """Destroy the keys of one scope (crypto-shredding): every value sealed under them is
+    unreadable for good. Asks first on a terminal; refuses without one unless --yes."""
+    with _errors():
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("keys shred erases data for good: pass --yes to run it without a terminal")
+            shown = printable(f"{namespace} {value!r}")
+            if not typer.confirm(f"Destroy the keys of {shown}? Its values cannot be recovered"):
+                raise typer.Exit(EXIT_NOT_OK)
+        models = (
+            [m for m in load_models_at(target, url) if _scope_of(m) == namespace] if target else []
+        )
+        client = client_for_url(url) if url else None
+        if client is None and not models:
+            client = client_for_url(os.environ.get("REDIS_OM_URL") or "redis://localhost:6379")
+        result = shred_scope(namespace, value, models=models, client=client)
+    ids = ", ".join(result.key_ids) or "none (no key)"
+    print(printable(f"shredded the keys of {namespace} {value!r}: {ids}"))
+    for name, n in sorted(result.records.items()):
+        print(f"{name}: {counted(n, 'record')} still holding values under them (unreadable)")
+    if not target:
+        print("records left not counted: give TARGET (the models) to count them", file=sys.stderr)
 
 
 def main() -> None:

@@ -3,12 +3,15 @@ flavours."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aredis_om
 import pytest
-from scope_models import LEDGER_MODELS
+from scope_models import LEDGER_MODELS, SyncHashLedger
 from support import aw, client, new_key, raw, wipe, write_raw
 
 from redis_encrypted_fields import (
@@ -45,7 +48,7 @@ async def run(name: str, model: Any, **kwargs: Any) -> ops.Report:
     return report
 
 
-async def saved(model: Any, tenant_id: str, password: str = "pw-secret") -> Any:
+async def saved(model: Any, tenant_id: str, password: str = "pw-secret") -> Any:  # noqa: S107
     record = model(tenant_id=tenant_id, password=password, email=f"{password}@example.com")
     await aw(record.save())
     return record
@@ -169,3 +172,51 @@ async def test_a_shredded_tenant_reads_fail_but_others_work(model: Any) -> None:
     with pytest.raises(ShreddedKeyError):
         await aw(model.get(gone.pk))
     assert (await aw(model.get(kept.pk))).password.get_secret_value() == "kept-secret"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redis_encrypted_fields", *args],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_keys_shred_asks_for_yes_without_a_terminal_and_counts_records(
+    redis_url: str,
+) -> None:
+    wipe(SyncHashLedger)
+    acme = tenant()
+    record = SyncHashLedger(tenant_id=acme, password="cli-secret")
+    record.save()
+    refused = cli("keys", "shred", "tenant", acme, "scope_models", "--url", redis_url)
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert active(acme)  # nothing destroyed
+    done = cli("keys", "shred", "tenant", acme, "scope_models", "--url", redis_url, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "SyncHashLedger: 1 record still holding values" in done.stdout
+    assert "cli-secret" not in done.stdout + done.stderr
+    scope_keys.clear()
+    with pytest.raises(ShreddedKeyError):
+        SyncHashLedger.get(record.pk)
+
+
+def test_cli_rotate_scope(redis_url: str) -> None:
+    wipe(SyncHashLedger)
+    acme = tenant()
+    record = SyncHashLedger(tenant_id=acme, password="cli-secret")
+    record.save()
+    old = active(acme)
+    proc = cli(
+        "rotate", "scope_models:SyncHashLedger", "--scope", f"tenant:{acme}", "--url", redis_url
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert active(acme) != old
+    assert decode(raw(SyncHashLedger, record.pk)["password"])[1:9].hex() == active(acme)
+    bad = cli("rotate", "scope_models", "--scope", "tenant", "--url", redis_url)
+    assert bad.returncode == 2

@@ -81,25 +81,34 @@ def _glob(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)
 
 
-def shred_scope(namespace: str, value: str, *, models: Iterable[type] | None = None) -> ShredResult:
+def shred_scope(
+    namespace: str,
+    value: str,
+    *,
+    models: Iterable[type] | None = None,
+    client: Any = None,
+) -> ShredResult:
     """Destroy the keys of scope (``namespace``, ``value``) — a tenant — in the database of each
-    model (default: every model whose ``KeyScope`` has ``namespace``), audited
-    (``scope_key_shredded``); count the records still holding values under them. Afterwards
-    their values raise ``ShreddedKeyError``; a new save in the scope makes a new key."""
+    model (default: every model whose ``KeyScope`` has ``namespace``; ``client``: that database
+    instead), audited (``scope_key_shredded``); count the records still holding values under
+    them. Afterwards their values raise ``ShreddedKeyError``; a new save in the scope makes a
+    new key (the old values stay unreadable)."""
     chosen = list(models) if models is not None else scoped_models(namespace)
     result = ShredResult(namespace, value)
     done: list[Any] = []
+    if client is not None:
+        done.append(sync_client(client))
+        result.key_ids += scope_keys.shred(done[0], namespace, value)
     for model in chosen:
         scope = facts_for(model).scope
         if scope is None or scope.namespace != namespace:
             raise TypeError(f"{model.__name__} has no KeyScope({namespace!r}) field")
-        client = sync_client(typing.cast(Any, model).db())
-        if all(client is not c for c in done):
-            done.append(client)
-            result.key_ids += scope_keys.shred(client, namespace, value)
-        result.records[model.__name__] = _holding(model, client, scope.name, value)
-    if not done:
-        scope_keys.forget(namespace, value)
+        db = sync_client(client if client is not None else typing.cast(Any, model).db())
+        if all(db is not c for c in done):
+            done.append(db)
+            result.key_ids += scope_keys.shred(db, namespace, value)
+        result.records[model.__name__] = _holding(model, db, scope.name, value)
+    scope_keys.forget(namespace, value)
     return result
 
 
@@ -110,6 +119,7 @@ def rotate_scope(
     models: Iterable[type] | None = None,
     keyring: KeyRing | None = None,
     batch_size: int = 500,
+    client: Any = None,
 ) -> Report:
     """A new key for scope (``namespace``, ``value``), and its values re-wrapped under it in
     every model (default: every model whose ``KeyScope`` has ``namespace``); resumable (a run
@@ -118,15 +128,18 @@ def rotate_scope(
     chosen = list(models) if models is not None else scoped_models(namespace)
     master = keyring or get_keyring()
     clients: list[Any] = []
+
+    def db(model: type) -> Any:
+        return sync_client(client if client is not None else typing.cast(Any, model).db())
+
     for model in chosen:
-        client = sync_client(typing.cast(Any, model).db())
-        if all(client is not c for c in clients):
-            clients.append(client)
-            scope_keys.create(client, master, namespace, value, replace=True)
+        if all(db(model) is not c for c in clients):
+            clients.append(db(model))
+            scope_keys.create(db(model), master, namespace, value, replace=True)
     reports = [
         rotate(
             model,
-            client=sync_client(typing.cast(Any, model).db()),
+            client=db(model),
             keyring=master,
             batch_size=batch_size,
             scope=value,
@@ -135,11 +148,11 @@ def rotate_scope(
     ]
     report = merged(reports, Operation.ROTATE, False)
     if report.ok:
-        for client in clients:
-            scope = scope_keys.read(client, master, namespace, value)
+        for each in clients:
+            scope = scope_keys.read(each, master, namespace, value)
             for key_id in list(scope.keys):
                 if scope.active is None or key_id != scope.active.key_id:
-                    scope_keys.drop(client, namespace, value, key_id)
+                    scope_keys.drop(each, namespace, value, key_id)
     return report
 
 
