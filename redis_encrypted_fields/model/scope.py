@@ -88,7 +88,9 @@ def sync_client(db: Any) -> Any:
     twin = _twins.get(db)
     if twin is None:
         if isinstance(db, redis.asyncio.cluster.RedisCluster):
-            node = db.get_default_node() or db.get_nodes()[0]
+            # Before its first command an asyncio cluster client knows only its startup nodes.
+            nodes = db.get_nodes() or list(db.nodes_manager.startup_nodes.values())
+            node = nodes[0]
             twin = redis.cluster.RedisCluster(
                 host=node.host,
                 port=int(node.port),
