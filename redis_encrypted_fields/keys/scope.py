@@ -38,24 +38,39 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from ..audit import track
-from ..errors import DecryptionError, KeyStoreError, ShreddedKeyError, printable
+from ..errors import (
+    ConfigurationError,
+    DecryptionError,
+    KeyStoreError,
+    KmsError,
+    ShreddedKeyError,
+    printable,
+)
 from ..forks import reset_in_children
+from ..switches import EnvSwitch
+from .kms import KmsProvider, WrappedKey
 from .ring import KEY_ID_SIZE, KeyRing, MasterKey
 from .store import cache_ttl
+from .store_ring import StoreKeyRing
 
 __all__ = [
     "DEFAULT_SCOPE_CACHE_SIZE",
+    "ENV_SCOPE_KEY_WRAP",
     "SCOPE_KEY_PREFIX",
     "ScopeKeys",
     "ScopeRing",
+    "kms_context",
     "rewrap_scope_keys",
     "scope_binding",
     "scope_hashes",
     "scope_keys",
     "scope_redis_key",
+    "wraps_by_kms",
 ]
 
 SCOPE_KEY_PREFIX = "redis-encrypted-fields:scope:"
+ENV_SCOPE_KEY_WRAP = "REDIS_SRE_SCOPE_KEY_WRAP"
+SCOPE_PURPOSE = "redis-encrypted-fields scope key"
 DEFAULT_SCOPE_CACHE_SIZE = 100_000
 _WRAP_LABEL = b"redis-encrypted-fields/scope-key/v1"
 _NONCE = 12
@@ -96,6 +111,44 @@ _DROP = """
 if redis.call('HGET', KEYS[1], 'active') == ARGV[1] then return 0 end
 return redis.call('HDEL', KEYS[1], 'k:' .. ARGV[1])
 """
+
+
+def _parse_wrap(text: str) -> bool:
+    flag = text.strip().lower()
+    if flag in ("", "master"):
+        return False
+    if flag == "kms":
+        return True
+    raise ConfigurationError(
+        f"{ENV_SCOPE_KEY_WRAP}={text[:40]!r} is not valid: use master (the default: scope keys "
+        "wrapped by the master key) or kms (each wrapped by the key store's KMS key directly)"
+    )
+
+
+# Whether new scope keys are wrapped by the key store's KMS key directly, with the scope as
+# encryption context (an IAM condition can then confine a service to some scopes), rather than
+# by the master key (no KMS call per scope).
+wraps_by_kms = EnvSwitch(ENV_SCOPE_KEY_WRAP, _parse_wrap)
+
+
+def kms_context(namespace: str, value: str, key_id_hex: str) -> dict[str, str]:
+    """The KMS encryption context of a scope key wrapped by the KMS directly."""
+    return {
+        "purpose": SCOPE_PURPOSE,
+        "namespace": namespace,
+        "value": value,
+        "key_id": key_id_hex,
+    }
+
+
+def _kms_of(master: KeyRing) -> KmsProvider:
+    kms = master.store.kms if isinstance(master, StoreKeyRing) else None
+    if kms is None:
+        raise KeyStoreError(
+            f"a scope key wrapped by the KMS needs the KMS key store ({ENV_SCOPE_KEY_WRAP}=kms "
+            "with REDIS_SRE_KMS_KEY_ID set)"
+        )
+    return kms
 
 
 def scope_binding(namespace: str, value: str) -> bytes:
@@ -243,9 +296,32 @@ def _record(text: str) -> dict[str, str]:
         record = json.loads(text)
     except ValueError:
         record = None
-    if not isinstance(record, dict) or not isinstance(record.get("wrapped"), str):
+    if not isinstance(record, dict) or not (
+        isinstance(record.get("wrapped"), str) or isinstance(record.get("kms"), str)
+    ):
         raise DecryptionError("Decryption failed: a scope key record is malformed")
     return record
+
+
+def _open_record(
+    master: KeyRing, record: dict[str, str], namespace: str, value: str, key_id: bytes
+) -> tuple[MasterKey, bytes]:
+    """A scope key from its record: unwrapped by a master key (and that key's id), or by the
+    KMS (one call; ``b""`` for the master key id)."""
+    if "wrapped" in record:
+        return _unwrap(master, record["wrapped"], scope_binding(namespace, value), key_id)
+    wrapped = WrappedKey(base64.b64decode(record["kms"]), record.get("kms_key_id", ""))
+    context = kms_context(namespace, value, key_id.hex())
+    try:
+        material = _kms_of(master).unwrap(wrapped, context)
+    except KmsError as exc:
+        track("kms_decrypt", key_id=key_id, kms_key_id=wrapped.kms_key_id, error=exc)
+        raise
+    track("kms_decrypt", key_id=key_id, kms_key_id=wrapped.kms_key_id)
+    key = MasterKey(material)
+    if key.key_id != key_id:
+        raise DecryptionError(f"Decryption failed: scope key {key_id.hex()} is not its own")
+    return key, b""
 
 
 class ScopeKeys:
@@ -332,7 +408,7 @@ class ScopeKeys:
                 if name[0] == "x":
                     shredded.add(key_id)
                 else:
-                    key, master_id = _unwrap(master, _record(text)["wrapped"], part, key_id)
+                    key, master_id = _open_record(master, _record(text), namespace, value, key_id)
                     keys[key_id] = key
                     wrapped_by[key_id] = master_id
         active_hex = fields.get(_ACTIVE)
@@ -361,7 +437,17 @@ class ScopeKeys:
         active even so, the old one left decrypt-only). ``None`` if another process won."""
         key = MasterKey.generate()
         part = scope_binding(namespace, value)
-        record = json.dumps({"wrapped": _wrap(master.current, key, part), "created_at": _now()})
+        if wraps_by_kms():
+            kms = _kms_of(master)
+            material = base64.b64decode(key.to_base64())
+            wrapped = kms.wrap(material, kms_context(namespace, value, key.key_id_hex))
+            fields: dict[str, str] = {
+                "kms": base64.b64encode(wrapped.blob).decode("ascii"),
+                "kms_key_id": wrapped.kms_key_id,
+            }
+        else:
+            fields = {"wrapped": _wrap(master.current, key, part)}
+        record = json.dumps({**fields, "created_at": _now()})
         redis_key = scope_redis_key(namespace, value)
         made = client.eval(
             _CREATE,
@@ -409,15 +495,18 @@ class ScopeKeys:
                 continue
             try:
                 key_id = bytes.fromhex(name[2:])
-                key, master_id = _unwrap(master, _record(text)["wrapped"], part, key_id)
+                record = _record(text)
+                if "wrapped" not in record:
+                    continue  # wrapped by the KMS directly: not by a master key
+                key, master_id = _unwrap(master, record["wrapped"], part, key_id)
             except (DecryptionError, ValueError) as exc:
                 failed += 1
                 track("scope_key_rewrapped", record=redis_key, key_id=name[2:], error=exc)
                 continue
             if master_id == current.key_id:
                 continue
-            record = json.dumps({**_record(text), "wrapped": _wrap(current, key, part)})
-            if int(client.eval(_SWAP, 1, redis_key, name, text, record)):
+            new = json.dumps({**record, "wrapped": _wrap(current, key, part)})
+            if int(client.eval(_SWAP, 1, redis_key, name, text, new)):
                 done += 1
                 track("scope_key_rewrapped", record=redis_key, key_id=key_id)
         self.forget(namespace, value)
