@@ -41,4 +41,5 @@ BENCHMARKS: dict[str, Spec] = {
     ),
     "memory": Spec("benchmarks.memory", "10. Peak memory of `find().all()`"),
     "typed": Spec("benchmarks.typed", "11. `Encrypted[T]` field types against `EncryptedStr`"),
+    "scopes": Spec("benchmarks.scopes", "12. Per-tenant keys (`KeyScope`)"),
 }

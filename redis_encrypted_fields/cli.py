@@ -35,9 +35,9 @@ from .keys import (
 from .model.blind_index import DEFAULT_BITS, PLAN_RULE
 from .model.blind_index import plan_index as plan_bits
 from .model.codec import plaintext_allowed
-from .model.field_map import facts_for
 from .model.mixin import ENV_REJECT_PLAINTEXT, EncryptedModel
 from .model.plan import plan_for
+from .model.scope import scope_of
 from .ops.report import counted
 from .ops.scopes import rotate_scope, shred_scope
 from .version import __version__
@@ -449,7 +449,7 @@ def _rotate_scope(scope: str, target: str, url: str | None, batch: int, as_json:
 
 
 def _scope_of(model: type[BaseModel]) -> str | None:
-    scope = facts_for(model).scope if issubclass(model, EncryptedModel) else None
+    scope = scope_of(model) if issubclass(model, EncryptedModel) else None
     return None if scope is None else scope.namespace
 
 

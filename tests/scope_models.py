@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import aredis_om
 import redis_om
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import RedisCluster
 
 from redis_encrypted_fields import BlindIndex, Encrypted, EncryptedModel, EncryptedStr, KeyScope
 
@@ -108,26 +105,3 @@ class AsyncJsonLedger(EncryptedModel, aredis_om.JsonModel, index=True):
 
 
 LEDGER_MODELS = [SyncHashLedger, SyncJsonLedger, AsyncHashLedger, AsyncJsonLedger]
-
-
-CLUSTER_URL = os.environ["REDIS_OM_CLUSTER_URL"]
-
-
-class ClusterLedger(EncryptedModel, redis_om.HashModel, index=True):
-    """On the suite's Redis Cluster: records and scope keys spread over the primaries."""
-
-    tenant_id: Annotated[str, KeyScope("tenant")]
-    password: EncryptedStr | None = None
-
-    class Meta:
-        model_key_prefix = "scope.cluster-ledger"
-        database = RedisCluster.from_url(CLUSTER_URL, decode_responses=True)
-
-
-class AsyncClusterLedger(EncryptedModel, aredis_om.JsonModel, index=True):
-    tenant_id: Annotated[str, KeyScope("tenant")]
-    password: EncryptedStr | None = None
-
-    class Meta:
-        model_key_prefix = "scope.cluster-ledger-async"
-        database = AsyncRedisCluster.from_url(CLUSTER_URL, decode_responses=True)

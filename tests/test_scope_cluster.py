@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
-from scope_models import CLUSTER_URL, AsyncClusterLedger, ClusterLedger
+from scope_cluster_models import CLUSTER_URL, AsyncClusterLedger, ClusterLedger
 from support import aw, new_key
 
 from redis_encrypted_fields import ShreddedKeyError, ops, set_keyring, shred_scope

@@ -336,6 +336,7 @@ class ScopeKeys:
         self._entries: OrderedDict[tuple[Any, str, str], Scope] = OrderedDict()
         self._lock = threading.Lock()
         self._flights: dict[tuple[Any, str, str], Future[Scope]] = {}
+        self._last: Scope | None = None  # the entry used last
         reset_in_children(self)
 
     def __len__(self) -> int:
@@ -350,7 +351,9 @@ class ScopeKeys:
         entry = self._entries.get(slot)
         if entry is None or entry.expires <= time.monotonic() or (create and entry.active is None):
             entry = self._fly(slot, lambda: self._load(slot, master, create))
-        else:
+        elif entry is not self._last:
+            # Most recently used last (the same scope again, the common case, moves nothing).
+            self._last = entry
             try:  # noqa: SIM105 (a read's path: suppress() costs more)
                 self._entries.move_to_end(slot)
             except KeyError:

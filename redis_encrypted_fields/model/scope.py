@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import typing
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,9 @@ import redis.cluster
 from ..errors import ConfigurationError, ScopeValueError, printable
 from ..keys import KeyRing
 from ..keys.scope import ScopeRing, scope_keys, scope_redis_key
-from .plan import annotated_hints
+from .plan import annotated_hints, plan_for
 
-__all__ = ["KeyScope", "ScopeField", "scope_field", "scope_ring", "sync_client"]
+__all__ = ["KeyScope", "ScopeField", "scope_field", "scope_of", "scope_ring", "sync_client"]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -76,42 +75,51 @@ def scope_field(cls: Any, encrypted: typing.Collection[str] = ()) -> ScopeField 
     return ScopeField(name, marker.namespace)
 
 
-# The sync twin of an asyncio client: scope keys are read inside validation, which is not async
-# (a read is one Redis call per scope and cache lifetime).
-_twins: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+def scope_of(cls: Any) -> ScopeField | None:
+    """``scope_field`` of a model class from its plan (for tools: any model, completed by
+    redis-om or not)."""
+    return scope_field(cls, plan_for(cls))
+
+
+# Each model database's sync client: itself, or for an asyncio client a sync twin (scope keys
+# are read inside validation, which is not async: one Redis call per scope and cache lifetime).
+# By the client object: a model's database is one object for the life of the process.
+_clients: dict[Any, Any] = {}
 
 
 def sync_client(db: Any) -> Any:
     """``db`` if it is a sync client, else a sync client of the same server or cluster."""
-    if not isinstance(db, (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster)):
-        return db
-    twin = _twins.get(db)
-    if twin is None:
-        if isinstance(db, redis.asyncio.cluster.RedisCluster):
-            # Before its first command an asyncio cluster client knows only its startup nodes.
-            nodes = db.get_nodes() or list(db.nodes_manager.startup_nodes.values())
-            node = nodes[0]
-            twin = redis.cluster.RedisCluster(
-                host=node.host,
-                port=int(node.port),
-                password=db.get_connection_kwargs().get("password"),
-                username=db.get_connection_kwargs().get("username"),
-            )
-        else:
-            kwargs = dict(db.connection_pool.connection_kwargs)
-            allowed = (
-                "host",
-                "port",
-                "db",
-                "username",
-                "password",
-                "socket_timeout",
-                "socket_connect_timeout",
-                "path",
-            )
-            twin = redis.Redis(**{k: v for k, v in kwargs.items() if k in allowed})
-        _twins[db] = twin
-    return twin
+    client = _clients.get(db)
+    if client is None:
+        client = _clients[db] = _twin(db)
+    return client
+
+
+def _twin(db: Any) -> Any:
+    if isinstance(db, redis.asyncio.cluster.RedisCluster):
+        # Before its first command an asyncio cluster client knows only its startup nodes.
+        nodes = db.get_nodes() or list(db.nodes_manager.startup_nodes.values())
+        kwargs = db.get_connection_kwargs()
+        return redis.cluster.RedisCluster(
+            host=nodes[0].host,
+            port=int(nodes[0].port),
+            password=kwargs.get("password"),
+            username=kwargs.get("username"),
+        )
+    if isinstance(db, redis.asyncio.Redis):
+        allowed = (
+            "host",
+            "port",
+            "db",
+            "username",
+            "password",
+            "socket_timeout",
+            "socket_connect_timeout",
+            "path",
+        )
+        kwargs = db.connection_pool.connection_kwargs
+        return redis.Redis(**{k: v for k, v in kwargs.items() if k in allowed})
+    return db
 
 
 def scope_ring(

@@ -20,10 +20,9 @@ from ..crypto.envelope import binding_part
 from ..errors import EncryptionError
 from ..keys import KeyRing
 from ..model.blind_index import INDEX_SUFFIX, BlindIndex
-from ..model.field_map import facts_for
 from ..model.mixin import EncryptedModel
 from ..model.plan import FieldPath, Leaf, Many, Nested, Node, dotted, pattern, plan_for
-from ..model.scope import ScopeField, scope_ring
+from ..model.scope import ScopeField, scope_of, scope_ring
 
 # Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
@@ -133,7 +132,7 @@ class Layout:
             bound=issubclass(model, EncryptedModel),
             plan=plan,
             blind=m._ref_search_spec().blind if issubclass(model, EncryptedModel) else {},
-            scope=facts_for(model).scope if issubclass(model, EncryptedModel) else None,
+            scope=scope_of(model) if issubclass(model, EncryptedModel) else None,
         )
 
     def ring(self, master: KeyRing, value: Any, key: str, create: bool) -> KeyRing:

@@ -15,7 +15,7 @@ from ..keys import KeyRing, get_keyring
 from ..keys.scope import scope_keys, scope_redis_key
 from ..model.field_map import facts_for
 from ..model.mixin import EncryptedModel
-from ..model.scope import sync_client
+from ..model.scope import scope_of, sync_client
 from .layout import as_text
 from .report import Operation, Report, merged
 from .run import rotate
@@ -51,7 +51,7 @@ def scoped_models(namespace: str) -> list[type]:
             continue
         if not cls.__dict__.get("__pydantic_complete__"):
             continue
-        scope = facts_for(cls).scope
+        scope = scope_of(cls)
         if scope is not None and scope.namespace == namespace:
             found.append(cls)
     return found
@@ -100,7 +100,7 @@ def shred_scope(
         done.append(sync_client(client))
         result.key_ids += scope_keys.shred(done[0], namespace, value)
     for model in chosen:
-        scope = facts_for(model).scope
+        scope = scope_of(model)
         if scope is None or scope.namespace != namespace:
             raise TypeError(f"{model.__name__} has no KeyScope({namespace!r}) field")
         db = sync_client(client if client is not None else typing.cast(Any, model).db())
