@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import threading
 import uuid
 from typing import Annotated, Any
@@ -240,3 +242,22 @@ def test_a_scope_key_is_kept_only_wrapped(master_key: str) -> None:
     stored = str(scope_hash(acme)).encode()
     assert material not in stored
     assert base64.b64encode(material) not in stored
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_inherit_a_held_cache_lock() -> None:
+    acme = tenant()
+    record = SyncHashVault(tenant_id=acme, name="x", password="p-secret")
+    record.save()
+    scope_keys.clear()
+    with scope_keys._lock:  # another thread is loading a scope when the process forks
+        pid = os.fork()
+        if pid == 0:  # the child: reads the tenant (loading its key) without deadlocking
+            signal.alarm(20)
+            try:
+                ok = SyncHashVault.get(record.pk).password.get_secret_value() == "p-secret"
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
