@@ -261,3 +261,13 @@ def test_a_forked_child_does_not_inherit_a_held_cache_lock() -> None:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_a_mask_sent_back_keeps_the_tenants_secret(model: Any) -> None:
+    acme = tenant()
+    record = await saved(model, acme)
+    again = await aw(model.get(record.pk))
+    again.password = "***"  # a form sent back with the mask it was shown
+    await aw(again.save())
+    assert (await aw(model.get(record.pk))).password.get_secret_value() == "hunter2-secret"
+    assert decode(raw(model, record.pk)["password"])[0] == 0x82

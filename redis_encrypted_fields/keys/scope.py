@@ -188,6 +188,9 @@ class Scope:
     shredded: frozenset[bytes]
     expires: float
     wrapped_by: dict[bytes, bytes]  # scope key id -> master key id
+    # Decrypt-only keys that did not unwrap (a master key the ring lacks): why, by id. The
+    # scope's other keys still work.
+    failed: dict[bytes, str]
 
 
 class ScopeRing(KeyRing):
@@ -235,6 +238,9 @@ class ScopeRing(KeyRing):
         if key is not None:
             return key
         where = _where(scope.namespace, scope.value)
+        failed = scope.failed.get(key_id)
+        if failed is not None:
+            raise DecryptionError(failed)
         if key_id in scope.shredded:
             raise ShreddedKeyError(
                 f"Decryption failed: the value was sealed under the scope key {key_id.hex()} of "
@@ -401,7 +407,9 @@ class ScopeKeys:
         }
         keys: dict[bytes, MasterKey] = {}
         wrapped_by: dict[bytes, bytes] = {}
+        failed: dict[bytes, str] = {}
         shredded = set()
+        active_hex = fields.get(_ACTIVE)
         for name, text in fields.items():
             if name.startswith(("k:", "x:")):
                 try:
@@ -410,11 +418,16 @@ class ScopeKeys:
                     continue
                 if name[0] == "x":
                     shredded.add(key_id)
-                else:
+                    continue
+                try:
                     key, master_id = _open_record(master, _record(text), namespace, value, key_id)
-                    keys[key_id] = key
-                    wrapped_by[key_id] = master_id
-        active_hex = fields.get(_ACTIVE)
+                except DecryptionError as exc:
+                    if name[2:] == active_hex:
+                        raise
+                    failed[key_id] = str(exc)
+                    continue
+                keys[key_id] = key
+                wrapped_by[key_id] = master_id
         active = None
         if active_hex is not None:
             try:
@@ -431,6 +444,7 @@ class ScopeKeys:
             frozenset(shredded),
             time.monotonic() + ttl,
             wrapped_by,
+            failed,
         )
 
     def create(

@@ -134,6 +134,8 @@ def scope_ring(
     """The key ring of a record of ``model`` whose scope field holds ``value``: the scope's
     (made on a save, ``create``). A record read without a scope value gets ``master``; a save
     without one is refused (``ScopeValueError``)."""
+    if type(value) is int:
+        value = str(value)  # an int scope field: a hash stores it as its text, JSON as a number
     if type(value) is not str or not value:
         if not create:
             return master
