@@ -271,3 +271,44 @@ async def test_a_mask_sent_back_keeps_the_tenants_secret(model: Any) -> None:
     await aw(again.save())
     assert (await aw(model.get(record.pk))).password.get_secret_value() == "hunter2-secret"
     assert decode(raw(model, record.pk)["password"])[0] == 0x82
+
+
+def test_a_scoped_envelope_is_bound_to_its_scope_even_under_the_same_key() -> None:
+    from redis_encrypted_fields import get_keyring
+    from redis_encrypted_fields.crypto import binding, open_value, seal_value
+    from redis_encrypted_fields.keys import MasterKey
+    from redis_encrypted_fields.keys.scope import Scope, ScopeRing, scope_binding
+
+    key, master = MasterKey.generate(), get_keyring()
+
+    def ring(value: str) -> ScopeRing:
+        part = scope_binding("tenant", value)
+        return ScopeRing(
+            master, Scope("tenant", value, part, {key.key_id: key}, key, frozenset(), 0, {}, {})
+        )
+
+    context = binding("rec:1", "password")
+    sealed = seal_value("bound-secret", ring("acme"), context)
+    assert open_value(sealed, ring("acme"), context) == "bound-secret"
+    # The same scope key, another scope: the associated data differs.
+    with pytest.raises(DecryptionError):
+        open_value(sealed, ring("globex"), context)
+
+
+def test_a_scope_key_copied_to_another_scope_does_not_unwrap() -> None:
+    acme, globex = tenant(), tenant()
+    SyncHashVault(tenant_id=acme, name="x", password="p-secret").save()
+    b = SyncHashVault(tenant_id=globex, name="y", password="q-secret")
+    b.save()
+    c = client()
+    mine, theirs = scope_hash(acme), scope_hash(globex)
+    # acme's wrapped key put in globex's place (its id too): the wrap is bound to acme's scope.
+    c.delete(scope_redis_key("tenant", globex))
+    c.hset(
+        scope_redis_key("tenant", globex),
+        mapping={"active": mine["active"], f"k:{mine['active']}": mine[f"k:{mine['active']}"]},
+    )
+    scope_keys.clear()
+    with pytest.raises(DecryptionError, match="moved from another scope"):
+        SyncHashVault.get(b.pk)
+    assert theirs  # (globex had its own key before)
