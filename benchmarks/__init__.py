@@ -45,4 +45,5 @@ BENCHMARKS: dict[str, Spec] = {
         "benchmarks.audit_trail",
         "12. Audit trail: off, and with the stream, metrics and anomaly rules on",
     ),
+    "scopes": Spec("benchmarks.scopes", "13. Per-tenant keys (`KeyScope`)"),
 }

@@ -45,7 +45,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         help="write the report here (default: BENCHMARKS.md for a full run of all, else stdout)",
     )
     parser.add_argument("--rounds", type=int, help="rounds per comparison (overrides the default)")
-    parser.add_argument("--records", type=int, help="records for the bulk benchmark")
+    parser.add_argument(
+        "--records", type=int, help="records for the bulk and per-tenant key benchmarks"
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:

@@ -61,6 +61,8 @@ class Settings:
     search_batch: int = 20
     memory_records: int = 100_000
     memory_rounds: int = 3
+    scope_records: int = 100_000
+    scope_tenants: int = 1_000
 
     @classmethod
     def for_run(
@@ -85,6 +87,8 @@ class Settings:
                 search_batch=5,
                 memory_records=2000,
                 memory_rounds=1,
+                scope_records=400,
+                scope_tenants=20,
             )
             if quick
             else cls()
@@ -100,6 +104,7 @@ class Settings:
             )
         if records is not None:
             changes["bulk_records"] = records
+            changes["scope_records"] = records
         return cls(**{**_fields(base), **changes})
 
 

@@ -30,6 +30,8 @@ from .errors import (
     MaskedSecretError,
     MasterKeyError,
     PlaintextSecretError,
+    ScopeValueError,
+    ShreddedKeyError,
     StoredMaskError,
     StoredTypeError,
     UnknownKeyError,
@@ -60,8 +62,10 @@ from .model.blind_index import BlindIndex, IndexPlan, plan_index
 from .model.errors import UnsupportedQueryError
 from .model.fields import EncryptedStr, Mask, UrlMask
 from .model.mixin import EncryptedModel, set_plaintext_reads
+from .model.scope import KeyScope
 from .model.typed import Encrypted, EncryptedBytes
 from .ops import Failure, Group, Operation, Report, Scanned
+from .ops.scopes import ShredResult, rotate_scope, shred_scope
 from .ops.topology import TopologyError
 from .version import __version__
 
@@ -86,6 +90,7 @@ __all__ = [
     "IndexPlan",
     "KeyRecord",
     "KeyRing",
+    "KeyScope",
     "KeyState",
     "KeyStore",
     "KeyStoreError",
@@ -100,7 +105,10 @@ __all__ = [
     "PlaintextSecretError",
     "Report",
     "Scanned",
+    "ScopeValueError",
     "SecretsManagerKeyRing",
+    "ShredResult",
+    "ShreddedKeyError",
     "StaticKeyRing",
     "StoreKeyRing",
     "StoredMaskError",
@@ -127,6 +135,8 @@ __all__ = [
     "migrate_plaintext_to_encrypted",
     "plan_index",
     "remove_audit_hook",
+    "rotate_scope",
     "set_keyring",
     "set_plaintext_reads",
+    "shred_scope",
 ]

@@ -19,6 +19,8 @@ __all__ = [
     "MaskedSecretError",
     "MasterKeyError",
     "PlaintextSecretError",
+    "ScopeValueError",
+    "ShreddedKeyError",
     "StoredMaskError",
     "StoredTypeError",
     "UnknownKeyError",
@@ -173,3 +175,13 @@ class IndexKeyError(DecryptionError):
     """A blind-index query found nothing while records carry companions made under master keys
     the key ring does not hold (a wrong master key, a previous key missing): it cannot be
     answered. Names those key ids. A ``DecryptionError``, as reading those records would be."""
+
+
+class ShreddedKeyError(DecryptionError):
+    """A value was sealed under a scope key that has been shredded (``shred_scope``): it is
+    erased for good. Names the scope (namespace and value) and the record, never a plaintext."""
+
+
+class ScopeValueError(EncryptionError):
+    """A record of a model with a ``KeyScope`` field has no value (or an empty one) in that
+    field, so its secrets have no scope key to be sealed under; nothing was written."""

@@ -37,6 +37,7 @@ from botocore.stub import Stubber
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keystore_models import AsyncVault, Member, Vault
+from scope_models import SyncHashVault
 from support import client, raw, wipe
 
 from devtools.kms_server import KmsServer
@@ -62,6 +63,7 @@ from redis_encrypted_fields import (
 )
 from redis_encrypted_fields.crypto.envelope import parse
 from redis_encrypted_fields.keys.kms import WrappedKey
+from redis_encrypted_fields.keys.scope import scope_keys, scope_redis_key
 from redis_encrypted_fields.keys.store import STORE_KEY, KeyRecord, KeyState, encryption_context
 
 TESTS = Path(__file__).parent
@@ -1262,3 +1264,27 @@ def test_a_denied_unwrap_names_the_kms_key_that_wrapped_the_record(
             StoreKeyRing(KeyStore(store().client, denied)).current  # noqa: B018
     assert "AccessDeniedException" in str(info.value)
     assert str(info.value).endswith(f"(the record was wrapped by KMS key {kms.arn})")
+
+
+def test_scope_keys_wrapped_by_the_kms_directly_are_bound_to_their_scope(
+    kms: KmsKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store().create()
+    monkeypatch.setenv("REDIS_SRE_SCOPE_KEY_WRAP", "kms")
+    acme, globex = f"k-{uuid.uuid4().hex[:10]}", f"k-{uuid.uuid4().hex[:10]}"
+    for tenant in (acme, globex):
+        SyncHashVault(tenant_id=tenant, name="n", password=f"pw-{tenant}").save()
+    c = client()
+    stored = c.hgetall(scope_redis_key("tenant", acme))
+    record = json.loads(stored[f"k:{stored['active']}"])
+    assert "wrapped" not in record  # not by the master key: by the KMS, with the scope as context
+    assert record["kms_key_id"] == kms.arn
+    scope_keys.clear()
+    mine = SyncHashVault.find(SyncHashVault.tenant_id == acme).all()
+    assert [m.password.get_secret_value() for m in mine] == [f"pw-{acme}"]
+    # The KMS refuses a scope key moved to another scope (its context names acme).
+    theirs = c.hgetall(scope_redis_key("tenant", globex))
+    c.hset(scope_redis_key("tenant", globex), f"k:{theirs['active']}", json.dumps(record))
+    scope_keys.clear()
+    with pytest.raises(KmsError):
+        SyncHashVault.find(SyncHashVault.tenant_id == globex).all()

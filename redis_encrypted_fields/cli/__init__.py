@@ -6,6 +6,7 @@ and what they share in ``cli/common.py``."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from ..keys import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, generate_master_key
 from ..model.blind_index import DEFAULT_BITS, PLAN_RULE
 from ..model.blind_index import plan_index as plan_bits
 from ..model.mixin import ENV_REJECT_PLAINTEXT
+from ..ops.scopes import rotate_scope
 from ..version import __version__
 from .audit import audit_app
 from .common import (
@@ -28,13 +30,17 @@ from .common import (
     Command,
     DryRunOpt,
     JsonOpt,
+    ScopeOpt,
     TargetArg,
     UrlOpt,
     client_for_url,
     errors,
+    fail,
     load_models,
     load_models_at,
+    print_report,
     run,
+    scope_namespace,
     set_debug,
 )
 from .keys import keys_app
@@ -118,11 +124,33 @@ def rotate(
     batch_size: BatchOpt = 500,
     as_json: JsonOpt = False,
     accept_plaintext: AcceptOpt = False,
+    scope: ScopeOpt = None,
 ) -> None:
     """Re-wrap every value under the current master key (old keys in
     REDIS_SRE_PREVIOUS_MASTER_KEYS); plaintext and v1 values are encrypted on the way (with
-    REDIS_SRE_REJECT_PLAINTEXT on: as migrate does)."""
+    REDIS_SRE_REJECT_PLAINTEXT on: as migrate does). Scope keys (KeyScope) are re-wrapped, not
+    the values under them; --scope NAMESPACE:VALUE gives that scope a new key instead, and
+    re-wraps its values under it."""
+    if scope is not None:
+        _rotate_scope(scope, target, url, batch_size, as_json)
     run(ops.Operation.ROTATE, target, url, dry_run, batch_size, as_json, accept_plaintext)
+
+
+def _rotate_scope(scope: str, target: str, url: str | None, batch: int, as_json: bool) -> None:
+    namespace, _, value = scope.partition(":")
+    with errors():
+        if not namespace or not value:
+            fail(f"--scope takes NAMESPACE:VALUE (e.g. tenant:acme), not {scope!r}")
+        models = [m for m in load_models_at(target, url) if scope_namespace(m) == namespace]
+        if not models:
+            fail(f"no model in {target} has a KeyScope({namespace!r}) field")
+        client = client_for_url(url) if url else None
+        report = rotate_scope(namespace, value, models=models, client=client, batch_size=batch)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(report)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_NOT_OK)
 
 
 @app.command(cls=Command)

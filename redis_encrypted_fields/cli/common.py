@@ -28,8 +28,9 @@ from ..errors import EncryptionError, printable
 from ..keys import KeyStore
 from ..keys.schedule import format_age, key_age, parse_duration
 from ..model.codec import plaintext_allowed
-from ..model.mixin import ENV_REJECT_PLAINTEXT
+from ..model.mixin import ENV_REJECT_PLAINTEXT, EncryptedModel
 from ..model.plan import plan_for
+from ..model.scope import scope_of
 from ..ops.report import counted
 
 ENV_DEBUG = "REDIS_ENCRYPTED_FIELDS_DEBUG"
@@ -99,6 +100,22 @@ class Command(TyperCommand):
                 name = param.metavar or (param.name or "").upper()
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
+
+
+ScopeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scope",
+        metavar="NAMESPACE:VALUE",
+        help="Give one key scope (e.g. tenant:acme) a new key and re-wrap its values under it.",
+    ),
+]
+
+
+def scope_namespace(model: type[BaseModel]) -> str | None:
+    """The namespace of ``model``'s ``KeyScope`` field, if it has one."""
+    scope = scope_of(model) if issubclass(model, EncryptedModel) else None
+    return None if scope is None else scope.namespace
 
 
 def fail(message: str) -> NoReturn:
@@ -306,7 +323,7 @@ def run(
     if as_json:
         print(json.dumps(total.as_dict(), indent=2))
     else:
-        _print_text(total)
+        print_report(total)
     if total.suspicious:
         n = total.suspicious
         print(
@@ -338,7 +355,7 @@ def run(
     raise typer.Exit(EXIT_OK if ok else EXIT_NOT_OK)
 
 
-def _print_text(report: ops.Report) -> None:
+def print_report(report: ops.Report) -> None:
     groups = report.groups()
     if report.operation is ops.Operation.STATUS:
         # One line per field and state (and key id): counts, never one line per value.

@@ -1,10 +1,11 @@
-"""``redis-encrypted-fields keys create | list | rotate | retire``: master keys in the key store
-(redis_encrypted_fields.keys.store)."""
+"""``redis-encrypted-fields keys create | list | rotate | retire | shred``: master keys in the key
+store (redis_encrypted_fields.keys.store), and a key scope's keys destroyed (``shred``)."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -16,7 +17,10 @@ from ..keys import KeyStore, deny_statement
 from ..keys.schedule import create_if_due, format_age, parse_duration, rotation_done
 from ..keys.store import KeyRecord, cache_ttl, instant
 from ..model.codec import plaintext_allowed
+from ..ops.report import counted
+from ..ops.scopes import shred_scope
 from .common import (
+    EXIT_NOT_OK,
     EXIT_OK,
     BatchOpt,
     Command,
@@ -25,9 +29,11 @@ from .common import (
     UrlOpt,
     client_for_url,
     errors,
+    fail,
     load_models_at,
     run,
     run_models,
+    scope_namespace,
 )
 
 keys_app = typer.Typer(
@@ -190,3 +196,42 @@ def keys_retire(
         file=sys.stderr,
     )
     print(json.dumps(deny_statement(record.key_id), indent=2))
+
+
+@keys_app.command("shred")
+def keys_shred(
+    namespace: Annotated[str, typer.Argument(help="The KeyScope namespace, e.g. tenant.")],
+    value: Annotated[str, typer.Argument(help="The scope value, e.g. the tenant id.")],
+    target: Annotated[
+        str | None,
+        typer.Argument(help="module or module:Model, to count the records left", metavar="TARGET"),
+    ] = None,
+    url: UrlOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask (required without a terminal).")
+    ] = False,
+) -> None:
+    """Destroy the keys of one scope (crypto-shredding): every value sealed under them is
+    unreadable for good. Asks first on a terminal; refuses without one unless --yes."""
+    with errors():
+        if not yes:
+            if not sys.stdin.isatty():
+                fail("keys shred erases data for good: pass --yes to run it without a terminal")
+            shown = printable(f"{namespace} {value!r}")
+            if not typer.confirm(f"Destroy the keys of {shown}? Its values cannot be recovered"):
+                raise typer.Exit(EXIT_NOT_OK)
+        models = (
+            [m for m in load_models_at(target, url) if scope_namespace(m) == namespace]
+            if target
+            else []
+        )
+        client = client_for_url(url) if url else None
+        if client is None and not models:
+            client = client_for_url(os.environ.get("REDIS_OM_URL") or "redis://localhost:6379")
+        result = shred_scope(namespace, value, models=models, client=client)
+    ids = ", ".join(result.key_ids) or "none (no key)"
+    print(printable(f"shredded the keys of {namespace} {value!r}: {ids}"))
+    for name, n in sorted(result.records.items()):
+        print(f"{name}: {counted(n, 'record')} still holding values under them (unreadable)")
+    if not target:
+        print("records left not counted: give TARGET (the models) to count them", file=sys.stderr)

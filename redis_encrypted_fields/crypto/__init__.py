@@ -5,7 +5,7 @@ asks about a stored value (``stored``: classify, open, seal, re-wrap, each audit
 The layers above import from here. Imports neither pydantic nor redis-om.
 """
 
-from .envelope import KEY_ID_SLICE, PREFIX, binding, binding_part, decode
+from .envelope import KEY_ID_SLICE, PREFIX, SCOPED_VERSION, binding, binding_part, decode
 from .stored import (
     ENV_WRITE_FORMAT,
     Kind,
@@ -23,6 +23,7 @@ __all__ = [
     "ENV_WRITE_FORMAT",
     "KEY_ID_SLICE",
     "PREFIX",
+    "SCOPED_VERSION",
     "Kind",
     "binding",
     "binding_part",

@@ -36,6 +36,7 @@ from ..keys import KEY_ID_SIZE, KeyRing
 __all__ = [
     "KEY_ID_SLICE",
     "PREFIX",
+    "SCOPED_VERSION",
     "Envelope",
     "binding",
     "binding_part",
@@ -66,6 +67,14 @@ _MIN_BLOB = _O_CT + _TAG
 KEY_ID_SLICE = slice(_O_KID, _O_DEK_NONCE)  # where the key id is in ``decode``'s bytes
 _WRAP_LABEL = b"REFv2/dek" + _VERSION_BYTE
 _DATA_LABEL = b"REFv2/data" + _VERSION_BYTE
+# A scoped envelope: v2's layout with the version byte's high bit set (0x82); the data key is
+# wrapped by a scope key (keys/scope.py), whose id the header carries, and both layers are bound
+# to the scope as well (other labels, a longer context).
+SCOPED_VERSION = _VERSION | 0x80
+_SCOPED_BYTE = bytes([SCOPED_VERSION])
+_S_WRAP_LABEL = b"REFv2s/dek" + _SCOPED_BYTE
+_S_DATA_LABEL = b"REFv2s/data" + _SCOPED_BYTE
+_VERSIONS = (_VERSION, SCOPED_VERSION)
 _FAILED = "Decryption failed"
 _UNWRAP_FAILED = (
     f"{_FAILED}: wrong master key, corrupted data, or a value moved from another record or field"
@@ -109,11 +118,12 @@ class Envelope(NamedTuple):
     wrapped_dek: bytes
     nonce: bytes
     ciphertext: bytes
+    version: int = _VERSION  # SCOPED_VERSION: sealed under a scope key
 
     def to_bytes(self) -> bytes:
         return b"".join(
             (
-                _VERSION_BYTE,
+                bytes([self.version]),
                 self.key_id,
                 self.dek_nonce,
                 self.wrapped_dek,
@@ -165,7 +175,7 @@ def decode(text: str) -> bytes:
             raise DecryptionError(f"{_FAILED}: malformed envelope")
     if len(blob) < _MIN_BLOB:
         raise DecryptionError(f"{_FAILED}: truncated envelope")
-    if blob[0] != _VERSION:
+    if blob[0] not in _VERSIONS:
         raise DecryptionError(f"{_FAILED}: unsupported envelope version {blob[0]}")
     return blob
 
@@ -179,6 +189,7 @@ def parse(text: str) -> Envelope:
         blob[_O_WRAPPED:_O_NONCE],
         blob[_O_NONCE:_O_CT],
         blob[_O_CT:],
+        blob[0],
     )
 
 
@@ -188,29 +199,55 @@ def seal(plaintext: str, keyring: KeyRing, context: bytes = b"") -> str:
         data = plaintext.encode("utf-8")
     except UnicodeEncodeError:
         raise EncryptionError("Encryption failed: the value is not valid Unicode text") from None
-    key = keyring.current
+    scope = keyring.scope_part
+    if scope is None:
+        key, version, wrap_label, data_label = (
+            keyring.current,
+            _VERSION_BYTE,
+            _WRAP_LABEL,
+            _DATA_LABEL,
+        )
+    else:
+        # A scope's ring: under its current scope key, bound to the scope as well.
+        key, version, wrap_label, data_label = (
+            keyring.scope_current(),
+            _SCOPED_BYTE,
+            _S_WRAP_LABEL,
+            _S_DATA_LABEL,
+        )
+        context += scope
     random = os.urandom(_DEK + 2 * _NONCE)
     dek, dek_nonce, nonce = random[:_DEK], random[_DEK : _DEK + _NONCE], random[_DEK + _NONCE :]
-    wrapped = key.aead.encrypt(dek_nonce, dek, _WRAP_LABEL + key.key_id + context)
-    ciphertext = AESGCM(dek).encrypt(nonce, data, _DATA_LABEL + context)
-    blob = b"".join((_VERSION_BYTE, key.key_id, dek_nonce, wrapped, nonce, ciphertext))
+    wrapped = key.aead.encrypt(dek_nonce, dek, wrap_label + key.key_id + context)
+    ciphertext = AESGCM(dek).encrypt(nonce, data, data_label + context)
+    blob = b"".join((version, key.key_id, dek_nonce, wrapped, nonce, ciphertext))
     return PREFIX + binascii.b2a_base64(blob, newline=False).decode("ascii")
 
 
-def _unwrap(blob: bytes, keyring: KeyRing, context: bytes) -> bytes:
+def _unwrap(blob: bytes, keyring: KeyRing, context: bytes, label: bytes) -> bytes:
     key_id = blob[_O_KID:_O_DEK_NONCE]
+    key = keyring.get(key_id) if label is _WRAP_LABEL else keyring.scope_key(key_id)
     try:
-        return keyring.get(key_id).aead.decrypt(
-            blob[_O_DEK_NONCE:_O_WRAPPED], blob[_O_WRAPPED:_O_NONCE], _WRAP_LABEL + key_id + context
+        return key.aead.decrypt(
+            blob[_O_DEK_NONCE:_O_WRAPPED], blob[_O_WRAPPED:_O_NONCE], label + key_id + context
         )
     except InvalidTag:
         raise DecryptionError(_UNWRAP_FAILED) from None
 
 
-def _decrypt(blob: bytes, dek: bytes, context: bytes) -> bytes:
+def _decrypt(blob: bytes, dek: bytes, context: bytes, label: bytes) -> bytes:
     try:
-        return AESGCM(dek).decrypt(blob[_O_NONCE:_O_CT], blob[_O_CT:], _DATA_LABEL + context)
+        return AESGCM(dek).decrypt(blob[_O_NONCE:_O_CT], blob[_O_CT:], label + context)
     except InvalidTag:
+        raise DecryptionError(f"{_FAILED}: corrupted data") from None
+
+
+def _open_scoped(blob: bytes, keyring: KeyRing, context: bytes) -> str:
+    context += keyring.scope_binding()
+    dek = _unwrap(blob, keyring, context, _S_WRAP_LABEL)
+    try:
+        return _decrypt(blob, dek, context, _S_DATA_LABEL).decode("utf-8")
+    except UnicodeDecodeError:
         raise DecryptionError(f"{_FAILED}: corrupted data") from None
 
 
@@ -223,6 +260,8 @@ def open_blob(blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
     """``open_envelope`` of an envelope's checked bytes (from ``decode``)."""
     # _unwrap and _decrypt written out: this is every read's path, and a Python call costs
     # about as much as the slicing it wraps.
+    if blob[0] == SCOPED_VERSION:
+        return _open_scoped(blob, keyring, context)
     key_id = blob[_O_KID:_O_DEK_NONCE]
     key = keyring.get(key_id)
     try:
@@ -245,19 +284,32 @@ def rewrap(text: str, keyring: KeyRing, context: bytes = b"") -> str:
     decrypted once to prove the envelope is intact before it is vouched for under the new key.
     """
     blob = decode(text)
-    if blob[_O_KID:_O_DEK_NONCE] == keyring.current.key_id:
+    current = keyring.current if blob[0] == _VERSION else keyring.scope_current()
+    if blob[_O_KID:_O_DEK_NONCE] == current.key_id:
         return text
     return rewrap_blob(text, blob, keyring, context)
 
 
 def rewrap_blob(text: str, blob: bytes, keyring: KeyRing, context: bytes = b"") -> str:
-    """``rewrap`` of an envelope's text and its checked bytes (re-wrapped even if current)."""
-    current = keyring.current
-    dek = _unwrap(blob, keyring, context)
-    _decrypt(blob, dek, context)
+    """``rewrap`` of an envelope's text and its checked bytes (re-wrapped even if current).
+
+    A scoped envelope (``SCOPED_VERSION``) is re-wrapped under its scope's current scope key."""
+    if blob[0] == SCOPED_VERSION:
+        current = keyring.scope_current()
+        context += keyring.scope_binding()
+        version, wrap_label, data_label = _SCOPED_BYTE, _S_WRAP_LABEL, _S_DATA_LABEL
+    else:
+        current, version, wrap_label, data_label = (
+            keyring.current,
+            _VERSION_BYTE,
+            _WRAP_LABEL,
+            _DATA_LABEL,
+        )
+    dek = _unwrap(blob, keyring, context, wrap_label)
+    _decrypt(blob, dek, context, data_label)
     dek_nonce = os.urandom(_NONCE)
-    wrapped = current.aead.encrypt(dek_nonce, dek, _WRAP_LABEL + current.key_id + context)
+    wrapped = current.aead.encrypt(dek_nonce, dek, wrap_label + current.key_id + context)
     # The header is a whole number of base64 groups: the text after it (the data nonce and
     # ciphertext) is reused as it is instead of being encoded again.
-    head = binascii.b2a_base64(_VERSION_BYTE + current.key_id + dek_nonce + wrapped, newline=False)
+    head = binascii.b2a_base64(version + current.key_id + dek_nonce + wrapped, newline=False)
     return PREFIX + head.decode("ascii") + text[_PREFIX_LEN + _HEAD_CHARS :]

@@ -22,7 +22,7 @@ import enum
 import time
 
 from ..audit import audit_enabled, track
-from ..errors import ConfigurationError, DecryptionError, located
+from ..errors import ConfigurationError, DecryptionError, ShreddedKeyError, located
 from ..keys.ring import KEY_ID_SIZE, KeyRing
 from ..switches import EnvSwitch
 from .envelope import PREFIX, decode, is_envelope, open_blob, parse, rewrap_blob, seal
@@ -90,11 +90,12 @@ def track_open(
     record: str | None = None,
     duration: float | None = None,
 ) -> None:
-    """The audit event of opening ``value`` (its key id read only if anything listens);
+    """The audit event of opening ``value`` (its key id read only if anything listens): a value
+    under a shredded scope key is ``shredded_key_read`` (failed), not a failed ``decrypt``;
     ``duration``: how long opening took, in seconds."""
     if audit_enabled():
         track(
-            "decrypt",
+            "shredded_key_read" if isinstance(error, ShreddedKeyError) else "decrypt",
             model=model,
             field=field,
             record=record,
@@ -199,9 +200,12 @@ def seal_value(
     else:
         envelope = seal(plaintext, keyring, context)
     if audited:
-        key_id = keyring.current.key_id
+        # A scope's ring seals under its scope key: the event names that key.
+        key = keyring.current if keyring.scope_part is None else keyring.scope_current()
         duration = _clock() - start
-        track("encrypt", model=model, field=field, record=record, key_id=key_id, duration=duration)
+        track(
+            "encrypt", model=model, field=field, record=record, key_id=key.key_id, duration=duration
+        )
     return envelope
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import MasterKeyError, UnknownKeyError
+from ..errors import DecryptionError, MasterKeyError, UnknownKeyError
 
 __all__ = [
     "ENV_MASTER_KEY",
@@ -163,6 +163,10 @@ class KeyRing:
 
     __slots__ = ()
 
+    # A scope's ring (``keys.scope.ScopeRing``) seals under its scope key, bound to the scope
+    # (these bytes); every other ring has none.
+    scope_part: bytes | None = None
+
     if TYPE_CHECKING:
         # What type checkers see of ``KeyRing(...)``: the static ring's arguments (a subclass's
         # own __init__ is checked for it).
@@ -222,6 +226,28 @@ class KeyRing:
 
     def __contains__(self, key_id: object) -> bool:
         raise NotImplementedError
+
+    def scope_current(self) -> MasterKey:
+        """The scope key that seals (a scope's ring only)."""
+        raise DecryptionError(_UNSCOPED)
+
+    def scope_key(self, key_id: bytes) -> MasterKey:
+        """The scope key with this id (a scope's ring only)."""
+        raise DecryptionError(_UNSCOPED)
+
+    def scope_binding(self) -> bytes:
+        """What binds a value to its scope (a scope's ring only)."""
+        raise DecryptionError(_UNSCOPED)
+
+    def scope_keys(self) -> tuple[MasterKey, ...]:
+        """The scope's keys, active first (a scope's ring only; none for another)."""
+        return ()
+
+
+_UNSCOPED = (
+    "Decryption failed: the value was sealed under a scope key (a model with a KeyScope field), "
+    "and is read without its scope"
+)
 
 
 class StaticKeyRing(KeyRing):

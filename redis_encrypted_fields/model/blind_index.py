@@ -243,13 +243,15 @@ def write_companions(
     model: type,
     clear: str | None,
     codecs: Mapping[str, TypeCodec],
+    key: MasterKey | None = None,
 ) -> None:
     """Put into ``data`` (what a save writes) the companions of a record's ``values`` (masks
-    already resolved), under the current master key. A field without a value gets ``clear``
-    ("" for a hash: it overwrites the old companion and is not indexed) or nothing (a JSON
+    already resolved), under the current master key (``key``: a scoped record's scope key).
+    A field without a value gets ``clear`` ("" for a hash: it overwrites the old companion and
+    is not indexed) or nothing (a JSON
     document is written whole). An ``Encrypted[T]`` value (``codecs``) is indexed by its
     text: its canonical encoding."""
-    current = get_keyring().current
+    current = get_keyring().current if key is None else key
     for name, index in blind.items():
         value = values.get(name)
         if value is None:

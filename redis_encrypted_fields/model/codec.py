@@ -57,6 +57,7 @@ from .plan import (
     dotted,
     plan_for,
 )
+from .scope import ScopeField, scope_ring
 from .typed import TAG, Opened, stored_type
 
 __all__ = [
@@ -228,6 +229,8 @@ class Opener:
         "_name",
         "_prefix",
         "_record_part",
+        "_scope",
+        "_scope_value",
         "_seen",
         "known",
         "model",
@@ -245,6 +248,8 @@ class Opener:
         self._auditing: bool | None = None
         self.record_key: str | None = None
         self._record_part: bytes | None = None  # the record's half of every binding
+        self._scope: ScopeField | None = None  # a scoped model's: the ring is per record
+        self._scope_value: Any = None
         # Records of this read seen already, and whether the one in hand is new: values of an
         # Encrypted[T] field that are not text (a JSON number) are plaintext found in Redis only
         # at a record's first validation; at the next (redis-om validates twice) they are the
@@ -269,6 +274,10 @@ class Opener:
             prefix = self._prefix
             record_key = f"{prefix}{pk}" if prefix is not None else self.model._ref_key(pk)
         self.record_key, self._record_part = record_key, None
+        scope = facts.scope
+        if scope is not None:
+            # The record's scope names its ring: looked up per record (cached per scope).
+            self._scope, self._scope_value, self._keyring = scope, raw.get(scope.name), None
         if record_key is not None:
             seen = self._seen
             self._first = record_key not in seen
@@ -397,7 +406,13 @@ class Opener:
             record_part = self._record_part = binding_part(record_key)
         keyring = self._keyring
         if keyring is None:
-            keyring = self._keyring = checked_keyring()
+            keyring = checked_keyring()
+            scope = self._scope
+            if scope is not None:
+                keyring = scope_ring(
+                    self.model, scope, self._scope_value, keyring, record_key, create=False
+                )
+            self._keyring = keyring
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()
@@ -565,14 +580,22 @@ def check_stored_key(model: Any, key: str, pk: Any) -> str:
     )
 
 
-def open_stored(raw: str, model: str, path: FieldPath, record_key: str | None) -> str:
+def open_stored(
+    raw: str,
+    model: str,
+    path: FieldPath,
+    record_key: str | None,
+    keyring: KeyRing | None = None,
+) -> str:
     """Decrypt a stored value (current or origin v1) of one record's field, audited.
 
     ``record_key`` is ``None`` only for an origin v1 value, which is not bound to a record.
+    ``keyring``: the record's scope's ring, for a model with a ``KeyScope``.
     """
     field = dotted(path)
     context = _bound(record_key, field) if record_key is not None else b""
-    return open_value(raw, checked_keyring(), context, model=model, field=field, record=record_key)
+    ring = checked_keyring() if keyring is None else keyring
+    return open_value(raw, ring, context, model=model, field=field, record=record_key)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -589,11 +612,15 @@ class Sealer:
     """Seals the values of one record, bound to it; the record's half of the binding and the
     key ring are looked up once per record, not per value."""
 
-    __slots__ = ("_auditing", "_keyring", "_record_part", "_v1", "model", "record_key")
+    __slots__ = ("_auditing", "_keyring", "_record_part", "_scoped", "_v1", "model", "record_key")
 
-    def __init__(self, model: str, record_key: str) -> None:
+    def __init__(
+        self, model: str, record_key: str, scoped: tuple[Any, ScopeField, Any] | None = None
+    ) -> None:
         self.model = model
         self.record_key = record_key
+        # A scoped model's record: (its class, its scope field, the field's value).
+        self._scoped = scoped
         self._record_part: bytes | None = None
         self._keyring: KeyRing | None = None
         self._auditing: bool | None = None
@@ -614,8 +641,15 @@ class Sealer:
             record_part = self._record_part = binding_part(self.record_key)
         keyring = self._keyring
         if keyring is None:
-            keyring = self._keyring = checked_keyring()  # also refuses the switches' conflict
-            self._v1 = writes_v1()
+            keyring = checked_keyring()  # also refuses the switches' conflict
+            scoped = self._scoped
+            if scoped is not None:
+                cls, scope, scope_value = scoped
+                keyring = scope_ring(cls, scope, scope_value, keyring, self.record_key, create=True)
+                self._v1 = False  # a scope key has no v1 format
+            else:
+                self._v1 = writes_v1()
+            self._keyring = keyring
         auditing = self._auditing
         if auditing is None:
             auditing = self._auditing = audit_enabled()

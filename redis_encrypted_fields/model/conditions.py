@@ -32,6 +32,7 @@ __all__ = [
     "blind_leaves",
     "has_blind",
     "render",
+    "scope_equality",
     "settle",
 ]
 
@@ -161,6 +162,29 @@ def has_blind(node: Node) -> bool:
     if isinstance(node, Join):
         return any(has_blind(child) for child in node.children)
     return False
+
+
+def scope_equality(node: Node, name: str) -> str | None:
+    """The value the query requires of field ``name`` (``M.name == value``, joined to the rest
+    by ``&``), or ``None``: what names the key scope of a scoped model's blind-index query."""
+    if isinstance(node, Plain):
+        expression = node.expression
+        left = getattr(expression, "left", None)
+        if (
+            isinstance(left, PydanticFieldInfo)
+            and getattr(left, "name", None) == name
+            and expression.op.name == "EQ"
+            and not expression.parents
+            and isinstance(expression.right, str)
+        ):
+            return expression.right
+        return None
+    if isinstance(node, Join) and node.both:
+        for child in node.children:
+            found = scope_equality(child, name)
+            if found is not None:
+                return found
+    return None
 
 
 def blind_leaves(node: Node) -> list[Blind]:

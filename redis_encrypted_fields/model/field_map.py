@@ -19,6 +19,7 @@ from ..crypto.envelope import binding_part
 from .blind_index import BlindIndex, SearchSpec
 from .fields import Mask
 from .plan import Leaf, Node, Plan, plan_for
+from .scope import ScopeField, scope_field
 from .typed import EncryptedType
 
 __all__ = ["Facts", "facts_cache", "facts_for", "search_spec"]
@@ -50,6 +51,7 @@ class Facts:
     # How redis-om makes a record's key, when the class uses its default way ("{prefix}{pk}"):
     # (_meta, its global_key_prefix, model_key_prefix and primary_key_pattern, the prefix).
     keys: tuple[Any, Any, Any, Any, str] | None
+    scope: ScopeField | None = None  # the KeyScope field: secrets under its scope's keys
 
 
 facts_cache: dict[type, Facts] = {}
@@ -109,6 +111,7 @@ def facts_for(cls: Any) -> Facts:
                 _unconverted(f.annotation, set()) and getattr(f, "vector_options", None) is None
                 for f in fields.values()
             ),
+            scope=None if embedded else scope_field(cls, plan),
         )
         facts_cache[cls] = facts
     return facts

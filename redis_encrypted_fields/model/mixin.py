@@ -31,6 +31,7 @@ from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 from redis_om.search_reply import search_documents
 
 from ..crypto.legacy import is_legacy_envelope
+from ..keys import MasterKey
 from .blind_index import SearchSpec, with_companions, write_companions
 from .codec import (
     ENV_REJECT_PLAINTEXT,
@@ -38,6 +39,7 @@ from .codec import (
     Page,
     Sealer,
     check_input,
+    checked_keyring,
     set_plaintext_reads,
 )
 from .field_map import Facts, facts_cache, facts_for, search_spec
@@ -62,6 +64,7 @@ from .plan import (
 from .query import find_query
 from .replies import reply_results
 from .saving import save_async, save_sync, saving
+from .scope import ScopeField, scope_field, scope_ring
 
 __all__ = [
     "ENV_REJECT_PLAINTEXT",
@@ -174,6 +177,7 @@ class EncryptedModel:
         forget(model)
         facts_cache.pop(model, None)
         check_not_indexed(model, plan_for(model), declared=cls.__ref_index_flags__)
+        scope_field(model, plan_for(model))  # TypeError for two KeyScope fields
         cls.__ref_async__ = issubclass(cls, aredis_om.RedisModel)
         typing.cast(Any, super()).__pydantic_on_complete__()
 
@@ -306,7 +310,14 @@ class EncryptedModel:
                 key_prefix, clear = cls._ref_key(""), "" if facts.is_hash else None
                 search = facts.search
                 write_companions(
-                    data, self.__dict__, search.blind, key_prefix, cls, clear, search.codecs
+                    data,
+                    self.__dict__,
+                    search.blind,
+                    key_prefix,
+                    cls,
+                    clear,
+                    search.codecs,
+                    self._ref_index_key(facts),
                 )
             if facts.is_hash:
                 # HSET skips None; an empty string overwrites the old secret, and redis-om reads
@@ -322,7 +333,11 @@ class EncryptedModel:
         # field; the fields keep their order.
         cls = type(self)
         rest = parent.model_dump(exclude=facts.direct)
-        sealer = Sealer(cls.__name__, cls._ref_key(getattr(self, facts.pk_name)))  # type: ignore[arg-type]
+        sealer = Sealer(
+            cls.__name__,
+            cls._ref_key(getattr(self, facts.pk_name)),  # type: ignore[arg-type]
+            self._ref_scoped(facts),
+        )
         values = self.__dict__
         data: dict[str, Any] = {}
         for name, leaf in facts.layout:
@@ -348,8 +363,23 @@ class EncryptedModel:
         defer: dict[str, Any] = {DEFER: True}
         merged = {**context, **defer} if isinstance(context, Mapping) else defer
         data: dict[str, Any] = parent.model_dump(mode=mode, context=merged, **kwargs)
-        Sealer(cls.__name__, cls._ref_key(self._ref_pk())).tree(data, ())
+        facts = facts_cache.get(cls) or facts_for(cls)
+        Sealer(cls.__name__, cls._ref_key(self._ref_pk()), self._ref_scoped(facts)).tree(data, ())
         return data
+
+    def _ref_index_key(self, facts: Facts) -> MasterKey | None:
+        """The key a scoped record's blind indexes are made under: its scope's active key."""
+        scoped = self._ref_scoped(facts)
+        if scoped is None:
+            return None
+        cls, scope, value = scoped
+        ring = scope_ring(cls, scope, value, checked_keyring(), self._ref_record_key(), create=True)
+        return ring.scope_current()
+
+    def _ref_scoped(self, facts: Facts) -> tuple[Any, ScopeField, Any] | None:
+        """What a scoped record's sealer needs: its class, scope field and scope value."""
+        scope = facts.scope
+        return None if scope is None else (type(self), scope, self.__dict__.get(scope.name))
 
     def save(self, *args: Any, **kwargs: Any) -> Any:
         """redis-om's ``save``, after masks are replaced by the secrets they stand for.

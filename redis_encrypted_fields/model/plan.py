@@ -28,6 +28,7 @@ __all__ = [
     "Nested",
     "Node",
     "Plan",
+    "annotated_hints",
     "check_not_indexed",
     "declared_index_flags",
     "dotted",
@@ -146,6 +147,11 @@ def _hints(model: type[BaseModel]) -> dict[str, Any]:
         return typing.get_type_hints(model, include_extras=True)
     except Exception:  # unresolvable forward references: the fields' own annotations then
         return {}
+
+
+def annotated_hints(model: type[BaseModel]) -> dict[str, Any]:
+    """The fields' annotations with their ``Annotated`` metadata (see ``_hints``)."""
+    return _hints(model)
 
 
 def forget(model: type[BaseModel]) -> None:

@@ -41,7 +41,7 @@ from redis_om.search_reply import (
 
 from ..crypto import Kind, binding, classify, open_value
 from ..errors import IndexKeyError, ValueTypeError, printable
-from ..keys import get_keyring
+from ..keys import KeyRing, MasterKey, StaticKeyRing, get_keyring
 from ..steps import Steps, run_async, run_sync
 from .blind_index import (
     COMPANION_SUFFIX,
@@ -50,11 +50,22 @@ from .blind_index import (
     companion_name,
     foreign_prefixes,
 )
-from .codec import check_stored_key, check_unbound, opened
-from .conditions import Blind, Node, Parser, blind_leaves, has_blind, render, settle
+from .codec import check_stored_key, check_unbound, checked_keyring, opened
+from .conditions import (
+    Blind,
+    Node,
+    Parser,
+    blind_leaves,
+    has_blind,
+    render,
+    scope_equality,
+    settle,
+)
 from .errors import UnsupportedQueryError
+from .field_map import facts_for
 from .fields import DEFER, EncryptedStr, Pending
 from .replies import Doc, documents, only_results, reply_keys
+from .scope import scope_ring
 from .typed import TypeCodec
 
 __all__ = ["AsyncSearchQuery", "SearchQuery", "find_query", "plaintext_dump"]
@@ -148,11 +159,49 @@ class _Search:
         if rendered is None:
             tree = self._ref_tree()
             if has_blind(tree):
-                rendered = render(tree, self._om, get_keyring(), q.model._ref_key(""))
+                rendered = render(tree, self._om, self._ref_index_ring(), q.model._ref_key(""))
             else:
                 rendered = self._ref_original()
             q._ref_rendered = rendered
         return rendered
+
+    def _ref_ring(self) -> KeyRing:
+        """The ring the query's values are opened with: the master keys, or for a scoped model
+        the ring of the scope its query names (``UnsupportedQueryError`` if it names none)."""
+        q: Any = self
+        ring: KeyRing | None = q.__dict__.get("_ref_ring_")
+        if ring is None:
+            model = q.model
+            scope = facts_for(model).scope
+            if scope is None:
+                ring = get_keyring()
+            else:
+                value = scope_equality(self._ref_tree(), scope.name)
+                if value is None or not value:
+                    field = next(iter(leaf.field for leaf in blind_leaves(self._ref_tree())))
+                    name = model.__name__
+                    raise UnsupportedQueryError(
+                        f"{name}.{field} is blind-indexed per key scope ({scope.namespace}): a "
+                        f"query on it must also require {name}.{scope.name} == <value>, joined "
+                        f"by & (find(({name}.{scope.name} == ...) & ({name}.{field} == ...)))",
+                        model=name,
+                        field=field,
+                    )
+                ring = scope_ring(model, scope, value, checked_keyring(), None, create=False)
+            q._ref_ring_ = ring
+        return ring
+
+    def _ref_index_ring(self) -> KeyRing:
+        """The keys the query's companions are computed under: the master keys, or the scope
+        keys of a scoped model's scope."""
+        ring = self._ref_ring()
+        if ring.scope_part is None:
+            return ring
+        keys = ring.scope_keys()
+        if not keys:
+            # A scope without keys has no records to find: a fresh key's companions match none.
+            return StaticKeyRing(MasterKey.generate())
+        return StaticKeyRing(keys[0], keys[1:])
 
     def _ref_original(self) -> Any:
         # redis-om's own: the expressions joined by &, or "everything".
@@ -210,6 +259,9 @@ class _Search:
         name them all.
         """
         q: Any = self
+        if self._ref_ring().scope_part is not None:
+            # Companions of other scopes carry their own scope keys' ids: not foreign.
+            return
         fields = sorted({companion_name(leaf.field) for leaf in blind_leaves(self._ref_tree())})
         ring = [key.key_id_hex for key in get_keyring().keys]
         foreign: list[str] = []
@@ -348,7 +400,7 @@ class _Search:
                 context = binding(doc.key, leaf.field) if kind is Kind.ENVELOPE else b""
                 found = open_value(
                     value,
-                    get_keyring(),
+                    self._ref_ring(),
                     context,
                     model=model,
                     field=leaf.field,

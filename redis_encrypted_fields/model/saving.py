@@ -21,11 +21,12 @@ from redis.exceptions import WatchError
 
 from ..errors import ConcurrentChangeError
 from ..steps import Steps, run_async, run_sync
-from .codec import open_stored
+from .codec import checked_keyring, open_stored
 from .field_map import facts_cache, facts_for
 from .fields import EncryptedStr
 from .keep import has_masks, resolve_masks
 from .plan import FieldPath, Leaf, Many, Node, plan_for
+from .scope import scope_ring
 
 __all__ = ["save_async", "save_sync", "saving"]
 
@@ -241,8 +242,15 @@ def _resolve(model: Any, stored: Any, record_key: str) -> None:
     plan = plan_for(cls)
     name = cls.__name__
 
+    facts = facts_cache.get(cls) or facts_for(cls)
+    keyring = None
+    if facts.scope is not None:
+        # The stored secret a mask keeps is opened under the record's scope.
+        value = model.__dict__.get(facts.scope.name)
+        keyring = scope_ring(cls, facts.scope, value, checked_keyring(), record_key, create=False)
+
     def opener(raw: str, path: FieldPath) -> str:
-        return open_stored(raw, name, path, record_key)
+        return open_stored(raw, name, path, record_key, keyring)
 
     resolve_masks(typing.cast(BaseModel, model), plan, stored, name, record_key, opener)
 

@@ -16,6 +16,7 @@ from typing import Any
 from ..audit import audit_enabled
 from ..crypto import (
     KEY_ID_SLICE,
+    SCOPED_VERSION,
     Kind,
     binding_part,
     classify,
@@ -26,8 +27,8 @@ from ..crypto import (
     track_open,
     writes_v1,
 )
-from ..errors import DecryptionError, EncryptionError, ValueTypeError
-from ..keys import KeyRing
+from ..errors import DecryptionError, EncryptionError, ShreddedKeyError, ValueTypeError
+from ..keys import KeyRing, StaticKeyRing
 from ..model.blind_index import (
     INDEX_MISSING,
     INDEX_OUTDATED,
@@ -56,6 +57,8 @@ from .report import (
     LEGACY,
     MASKED,
     PLAINTEXT,
+    SCOPED,
+    SHREDDED,
     SUSPICIOUS,
     UNDECRYPTABLE,
     Failure,
@@ -95,6 +98,10 @@ _SUSPICIOUS_V1 = f"an origin v1 value (bound to no record), {_SUSPECT}"
 # The names of a value's audit events while nothing listens (not built then).
 _NOWHERE: tuple[None, None, None] = (None, None, None)
 
+# The outcome of a value of a scoped model found under a master key (sealed before the model had
+# a scope): ``migrate`` moves it under its scope's key.
+UNSCOPED = "unscoped"
+
 # Outcomes of values left as they are and reported.
 _LEFT = frozenset(("failed", "suspicious"))
 
@@ -108,6 +115,7 @@ def _decide(
     auditing: bool = False,
     where: tuple[str | None, str | None, str | None] = (None, None, None),
     typed: TypeCodec | None = None,
+    rekey: bool = False,
 ) -> _Decision:
     """What to do with one stored value. Every envelope is decrypted (its data key unwrapped and
     its data opened), so that what cannot be decrypted is reported by every operation, not
@@ -139,6 +147,8 @@ def _decide(
             track_open(raw, exc, model=model, field=field, record=record)
             return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc))
         key_id = blob[KEY_ID_SLICE]
+        if keyring.scope_part is not None or blob[0] == SCOPED_VERSION:
+            return _scoped(op, raw, blob, keyring, context, auditing, where, rekey)
         try:
             if op is Operation.ROTATE and key_id != keyring.current.key_id:
                 # The data is opened too before it is vouched for under the new key.
@@ -199,6 +209,65 @@ def _decide(
     return _plain(raw, keyring, context, suspect, op, auditing, where, typed)
 
 
+def _scoped(
+    op: Operation,
+    raw: str,
+    blob: bytes,
+    keyring: KeyRing,
+    context: bytes,
+    auditing: bool,
+    where: tuple[str | None, str | None, str | None],
+    rekey: bool,
+) -> _Decision:
+    """An envelope of a scoped model's record. Under its scope's key, it is left as it is (a
+    master-key rotation re-wraps the scope keys, not the values), unless its scope gets a new
+    key (``rekey``: re-wrapped under it). Under a master key (sealed before the model had a
+    scope), ``migrate`` and ``rotate`` move it under the scope's key. Under a shredded scope
+    key, it is left and reported."""
+    model, field, record = where
+    key_id = blob[KEY_ID_SLICE]
+    scoped = blob[0] == SCOPED_VERSION
+    try:
+        if scoped and rekey and op is Operation.ROTATE:
+            if key_id != keyring.scope_current().key_id:
+                new = rewrap_value(
+                    raw,
+                    blob,
+                    keyring,
+                    context,
+                    auditing=auditing,
+                    model=model,
+                    field=field,
+                    record=record,
+                )
+                return _Decision(SCOPED, new, "rewrapped")
+        elif not scoped and op is not Operation.STATUS and keyring.scope_part is not None:
+            plaintext = open_value(raw, keyring, context, blob=blob, auditing=False, locate=False)
+            new = seal_value(
+                plaintext, keyring, context, auditing, model=model, field=field, record=record
+            )
+            return _Decision(key_state(key_id), new, "upgraded")
+        open_value(
+            raw,
+            keyring,
+            context,
+            blob=blob,
+            auditing=auditing,
+            model=model,
+            field=field,
+            record=record,
+            locate=False,
+        )
+    except ShreddedKeyError as exc:
+        return _Decision(SHREDDED, outcome="failed", reason=_reason(exc), key_id=key_id)
+    except DecryptionError as exc:
+        return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc), key_id=key_id)
+    if scoped or keyring.scope_part is None:
+        return _Decision(SCOPED if scoped else key_state(key_id), verified=True)
+    # Under a master key in a scoped model (status, or a record without a scope value).
+    return _Decision(key_state(key_id), outcome=UNSCOPED, verified=True)
+
+
 def _plain(
     raw: Any,
     keyring: KeyRing,
@@ -240,7 +309,9 @@ def _reason(exc: EncryptionError) -> str:
 # collector run again and again over them (a fifth of the time, measured).
 
 
-_Tally = tuple[str, str, str]  # (counted under, state, outcome)
+# (counted under, state, outcome), and for a value written under a scope key, SCOPED: what it is
+# stored as once written (else: under the current master key).
+_Tally = tuple[str, ...]
 _tallies: dict[_Tally, _Tally] = {}  # one tuple of each kind, shared
 
 
@@ -264,6 +335,8 @@ class Planned:
 
 def read_request(script: Script, layout: Layout, keys: Sequence[str]) -> Request:
     fields = [] if layout.is_json else [*layout.plan, *map(companion_name, layout.blind)]
+    if fields and layout.scope is not None:
+        fields.append(layout.scope.name)  # last: the record's scope
     return evaluate(script, keys, fields)
 
 
@@ -284,6 +357,7 @@ def _plan_record(
 ) -> None:
     values: Iterable[tuple[FieldPath, Any, Leaf]]
     companions: dict[str, Any] = {}
+    scope_value: Any = None
     if layout.is_json:
         # JSON.GET replies are text, or already decoded once redis-py's JSON helper has
         # registered its response callbacks on the client.
@@ -291,17 +365,27 @@ def _plan_record(
         if doc is None:
             return  # deleted since the scan
         values = list(stored_values(doc, layout.plan, ()))
+        if layout.scope is not None and isinstance(doc, dict):
+            scope_value = doc.get(layout.scope.name)
         if layout.blind and isinstance(doc, dict):
             companions = {name: doc.get(companion_name(name)) for name in layout.blind}
     else:
         if stored is None or stored.count(None) == len(stored):
             return  # deleted since the scan
         paths = layout.hash_paths
+        if layout.scope is not None:
+            scope_value, stored = stored[-1], stored[:-1]
         if layout.blind:
             companions = dict(zip(layout.blind, map(as_text, stored[len(paths) :]), strict=True))
             stored = stored[: len(paths)]
         values = zip(paths, stored, layout.hash_leaves, strict=True)
     planned.records += 1
+    rekey = False
+    if layout.scope is not None:
+        # The record's values are under its scope's keys (made on a write: a migrate moves
+        # values sealed before the model had a scope under them).
+        keyring = layout.ring(keyring, scope_value, key, op is not Operation.STATUS)
+        rekey = layout.rekey is not None and as_text(scope_value) == layout.rekey
     args = planned.send_args
     start = len(args)
     args.append(0)
@@ -312,8 +396,10 @@ def _plan_record(
         raw = value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
         context = b"" if record is None else record + field_part(path)
         names = (layout.name, dotted(path), key) if auditing else _NOWHERE
-        d = _decide(op, raw, keyring, context, suspect, auditing, names, leaf.typed)
-        kind = (counted_name(layout.name, path), d.state, d.outcome)
+        d = _decide(op, raw, keyring, context, suspect, auditing, names, leaf.typed, rekey)
+        kind: _Tally = (counted_name(layout.name, path), d.state, d.outcome)
+        if d.new is not None and keyring.scope_part is not None:
+            kind = (*kind, SCOPED)  # stored under the scope's key once written
         tally.append(_tallies.setdefault(kind, kind))
         if d.new is not None:
             if layout.is_json:
@@ -381,13 +467,20 @@ def _reindex(
         info = domain(layout.prefix, name, index.definition)
         where = f"{layout.name}.{name}"
         old = stored if stored is None or isinstance(stored, str) else "?"
-        state, expected = companion_state(index, keyring, info, plaintext, old, where)
+        ring, current = keyring, key_state(keyring.current.key_id)
+        keys = keyring.scope_keys()
+        if keys:
+            # A scoped record's companions are made under its scope's keys, active first.
+            ring, current = StaticKeyRing(keys[0], keys[1:]), key_state(keys[0].key_id)
+        state, expected = companion_state(index, ring, info, plaintext, old, where)
+        if keys and state == current:
+            state = current = SCOPED
     except EncryptionError as exc:
         return (counted, UNDECRYPTABLE, "failed"), _reason(exc)
     if state == EMPTY or op is Operation.STATUS:
         write = False
     elif op is Operation.ROTATE:
-        write = state != key_state(keyring.current.key_id)
+        write = state != current
     else:
         write = state in (INDEX_MISSING, INDEX_OUTDATED)
     return (counted, state, "indexed" if write else "index-ok"), expected
@@ -429,14 +522,17 @@ def settle(planned: Planned, results: Sequence[Any], dry_run: bool) -> tuple[Rep
             tally.subtract(planned.send_tallies[i])
         # Failures of conflicted records are re-found on the retry; keep the others.
         report.failures = [f for f in report.failures if f.key not in conflicted]
-    for (name, state, outcome), n in tally.items():
+    for (name, state, outcome, *after), n in tally.items():
         if n <= 0:
             continue
         report.states.setdefault(name, Counter())[state] += n
         written = not dry_run and state != EMPTY and outcome in _WRITTEN
-        report.stored.setdefault(name, Counter())[planned.current if written else state] += n
+        now = (after[0] if after else planned.current) if written else state
+        report.stored.setdefault(name, Counter())[now] += n
         if state != EMPTY and outcome in _OUTCOMES:
             setattr(report, outcome, getattr(report, outcome) + n)
+        elif outcome == UNSCOPED:
+            report.unscoped += n
     return report, [k for k in planned.keys if k in conflicted]
 
 

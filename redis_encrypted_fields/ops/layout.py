@@ -18,9 +18,11 @@ from pydantic import BaseModel
 
 from ..crypto.envelope import binding_part
 from ..errors import EncryptionError
+from ..keys import KeyRing
 from ..model.blind_index import INDEX_SUFFIX, BlindIndex
 from ..model.mixin import EncryptedModel
 from ..model.plan import FieldPath, Leaf, Many, Nested, Node, dotted, pattern, plan_for
+from ..model.scope import ScopeField, scope_of, scope_ring
 
 # Compare-and-set of a batch of records, each on its own: a record's fields are replaced only if
 # every one still holds what was read. KEYS: the records. ARGV, per record: the number of fields
@@ -109,6 +111,8 @@ class Layout:
     bound: bool
     plan: dict[str, Node]
     blind: dict[str, BlindIndex]  # top-level fields with a blind index (bound models only)
+    scope: ScopeField | None = None  # the KeyScope field: values under their scope's keys
+    rekey: str | None = None  # rotate --scope: the scope value whose values get its new key
 
     @classmethod
     def of(cls, model: type[BaseModel]) -> Layout:
@@ -128,7 +132,17 @@ class Layout:
             bound=issubclass(model, EncryptedModel),
             plan=plan,
             blind=m._ref_search_spec().blind if issubclass(model, EncryptedModel) else {},
+            scope=scope_of(model) if issubclass(model, EncryptedModel) else None,
         )
+
+    def ring(self, master: KeyRing, value: Any, key: str, create: bool) -> KeyRing:
+        """The ring of one record of a scoped model: its scope's (made if ``create``), or the
+        master ring for a record without a scope value."""
+        scope = typing.cast(ScopeField, self.scope)
+        value = as_text(value)
+        if type(value) is not str or not value:
+            return master
+        return scope_ring(self.model, scope, value, master, key, create=create)
 
     @functools.cached_property
     def hash_paths(self) -> tuple[FieldPath, ...]:

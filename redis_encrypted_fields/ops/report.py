@@ -22,6 +22,8 @@ __all__ = [
     "LEGACY",
     "MASKED",
     "PLAINTEXT",
+    "SCOPED",
+    "SHREDDED",
     "SUSPICIOUS",
     "UNDECRYPTABLE",
     "Failure",
@@ -50,6 +52,10 @@ UNDECRYPTABLE = "undecryptable"
 # value written to Redis behind the application's back looks the same, so it is left as it is.
 SUSPICIOUS = "suspicious"
 EMPTY = "empty"
+# A model with a KeyScope: values under their scope's key (whichever scope); values under a
+# shredded scope key (erased: unreadable for good, counted until their records are deleted).
+SCOPED = "scope-key"
+SHREDDED = "shredded"
 _KEY = "key:"
 
 # Roles of a key id, relative to the key ring the operation ran with.
@@ -169,6 +175,8 @@ class Report:
     indexed: int = 0  # blind-index companions written (missing, outdated, under an old key)
     unchanged: int = 0
     conflicts: int = 0  # records skipped because the application changed them meanwhile
+    scope_keys_rewrapped: int = 0  # scope keys re-wrapped under the current master key
+    unscoped: int = 0  # values of scoped models under a master key, not their scope's key
     failures: list[Failure] = field(default_factory=list)
     # Per model and field path: how many values are in each state (``status``), or were found
     # in each state before the operation (``migrate``/``rotate``).
@@ -218,6 +226,11 @@ class Report:
                 n = totals[state] - failed[state]  # those that failed are counted above
                 if n > 0:
                     found.append(f"{n} {state}")
+            if self.unscoped:
+                found.append(
+                    f"{self.unscoped} {_values(self.unscoped)} not under their scope's key "
+                    "(migrate moves them)"
+                )
             values, companions = self._totals(index=False), self._totals(index=True)
             old = sum(n for s, n in values.items() if s.startswith(_KEY) and not self._current(s))
             if old:
@@ -305,6 +318,8 @@ class Report:
         self.indexed += other.indexed
         self.unchanged += other.unchanged
         self.conflicts += other.conflicts
+        self.scope_keys_rewrapped += other.scope_keys_rewrapped
+        self.unscoped += other.unscoped
         self.failures.extend(other.failures)
         for name, counts in other.states.items():
             self.states.setdefault(name, Counter()).update(counts)
@@ -323,6 +338,7 @@ class Report:
         later.upgraded += self.upgraded
         later.rewrapped += self.rewrapped
         later.indexed += self.indexed
+        later.scope_keys_rewrapped += self.scope_keys_rewrapped
         # Values this pass changed were found unchanged by the later one.
         later.unchanged = max(0, later.unchanged - self.changed)
         return later
@@ -359,6 +375,8 @@ class Report:
             indexed = f", {wrote} {counted(self.indexed, 'companion')}"
         suspicious = self.suspicious
         left = f", {suspicious} suspicious left as they are" if suspicious else ""
+        if self.scope_keys_rewrapped:
+            indexed += f", {counted(self.scope_keys_rewrapped, 'scope key')} re-wrapped"
         return (
             f"{head}; {verb} {counted(self.changed, 'value')} ({self.encrypted} encrypted, "
             f"{self.upgraded} upgraded from origin v1, {self.rewrapped} re-wrapped){indexed}, "
@@ -398,6 +416,8 @@ class Report:
             "unchanged": self.unchanged,
             "changed": self.changed,
             "conflicts": self.conflicts,
+            "scope_keys_rewrapped": self.scope_keys_rewrapped,
+            "unscoped": self.unscoped,
             "suspicious": self.suspicious,
             "current_key": self.current_key,
             "previous_keys": list(self.previous_keys),
@@ -450,6 +470,7 @@ def _failed_as(state: str) -> str:
         UNDECRYPTABLE: "undecryptable",
         MASKED: "holding a mask, not a secret",
         LEGACY: "in origin v1 format that did not decrypt",
+        SHREDDED: "under a shredded scope key (erased; delete their records)",
         SUSPICIOUS: "suspicious (plaintext or origin v1 while plaintext is refused), left as "
         "they are: `migrate --accept-plaintext` encrypts them",
     }.get(state, "failed")

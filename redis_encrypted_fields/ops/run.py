@@ -18,6 +18,7 @@ keyspace and the public functions.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from collections import Counter
@@ -29,8 +30,10 @@ from pydantic import BaseModel
 
 from ..errors import EncryptionError
 from ..keys import KeyRing, get_keyring
+from ..keys.scope import rewrap_scope_keys
 from ..model.codec import plaintext_allowed
 from ..model.plan import encrypted_paths
+from ..model.scope import sync_client
 from ..steps import Request, Steps, Submit, Wait, run_async, run_sync
 from .batch import RETRIES, Planned, plan_batch, read_request, run_batch, send, settle, writes
 from .layout import HASH_CAS, HASH_READ, JSON_CAS, JSON_READ, Layout, as_text, index_name
@@ -140,15 +143,27 @@ def _steps(
     keyring: KeyRing | None,
     progress: ProgressCallback | None,
     accept_plaintext: bool = False,
+    rekey: str | None = None,
 ) -> Steps[Report]:
     if batch_size < 1:
         raise EncryptionError("batch_size must be at least 1")
     # Read once, before anything is done (an invalid switch is an error here, not mid-run).
     suspect = not plaintext_allowed() and not accept_plaintext
     layout = Layout.of(model)
+    if rekey is not None:
+        if layout.scope is None:
+            raise EncryptionError(f"{model.__name__} has no KeyScope field")
+        layout = dataclasses.replace(layout, rekey=rekey)
     ring = keyring or get_keyring()
     client = yield _the_client
     yield from check(client)  # the whole keyspace is in sight, or nothing is done
+    scope_failures: list[Failure] = []
+    rewrapped = 0
+    if op is Operation.ROTATE and layout.scope is not None and not dry_run and rekey is None:
+        # The scope keys, not the values under them, move to the new master key.
+        rewrapped, _, bad = rewrap_scope_keys(sync_client(client), ring)
+        reason = "a scope key did not unwrap under the key ring (see the audit events)"
+        scope_failures = [Failure(k, "scope key", reason, layout.name) for k in bad]
     read = Script(JSON_READ if layout.is_json else HASH_READ)
     read.sha = as_text((yield lambda c: c.script_load(read.text)))
     write: Script | None = None
@@ -166,6 +181,8 @@ def _steps(
         after = yield from fingerprint(client)
         report = this if report is None else report.then(this)
         if before == after:
+            report.scope_keys_rewrapped += rewrapped
+            report.failures += scope_failures
             return report
         if attempt == _PASSES - 1:
             raise TopologyError(
@@ -278,11 +295,14 @@ def rotate(
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
     accept_plaintext: bool = False,
+    scope: str | None = None,
 ) -> Report:
     """Bring every value under the current master key: re-wrap old envelopes, encrypt the rest
-    (plaintext and origin v1 values: as ``migrate`` does)."""
+    (plaintext and origin v1 values: as ``migrate`` does). A model with a ``KeyScope``: its
+    scope keys are re-wrapped, the values under them left as they are; ``scope``: the scope
+    value whose values are re-wrapped under its scope's active key (``rotate_scope``)."""
     steps = _steps(
-        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext, scope
     )
     return run_sync(steps, _client(model, client))
 
@@ -327,10 +347,11 @@ async def arotate(
     keyring: KeyRing | None = None,
     progress: ProgressCallback | None = None,
     accept_plaintext: bool = False,
+    scope: str | None = None,
 ) -> Report:
     """``rotate`` with an asyncio client (default: the model's own)."""
     steps = _steps(
-        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext
+        Operation.ROTATE, model, dry_run, batch_size, keyring, progress, accept_plaintext, scope
     )
     return await run_async(steps, _client(model, client, sync=False))
 
