@@ -27,9 +27,9 @@ from .. import ops
 from ..errors import EncryptionError, printable
 from ..keys import KeyStore
 from ..keys.schedule import format_age, key_age, parse_duration
-from ..model.codec import plaintext_allowed
 from ..model.mixin import ENV_REJECT_PLAINTEXT, EncryptedModel
 from ..model.plan import plan_for
+from ..model.policy import plaintext_allowed
 from ..model.scope import scope_of
 from ..ops.report import counted
 

@@ -16,7 +16,7 @@ from ..errors import printable
 from ..keys import KeyStore, deny_statement
 from ..keys.schedule import create_if_due, format_age, parse_duration, rotation_done
 from ..keys.store import KeyRecord, cache_ttl, instant
-from ..model.codec import plaintext_allowed
+from ..model.policy import plaintext_allowed
 from ..ops.report import counted
 from ..ops.scopes import shred_scope
 from .common import (

@@ -28,9 +28,9 @@ from pydantic import BaseModel
 
 from ..crypto import Kind, classify
 from ..errors import MaskedSecretError, StoredTypeError, ValueTypeError, printable
-from .codec import check_unbound
 from .fields import EncryptedStr, KeepExisting, is_star_mask
 from .plan import FieldPath, Leaf, Many, Node, Plan, dotted, plan_for
+from .policy import check_unbound
 from .typed import stored_type
 
 __all__ = ["Opener", "has_masks", "resolve_masks"]

@@ -33,15 +33,7 @@ from redis_om.search_reply import search_documents
 from ..crypto.legacy import is_legacy_envelope
 from ..keys import MasterKey
 from .blind_index import SearchSpec, with_companions, write_companions
-from .codec import (
-    ENV_REJECT_PLAINTEXT,
-    Opener,
-    Page,
-    Sealer,
-    check_input,
-    checked_keyring,
-    set_plaintext_reads,
-)
+from .codec import Opener, Page, Sealer
 from .field_map import Facts, facts_cache, facts_for, search_spec
 from .fields import (
     DEFER,
@@ -61,6 +53,7 @@ from .plan import (
     forget,
     plan_for,
 )
+from .policy import ENV_REJECT_PLAINTEXT, check_input, checked_keyring, set_plaintext_reads
 from .query import find_query
 from .replies import reply_results
 from .saving import save_async, save_sync, saving

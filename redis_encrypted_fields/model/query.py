@@ -50,7 +50,7 @@ from .blind_index import (
     companion_name,
     foreign_prefixes,
 )
-from .codec import check_stored_key, check_unbound, checked_keyring, opened
+from .codec import check_stored_key, opened
 from .conditions import (
     Blind,
     Node,
@@ -64,6 +64,7 @@ from .conditions import (
 from .errors import UnsupportedQueryError
 from .field_map import facts_for
 from .fields import DEFER, EncryptedStr, Pending
+from .policy import check_unbound, checked_keyring
 from .replies import Doc, documents, only_results, reply_keys
 from .scope import scope_ring
 from .typed import TypeCodec

@@ -21,11 +21,12 @@ from redis.exceptions import WatchError
 
 from ..errors import ConcurrentChangeError
 from ..steps import Steps, run_async, run_sync
-from .codec import checked_keyring, open_stored
+from .codec import open_stored
 from .field_map import facts_cache, facts_for
 from .fields import EncryptedStr
 from .keep import has_masks, resolve_masks
 from .plan import FieldPath, Leaf, Many, Node, plan_for
+from .policy import checked_keyring
 from .scope import scope_ring
 
 __all__ = ["save_async", "save_sync", "saving"]

@@ -37,9 +37,9 @@ from ..model.blind_index import (
     companion_state,
     domain,
 )
-from ..model.codec import ENV_REJECT_PLAINTEXT
 from ..model.fields import is_star_mask
 from ..model.plan import FieldPath, Leaf, dotted
+from ..model.policy import ENV_REJECT_PLAINTEXT
 from ..model.typed import TypeCodec
 from ..steps import Request, Steps
 from .layout import (

@@ -31,8 +31,8 @@ from pydantic import BaseModel
 from ..errors import EncryptionError
 from ..keys import KeyRing, get_keyring
 from ..keys.scope import rewrap_scope_keys
-from ..model.codec import plaintext_allowed
 from ..model.plan import encrypted_paths
+from ..model.policy import plaintext_allowed
 from ..model.scope import sync_client
 from ..steps import Request, Steps, Submit, Wait, run_async, run_sync
 from .batch import RETRIES, Planned, plan_batch, read_request, run_batch, send, settle, writes
