@@ -25,6 +25,7 @@ from redis_encrypted_fields import (
     EncryptionError,
     KmsError,
     PlaintextSecretError,
+    ShreddedKeyError,
     acting_as,
     configure_audit,
     flush_audit,
@@ -165,10 +166,6 @@ def test_plaintext_read_while_refused_is_an_anomaly(
     assert [a.reason for a in anomalies(hooked)] == ["plaintext_refused"]
 
 
-class ShreddedKeyError(EncryptionError):
-    """What per-tenant keys will raise for a value under a shredded key."""
-
-
 def test_kms_errors_rolled_back_keys_and_shredded_keys_are_anomalies(
     hooked: list[AuditEvent],
 ) -> None:
@@ -181,7 +178,7 @@ def test_kms_errors_rolled_back_keys_and_shredded_keys_are_anomalies(
         field="f",
         record="r",
         key_id="33" * 8,
-        error=ShreddedKeyError("tenant key shredded"),
+        error=ShreddedKeyError("tenant key shredded", record="r"),
     )
     assert [(a.reason, a.key_id) for a in anomalies(hooked)] == [
         ("kms_errors", "11" * 8),

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import pytest
 import redis_om
+from audit_support import anomalies, fixture_audit_reset, fixture_hooked  # noqa: F401
 from scope_models import VAULT_MODELS, SyncHashNote, SyncHashVault
 from support import aw, client, raw, write_raw
 
@@ -24,6 +25,7 @@ from redis_encrypted_fields import (
     ShreddedKeyError,
     UnsupportedQueryError,
     add_audit_hook,
+    configure_audit,
     remove_audit_hook,
     shred_scope,
 )
@@ -312,3 +314,19 @@ def test_a_scope_key_copied_to_another_scope_does_not_unwrap() -> None:
     with pytest.raises(DecryptionError, match="moved from another scope"):
         SyncHashVault.get(b.pk)
     assert theirs  # (globex had its own key before)
+
+
+def test_reading_a_shredded_tenants_value_is_an_anomaly(
+    audit_reset: None, hooked: list[AuditEvent]
+) -> None:
+    configure_audit(anomalies=True)
+    acme = tenant()
+    record = SyncHashVault(tenant_id=acme, name="n", password="acme-secret")
+    record.save()
+    shred_scope("tenant", acme, models=[SyncHashVault])
+    with pytest.raises(ShreddedKeyError):
+        SyncHashVault.get(record.pk)
+    [alert] = anomalies(hooked)
+    assert alert.reason == "shredded_key"
+    assert alert.record == SyncHashVault.make_primary_key(record.pk)
+    assert "acme-secret" not in repr(alert)
