@@ -3,7 +3,7 @@
 A thread of the parent that holds a lock at fork time never releases it in the child, whose
 first use of the object would then wait forever. ``os.register_at_fork`` runs each registered
 object's ``after_fork()`` in every child (the key store's ring, the KMS providers' clients:
-``PerProcess``).
+``PerProcess``, and loads in flight: ``SingleFlight``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["ForkAware", "PerProcess", "reset_in_children"]
+__all__ = ["ForkAware", "PerProcess", "SingleFlight", "reset_in_children"]
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", bound=Hashable)
 
 
 class ForkAware(Protocol):
@@ -72,3 +74,41 @@ class PerProcess(Generic[_T]):
         # A thread of the parent making the object at fork time held the lock; nothing in the
         # child would ever release it, and the child's first use would wait forever.
         self.lock = threading.Lock()
+
+
+class SingleFlight(Generic[_K, _T]):
+    """One load per slot at a time, across threads: the first caller runs it, the others wait
+    for its result (or its exception). A forked child starts with no flight: one led by a
+    thread of the parent would never end there."""
+
+    __slots__ = ("__weakref__", "_flights", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[_K, Future[_T]] = {}
+        reset_in_children(self)
+
+    def run(self, slot: _K, load: Callable[[], _T]) -> _T:
+        with self._lock:
+            flight = self._flights.get(slot)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[slot] = Future()
+        if not leader:
+            # No timeout needed: the leader's own calls (Redis, KMS) have theirs.
+            return flight.result()
+        try:
+            result = load()
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            flight.set_result(result)
+            return result
+        finally:
+            with self._lock:
+                del self._flights[slot]
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._flights = {}

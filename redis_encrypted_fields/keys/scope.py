@@ -30,8 +30,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +45,7 @@ from ..errors import (
     ShreddedKeyError,
     printable,
 )
-from ..forks import reset_in_children
+from ..forks import SingleFlight, reset_in_children
 from ..switches import EnvSwitch
 from .kms import KmsProvider, WrappedKey
 from .ring import KEY_ID_SIZE, KeyRing, MasterKey
@@ -341,7 +340,7 @@ class ScopeKeys:
         self.ttl = ttl
         self._entries: OrderedDict[tuple[Any, str, str], Scope] = OrderedDict()
         self._lock = threading.Lock()
-        self._flights: dict[tuple[Any, str, str], Future[Scope]] = {}
+        self._flights: SingleFlight[tuple[Any, str, str], Scope] = SingleFlight()
         self._last: Scope | None = None  # the entry used last
         reset_in_children(self)
 
@@ -356,7 +355,7 @@ class ScopeKeys:
         slot = (client, namespace, value)
         entry = self._entries.get(slot)
         if entry is None or entry.expires <= time.monotonic() or (create and entry.active is None):
-            entry = self._fly(slot, lambda: self._load(slot, master, create))
+            entry = self._flights.run(slot, lambda: self._load(slot, master, create))
         elif entry is not self._last:
             # Most recently used last (the same scope again, the common case, moves nothing).
             self._last = entry
@@ -365,26 +364,6 @@ class ScopeKeys:
             except KeyError:
                 pass  # dropped meanwhile by another thread: still valid for this call
         return ScopeRing(master, entry)
-
-    def _fly(self, slot: tuple[Any, str, str], load: Callable[[], Scope]) -> Scope:
-        with self._lock:
-            flight = self._flights.get(slot)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[slot] = Future()
-        if not leader:
-            return flight.result()
-        try:
-            entry = load()
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        else:
-            flight.set_result(entry)
-            return entry
-        finally:
-            with self._lock:
-                del self._flights[slot]
 
     def _load(self, slot: tuple[Any, str, str], master: KeyRing, create: bool) -> Scope:
         client, namespace, value = slot
@@ -540,8 +519,7 @@ class ScopeKeys:
             self._entries.clear()
 
     def after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._flights = {}
+        self._lock = threading.Lock()  # the flights reset themselves (SingleFlight)
 
 
 def rewrap_scope_keys(client: Any, master: KeyRing) -> tuple[int, int, list[str]]:

@@ -14,12 +14,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
+from collections.abc import Iterable, Mapping
 
 from ..audit import track
 from ..errors import ConfigurationError, KeyStoreError, MasterKeyError, UnknownKeyError
-from ..forks import reset_in_children
+from ..forks import SingleFlight, reset_in_children
 from .ring import ENV_MASTER_KEY, ENV_PREVIOUS_MASTER_KEYS, KeyRing, MasterKey, env_keys
 from .store import (
     DEFAULT_CACHE_TTL,
@@ -121,7 +120,7 @@ class StoreKeyRing(KeyRing):
         }
         self._active: _Entry | None = None
         self._stored: tuple[bytes, ...] = ()  # the store's decrypt-only key ids, read with _active
-        self._flights: dict[bytes, Future[_Entry]] = {}
+        self._flights: SingleFlight[bytes, _Entry] = SingleFlight()
         # Replaced whole under _lock, like _entries.
         self._failures: dict[bytes, _Failure] = {}
         # Key ids this ring has seen listed as not active: never taken as the active key again.
@@ -144,7 +143,7 @@ class StoreKeyRing(KeyRing):
         active = self._active
         if active is not None and active[1] > _monotonic():
             return active[0]
-        return self._fly(_CURRENT, self._load_active)[0]
+        return self._flights.run(_CURRENT, self._load_active)[0]
 
     @property
     def keys(self) -> tuple[MasterKey, ...]:
@@ -168,33 +167,11 @@ class StoreKeyRing(KeyRing):
         entry = self._entries.get(key_id)
         if entry is not None and entry[1] > _monotonic():
             return entry[0]
-        return self._fly(key_id, lambda: self._load(key_id))[0]
+        return self._flights.run(key_id, lambda: self._load(key_id))[0]
 
     def __contains__(self, key_id: object) -> bool:
         entry = self._entries.get(key_id) if isinstance(key_id, bytes) else None
         return entry is not None and entry[1] > _monotonic()
-
-    def _fly(self, slot: bytes, load: Callable[[], _Entry]) -> _Entry:
-        """One load per slot at a time: the first caller loads, the others wait for its result."""
-        with self._lock:
-            flight = self._flights.get(slot)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[slot] = Future()
-        if not leader:
-            # No timeout needed: the leader's Redis and KMS calls have theirs.
-            return flight.result()
-        try:
-            entry = load()
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        else:
-            flight.set_result(entry)
-            return entry
-        finally:
-            with self._lock:
-                del self._flights[slot]
 
     def _load(self, key_id: bytes, record: KeyRecord | None = None) -> _Entry:
         entry = self._entries.get(key_id)
@@ -248,7 +225,7 @@ class StoreKeyRing(KeyRing):
         key_id = bytes.fromhex(record.key_id)
         # Through the key id's own flight: a thread decrypting with this key meanwhile shares
         # the KMS call.
-        key, expires = self._fly(key_id, lambda: self._load(key_id, record))
+        key, expires = self._flights.run(key_id, lambda: self._load(key_id, record))
         # The listing passed the checks and its active key unwrapped: what it demotes stays
         # demoted for this ring. (Only the _CURRENT flight's leader writes this.)
         self._demoted = self._demoted | {r.key_id for r in records if not r.is_active}
@@ -310,10 +287,9 @@ class StoreKeyRing(KeyRing):
             self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
 
     def after_fork(self) -> None:
-        # A flight led by a thread of the parent would never end in the child: its waiters
-        # would wait forever. The child starts with no flight and a free lock.
+        # A lock held by a thread of the parent would never be released in the child (the
+        # flights reset themselves: SingleFlight).
         self._lock = threading.Lock()
-        self._flights = {}
 
     def __repr__(self) -> str:
         now = _monotonic()
