@@ -20,7 +20,7 @@ from ..crypto import Kind, classify, open_value, seal_value
 from ..errors import MaskedSecretError
 from ..keys import get_keyring
 
-__all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "is_star_mask"]
+__all__ = ["DEFAULT_MASK", "EncryptedStr", "Mask", "UrlMask", "given_text", "is_star_mask"]
 
 
 def is_star_mask(value: str) -> bool:
@@ -324,6 +324,25 @@ def _where(info: core_schema.ValidationInfo) -> str:
     return f"{title}.{info.field_name}" if info.field_name else title
 
 
+def given_text(value: str, mask: Mask, info: core_schema.ValidationInfo) -> str | None:
+    """What an encrypted field (``EncryptedStr`` or ``Encrypted[T]``) makes of text given to it:
+    a ``KeepExisting`` for a mask inside a model (``MaskedSecretError`` outside one), the
+    plaintext of an envelope (opened unbound), or ``None``: the text is a new value."""
+    kind = classify(value)
+    if kind is Kind.PLAINTEXT and mask.could_be_mask(value):
+        if model_scope.get():
+            return KeepExisting(value)
+        # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
+        shown = value if is_star_mask(value) else mask.render(value)
+        raise MaskedSecretError(
+            f"{_where(info)}: a mask ({shown!r}) is not a secret; refusing to store it"
+        )
+    if kind is Kind.ENVELOPE or kind is Kind.LEGACY:
+        title = (info.config or {}).get("title")
+        return open_value(value, get_keyring(), model=title, field=info.field_name)
+    return None
+
+
 class _Hidden(str):
     """Stands for an input of the wrong type, which may be a secret: pydantic echoes the input it
     validated into error messages, and this is the input it then sees."""
@@ -347,20 +366,10 @@ def _core_schema(mask: Mask) -> core_schema.CoreSchema:
             return value
         if isinstance(value, _Hidden):
             raise PydanticCustomError("encrypted_str_type", "Input should be a valid string")
-        kind = classify(value)
-        if kind is Kind.PLAINTEXT and mask.could_be_mask(value):
-            if model_scope.get():
-                return KeepExisting(value)
-            # A star mask is shown as is; anything else (a URL) only as rendered, credential-free.
-            shown = value if is_star_mask(value) else mask.render(value)
-            raise MaskedSecretError(
-                f"{_where(info)}: a mask ({shown!r}) is not a secret; refusing to store it"
-            )
-        if kind is Kind.ENVELOPE or kind is Kind.LEGACY:
-            title = (info.config or {}).get("title")
-            plaintext = open_value(value, get_keyring(), model=title, field=info.field_name)
-            return EncryptedStr(plaintext)
-        return EncryptedStr(value)
+        text = given_text(value, mask, info)
+        if text is None:
+            return EncryptedStr(value)
+        return text if isinstance(text, KeepExisting) else EncryptedStr(text)
 
     def serialize(value: Any, info: core_schema.SerializationInfo) -> Any:
         if info.mode == "json":

@@ -29,10 +29,10 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from ..crypto import Kind, classify, open_value, seal_value
+from ..crypto import seal_value
 from ..errors import MaskedSecretError, ValueTypeError
 from ..keys import get_keyring
-from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, model_scope
+from .fields import DEFAULT_MASK, DEFER, EncryptedStr, KeepExisting, Mask, Pending, given_text
 
 __all__ = [
     "TAG",
@@ -261,11 +261,6 @@ class _Carried:
         return "<hidden>"
 
 
-def _where(info: core_schema.ValidationInfo) -> str:
-    title = (info.config or {}).get("title") or "model"
-    return f"{title}.{info.field_name}" if info.field_name else title
-
-
 def typed_schema(
     codec: TypeCodec, mask: Mask, handler: GetCoreSchemaHandler
 ) -> core_schema.CoreSchema:
@@ -285,18 +280,12 @@ def typed_schema(
         if isinstance(value, KeepExisting):
             return value
         if isinstance(value, str):
-            kind = classify(value)
-            if kind is Kind.PLAINTEXT and mask.could_be_mask(value):
-                if model_scope.get():
-                    return KeepExisting(value)
-                raise MaskedSecretError(
-                    f"{_where(info)}: a mask ({value!r}) is not a secret; refusing to store it"
-                )
-            if kind is Kind.ENVELOPE or kind is Kind.LEGACY:
-                title = (info.config or {}).get("title")
-                plaintext = open_value(value, get_keyring(), model=title, field=info.field_name)
+            text = given_text(value, mask, info)
+            if isinstance(text, KeepExisting):
+                return text
+            if text is not None:  # an envelope, opened
                 try:
-                    return codec.decode(plaintext)
+                    return codec.decode(text)
                 except ValueTypeError as exc:
                     raise PydanticCustomError(
                         "encrypted_type", "Stored value {why}", {"why": str(exc)}
