@@ -23,6 +23,7 @@ from redis_encrypted_fields import (
     encrypt_secret,
 )
 from redis_encrypted_fields.audit import Threshold, track
+from redis_encrypted_fields.audit.metrics import DRAIN_AT
 
 pytestmark = pytest.mark.usefixtures("audit_reset")
 
@@ -112,6 +113,23 @@ def test_seal_and_open_times_are_sampled_by_default(master_key: str) -> None:
     assert sum(p.count for p in durations.values()) == 4
     operations = points(reader)["redis_encrypted_fields.operations"]
     assert sum(p.value for p in operations) == 32
+
+
+def test_counts_and_sampled_times_add_up_across_collections(master_key: str) -> None:
+    # Seals and opens are counted in batches (at each collection, and every DRAIN_AT of
+    # them): each collection has every one so far, and the 1-in-8 sample runs on across them.
+    reader = InMemoryMetricReader()
+    configure_audit(meter_provider=MeterProvider(metric_readers=[reader]), anomalies=False)
+    seen = []
+    for rounds in (6, 2, DRAIN_AT + 3):  # 12 events, then 4 more, then more than DRAIN_AT
+        for _ in range(rounds):
+            decrypt_secret(encrypt_secret("x"))
+        found = points(reader)
+        timed = sum(p.count for p in found["redis_encrypted_fields.crypto.duration"])
+        counted = sum(p.value for p in found["redis_encrypted_fields.operations"])
+        seen.append((counted, timed))
+    total = 2 * (6 + 2 + DRAIN_AT + 3)
+    assert seen == [(12, 1), (16, 2), (total, total // 8)]
 
 
 NO_OTEL = """

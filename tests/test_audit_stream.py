@@ -254,3 +254,32 @@ def test_any_record_key_is_written_one_that_is_not_utf8_escaped(
         "plain:1",
         "lone\\udc80again",
     ]
+
+
+def test_a_stream_key_holding_something_else_loses_no_event(
+    redis_url: str,
+    redis_client: redis.Redis[str],
+    stream_key: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Redis answers each XADD with an error: the events stay buffered, and are written once
+    # the key is a stream again (nothing dropped, nothing lost, no error for the application).
+    redis_client.set(stream_key, "not a stream")
+    writer = StreamWriter(lambda: client_for(redis_url), key=stream_key, interval=0.05)
+    try:
+        from redis_encrypted_fields import AuditEvent
+
+        for n in range(5):
+            writer(AuditEvent("decrypt", "ok", "M", "f", f"record:{n}", "00" * 8))
+        assert not writer.flush(timeout=0.3)
+        # (Pending or in a batch being retried: the writer keeps trying.)
+        assert (writer.dropped, writer.written) == (0, 0)
+        assert "audit stream unreachable (ResponseError)" in caplog.text
+        redis_client.delete(stream_key)
+        assert writer.flush(timeout=NO_HANG_SECONDS)
+    finally:
+        writer.close()
+    assert [e["record"] for e in entries(redis_client, stream_key)] == [
+        f"record:{n}" for n in range(5)
+    ]
+    assert writer.written == 5
