@@ -106,20 +106,21 @@ def test_kms_requests_and_anomalies_are_counted(reader: InMemoryMetricReader) ->
 def test_seal_and_open_times_are_sampled_by_default(master_key: str) -> None:
     reader = InMemoryMetricReader()
     configure_audit(meter_provider=MeterProvider(metric_readers=[reader]), anomalies=False)
-    for _ in range(16):
+    for _ in range(64):
         decrypt_secret(encrypt_secret("x"))
     durations = by_attributes(points(reader)["redis_encrypted_fields.crypto.duration"])
-    # One in 8 (of encrypt and decrypt together, in turn): the counter has all 32.
+    # One in 32 (of encrypt and decrypt together, in turn): the counter has all 128.
     assert sum(p.count for p in durations.values()) == 4
     operations = points(reader)["redis_encrypted_fields.operations"]
-    assert sum(p.value for p in operations) == 32
+    assert sum(p.value for p in operations) == 128
 
 
 def test_counts_and_sampled_times_add_up_across_collections(master_key: str) -> None:
     # Seals and opens are counted in batches (at each collection, and every DRAIN_AT of
-    # them): each collection has every one so far, and the 1-in-8 sample runs on across them.
+    # them): each collection has every one so far, and a 1-in-8 sample runs on across them.
     reader = InMemoryMetricReader()
-    configure_audit(meter_provider=MeterProvider(metric_readers=[reader]), anomalies=False)
+    provider = MeterProvider(metric_readers=[reader])
+    configure_audit(meter_provider=provider, timing_sample=8, anomalies=False)
     seen = []
     for rounds in (6, 2, DRAIN_AT + 3):  # 12 events, then 4 more, then more than DRAIN_AT
         for _ in range(rounds):

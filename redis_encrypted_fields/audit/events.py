@@ -79,6 +79,7 @@ class AuditEvent(NamedTuple):
         return self._asdict()
 
 
+_new = tuple.__new__
 AuditHook = Callable[[AuditEvent], None]
 # The library's own sinks (stream, metrics, anomaly rules): also given the seal/open time, in
 # seconds, when the event has one.
@@ -149,7 +150,8 @@ def emit(event: AuditEvent, duration: float | None = None) -> None:
     it is: they receive data, not lines, and may need the exact key.
     """
     level = logging.WARNING if event.outcome == ANOMALY else _INFO
-    if logger.isEnabledFor(level):
+    # The cached answer first, as in audit_enabled: most events have no log line to make.
+    if _answers.get(level) is not False and logger.isEnabledFor(level):
         shown = {k: printable(v) if isinstance(v, str) else v for k, v in event.as_dict().items()}
         where = ".".join(p for p in (shown["model"], shown["field"]) if p) or "-"
         logger.log(
@@ -196,8 +198,11 @@ def track(
         return
     kid = key_id.hex() if isinstance(key_id, bytes) else key_id
     if error is None:
-        # Positional: this runs for every value audited, and keywords cost more per call.
-        event = AuditEvent(operation, "ok", model, field, record, kid, None, kms_key_id)
+        # tuple.__new__ with every field: this runs for every value audited, and a NamedTuple's
+        # own __new__ (Python code, keywords and defaults) costs as much as the rest of track.
+        event = _new(
+            AuditEvent, (operation, "ok", model, field, record, kid, None, kms_key_id, None, None)
+        )
     else:
         event = AuditEvent(
             operation,

@@ -10,7 +10,7 @@ application set up; nothing without it.
   ...), ``outcome``, ``kms_key_id``.
 - ``redis_encrypted_fields.anomalies`` (counter): anomaly alerts by ``rule``.
 - ``redis_encrypted_fields.crypto.duration`` (histogram, seconds): seal and open time by
-  ``operation`` (``encrypt``, ``decrypt``, ``rewrap``), one value in ``timing_sample`` (8 by
+  ``operation`` (``encrypt``, ``decrypt``, ``rewrap``), one value in ``timing_sample`` (32 by
   default; 1 records every one): its counts are a sample, the operations counter counts all.
   Recorded with the batch: each collection holds the times of the operations it counts.
 - ``redis_encrypted_fields.audit.dropped`` (counter): events the stream's full buffer dropped.
@@ -31,7 +31,7 @@ from .events import ANOMALY, AuditEvent
 __all__ = ["DEFAULT_TIMING_SAMPLE", "METER_NAME", "Metrics", "otel_available"]
 
 METER_NAME = "redis_encrypted_fields"
-DEFAULT_TIMING_SAMPLE = 8  # the histogram records one seal or open time in this many
+DEFAULT_TIMING_SAMPLE = 32  # the histogram records one seal or open time in this many
 _Key = tuple[str, str, str | None, str | None, str | None]
 _NAMES = ("operation", "outcome", "model", "field", "key_id")
 # An event's counted attributes, as a tuple (AuditEvent's fields 0-3 and 5), picked in C.
@@ -64,7 +64,8 @@ class Metrics:
         provider = meter_provider if meter_provider is not None else api.get_meter_provider()
         meter = provider.get_meter(METER_NAME, __version__)
         self._counts: Counter[_Key] = Counter()
-        self._pending: deque[tuple[AuditEvent, float | None]] = deque()
+        self._pending: deque[AuditEvent] = deque()  # seals and opens not counted yet
+        self._timed: deque[tuple[str, float]] = deque()  # their sampled times, not recorded yet
         self._lock = threading.Lock()
         self._dropped = dropped
         meter.create_observable_counter(
@@ -94,7 +95,7 @@ class Metrics:
         # One attribute dict per operation, built once: the histogram is recorded per value.
         self._by_operation: dict[str, dict[str, str]] = {}
         self.timing_sample = max(1, timing_sample)
-        self._tick = 0
+        self._tick = self.timing_sample  # times to skip, this one included, before one is kept
 
     def __call__(self, event: AuditEvent, duration: float | None = None) -> None:
         operation = event.operation
@@ -108,27 +109,27 @@ class Metrics:
             self._kms.add(1, call)
             return
         # A seal or open: counted later, in batches (when the SDK collects, or every
-        # DRAIN_AT events), where counting costs a tenth of what it costs one at a time.
+        # DRAIN_AT events), where counting costs a fraction of what it costs one at a time;
+        # its time kept if it is the one in timing_sample to record.
         pending = self._pending
-        pending.append((event, duration))
+        pending.append(event)
+        if duration is not None:
+            self._tick -= 1
+            if self._tick <= 0:
+                self._tick = self.timing_sample
+                self._timed.append((operation, duration))
         if len(pending) >= DRAIN_AT:
             self.drain()
 
     def drain(self) -> None:
-        """Count the seals and opens not counted yet, and record their sampled times."""
+        """Count the seals and opens not counted yet, and record the sampled times."""
         with self._lock:
-            popleft = self._pending.popleft
-            taken = [popleft() for _ in range(len(self._pending))]
-            if not taken:
-                return
-            self._counts.update(map(_KEY, [event for event, _ in taken]))
-            timed = [(event.operation, took) for event, took in taken if took is not None]
-            sample = self.timing_sample
-            # Every timing_sample-th time, counting on from the last batch.
-            chosen = timed[sample - 1 - self._tick :: sample]
-            self._tick = (self._tick + len(timed)) % sample
+            take = self._pending.popleft
+            self._counts.update(map(_KEY, [take() for _ in range(len(self._pending))]))
+            take_time = self._timed.popleft
+            timed = [take_time() for _ in range(len(self._timed))]
         record, by_operation = self._duration.record, self._by_operation
-        for operation, took in chosen:
+        for operation, took in timed:
             attributes = by_operation.get(operation)
             if attributes is None:
                 attributes = by_operation[operation] = {"operation": operation}

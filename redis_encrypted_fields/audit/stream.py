@@ -1,15 +1,17 @@
 """The durable audit trail: events appended to a Redis Stream by a background thread.
 
 The calling thread only appends ``(time, actor, event)`` to a bounded buffer (its oldest entries
-dropped, and counted, when full); a daemon thread sends them in batches, one pipeline of
-``XADD`` with approximate ``MAXLEN`` trimming per batch. The audit Redis being slow or
+dropped, and counted, when full); a daemon thread sends them in batches, one Lua call per batch
+that runs ``XADD`` with approximate ``MAXLEN`` trimming for each entry (``flush`` sends from the
+calling thread). The audit Redis being slow or
 unreachable costs the application nothing: short socket timeouts, no retries in redis-py, a
 back-off between attempts (doubling to 30 s), and events kept in the buffer meanwhile. What is
 still buffered is sent when the process exits normally (``atexit``, bounded by
 ``exit_timeout``). A forked child starts with an empty buffer, no connection and no thread: its
 first event starts its own.
 
-Delivery is at least once: a batch cut short by a lost connection is sent again whole.
+Delivery is at least once: a batch cut short by a lost connection or an error reply is sent
+again whole.
 """
 
 from __future__ import annotations
@@ -93,61 +95,112 @@ def _arg(text: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _fields(fields: dict[str, str]) -> list[bytes]:
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        parts += (_arg(name), _arg(value))
-    return parts
-
-
-_TIME, _RECORD = _arg("time"), _arg("record")
+_now = time.time
+_CHUNK = 100  # entries encoded between two offers of the GIL
 # Gives up the GIL and the CPU for a moment: time.sleep(0) does too, but costs 70 µs on Linux
 # (its timer slack), os.sched_yield about one.
 _yield: Callable[[], object] = getattr(os, "sched_yield", lambda: time.sleep(0))
-_Common = tuple[str, str, str, str | None, str | None, str | None]
+# An entry's fields but its time and record: (actor, event[:4], event[5:]).
+_Common = tuple[str, tuple[Any, ...], tuple[Any, ...]]
+
+# One call appends a batch. ARGV: MAXLEN; the number of groups; each group (what entries share:
+# actor, operation, outcome, model, field, key id, ...) as its number of arguments and its
+# field names and values; then each entry as three: its group, its time, its record. An entry
+# costs the client three short arguments, not sixteen, and the batch one reply, not one per
+# entry (reading a reply costs redis-py more than Redis takes to append an entry).
+_APPEND = """
+local groups, i = {}, 3
+for g = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[i])
+  local args = {KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', '', 'record', ''}
+  for k = 1, n do args[9 + k] = ARGV[i + k] end
+  groups[g] = args
+  i = i + 1 + n
+end
+local written = 0
+while i <= #ARGV do
+  local args = groups[tonumber(ARGV[i])]
+  args[7] = ARGV[i + 1]
+  args[9] = ARGV[i + 2]
+  redis.call('XADD', unpack(args))
+  written = written + 1
+  i = i + 3
+end
+return written
+"""
 
 
 class _Encoder:
-    """Each entry as one ``XADD key MAXLEN ~ maxlen * field value ...`` in the wire format,
-    sent in a pipeline (plain commands cost Redis a third less than the same ``XADD``s called
-    from a Lua script, and need no ``EVAL`` permission). Events mostly differ only in time and
-    record: the rest of an entry (actor, operation, outcome, model, field, key id) is encoded
-    once per such combination and kept, so that an entry costs two encodings, not ten."""
+    """A batch of entries as one call of ``_APPEND``, in the wire format. What entries share
+    (their group) is encoded once and kept; an entry then costs its group's number, its time
+    and its record."""
 
     def __init__(self, key: str, maxlen: int, limit: int = 4096) -> None:
-        self.head = b"".join(_arg(a) for a in ("XADD", key, "MAXLEN", "~", str(maxlen), "*"))
-        self.common: dict[_Common, bytes] = {}
+        self.head = b"".join(_arg(a) for a in ("EVAL", _APPEND, "1", key, str(maxlen)))
+        self.groups: dict[_Common, tuple[int, bytes]] = {}  # (arguments, encoded)
+        self.numbers: list[bytes] = [_arg("0")]  # a group's number, encoded, by number
         self.limit = limit
 
-    def fields(self, fields: dict[str, str]) -> bytes:
-        """The command appending an entry of ``fields``."""
-        return b"".join((b"*%d\r\n" % (6 + 2 * len(fields)), self.head, *_fields(fields)))
-
-    def __call__(self, when: float, actor: str, event: AuditEvent) -> bytes:
-        if event.reason or event.error or event.kms_key_id or event.detail:
-            return self.fields(entry_fields(when, actor, event))
-        key = (actor, event.operation, event.outcome, event.model, event.field, event.key_id)
-        common = self.common.get(key)
-        if common is None:
-            if len(self.common) >= self.limit:
-                self.common.clear()
-            fields = entry_fields(when, actor, event)
+    def _group(self, key: _Common, actor: str, event: AuditEvent) -> tuple[int, bytes]:
+        found = self.groups.get(key)
+        if found is None:
+            if len(self.groups) >= self.limit:
+                self.groups.clear()
+            fields = entry_fields(0.0, actor, event)
             del fields["time"], fields["record"]
-            # The header counts the two fields that differ per event, appended last.
-            count = 6 + 2 * (len(fields) + 2)
-            common = b"".join((b"*%d\r\n" % count, self.head, *_fields(fields)))
-            self.common[key] = common
-        # _arg's work for both, in one formatting.
-        stamp = b"%.6f" % when
-        record = (event.record or "").encode("utf-8", "backslashreplace")
-        return b"%s%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
-            common,
-            _TIME,
-            len(stamp),
-            stamp,
-            _RECORD,
-            len(record),
-            record,
+            found = self.groups[key] = self._fields(fields)
+        return found
+
+    @staticmethod
+    def _fields(fields: dict[str, str]) -> tuple[int, bytes]:
+        parts = [_arg(str(2 * len(fields)))]
+        for name, value in fields.items():
+            parts += (_arg(name), _arg(value))
+        return len(parts), b"".join(parts)
+
+    def _number(self, n: int) -> bytes:
+        numbers = self.numbers
+        while len(numbers) <= n:
+            numbers.append(_arg(str(len(numbers))))
+        return numbers[n]
+
+    def __call__(self, taken: list[_Pending], extra: dict[str, str] | None = None) -> bytes:
+        """The call appending ``taken`` (after an entry of ``extra`` fields, if given)."""
+        numbers: dict[_Common | None, int] = {}
+        defined: list[bytes] = []
+        entries: list[bytes] = []
+        count = 6  # EVAL, the script, 1, the key, MAXLEN, the number of groups
+        if extra is not None:
+            at = extra.pop("time")
+            n, data = self._fields(extra)
+            numbers[None] = 1
+            defined.append(data)
+            count += n
+            entries.append(self._number(1) + _arg(at) + _arg(""))
+        encoded = self.numbers
+        for start in range(0, len(taken), _CHUNK):
+            if start:
+                # Let the application's threads have the GIL: one back from Redis would
+                # otherwise wait for this loop (up to the 5 ms switch interval).
+                _yield()
+            for when, actor, event in taken[start : start + _CHUNK]:
+                key = (actor, event[:4], event[5:])
+                number = numbers.get(key)
+                if number is None:
+                    n, data = self._group(key, actor, event)
+                    number = numbers[key] = len(numbers) + 1
+                    self._number(number)
+                    defined.append(data)
+                    count += n
+                stamp = b"%.6f" % when
+                record = (event.record or "").encode("utf-8", "backslashreplace")
+                entries.append(
+                    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                    % (encoded[number], len(stamp), stamp, len(record), record)
+                )
+        count += 3 * len(entries)
+        return b"".join(
+            (b"*%d\r\n" % count, self.head, _arg(str(len(numbers))), *defined, *entries)
         )
 
 
@@ -182,11 +235,15 @@ class StreamWriter:
     def _fresh(self) -> None:
         self._pending: deque[_Pending] = deque()
         self._unreported = 0  # drops not yet written to the stream as a DROPPED entry
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffer's drops and takes
+        # Held while a batch is being sent (by the writer thread, or by a caller of flush):
+        # one batch at a time, and a flush knows no batch is still on its way.
+        self._sending = threading.Lock()
         self._wake = threading.Event()
-        self._idle = threading.Condition(self._lock)
-        self._busy = False
         self._closed = False
+        # The buffer's length at which a new event is looked at again (dropped, or wakes the
+        # thread): the check on every event is one comparison.
+        self._check_at = min(self.batch, self.capacity)
         self._thread: threading.Thread | None = None
         self._client: redis.Redis[str] | None = None
         self._conn: Any = None
@@ -199,12 +256,17 @@ class StreamWriter:
 
     def __call__(self, event: AuditEvent, duration: float | None = None) -> None:
         pending = self._pending
-        if len(pending) >= self.capacity:
-            self._drop(len(pending) - self.capacity + 1)
-        pending.append((time.time(), current_actor(), event))
+        pending.append((_now(), current_actor(), event))
+        if len(pending) >= self._check_at:
+            self._full()
         if self._thread is None:
             self._start()
-        elif len(pending) >= self.batch:
+
+    def _full(self) -> None:
+        excess = len(self._pending) - self.capacity
+        if excess > 0:
+            self._drop(excess)  # the oldest
+        if len(self._pending) >= self.batch:
             self._wake.set()
 
     def _drop(self, n: int) -> None:
@@ -237,13 +299,12 @@ class StreamWriter:
             self._wake.wait(delay or self.interval)
             self._wake.clear()
             closing = self._closed
-            while self._pending or self._unreported:
-                if not self._send():
-                    delay = min(max(delay * 2, 0.5), MAX_BACKOFF)
-                    break
-                delay = 0.0
-            with self._idle:
-                self._idle.notify_all()
+            with self._sending:
+                while self._pending or self._unreported:
+                    if not self._send():
+                        delay = min(max(delay * 2, 0.5), MAX_BACKOFF)
+                        break
+                    delay = 0.0
             if closing:
                 return
 
@@ -251,60 +312,34 @@ class StreamWriter:
         taken: list[_Pending] = []
         pending = self._pending
         with self._lock:
-            self._busy = True
             while pending and len(taken) < self.batch:
                 taken.append(pending.popleft())
         return taken
 
     def _send(self) -> bool:
-        """One batch to the stream, in one pipeline of ``XADD``s; events whose ``XADD`` did not
-        succeed (the connection lost, an error reply) go back to the buffer's front."""
+        """One batch to the stream, in one call; on failure (the connection lost, an error
+        reply) its events go back to the buffer's front. Called with ``_sending`` held."""
         taken = self._take()
         unreported = self._unreported
-        encode = self._encode
-        commands: list[bytes] = []
+        extra = None
         if unreported:
-            fields = {"time": f"{time.time():.6f}", "actor": current_actor()}
-            fields |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
-            commands.append(encode.fields(fields))
-        for i, pending in enumerate(taken, 1):
-            commands.append(encode(*pending))
-            if i % 100 == 0:
-                # Let the application's threads have the GIL: one back from Redis would
-                # otherwise wait for this loop (up to the 5 ms switch interval).
-                _yield()
-        failed: list[_Pending] = []
-        error: BaseException | None = None
+            extra = {"time": f"{time.time():.6f}", "actor": current_actor()}
+            extra |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
+        command = self._encode(taken, extra)
         try:
             connection = self._connection()
-            connection.send_packed_command([b"".join(commands)], check_health=False)
-            if unreported:
-                connection.read_response()
-            for pending in taken:
-                try:
-                    connection.read_response()
-                except redis.ResponseError as exc:
-                    # An error reply (the key holds something else, out of memory): this
-                    # entry is not written; the next replies are still there to read.
-                    failed.append(pending)
-                    error = exc
+            connection.send_packed_command([command], check_health=False)
+            written = int(connection.read_response())
         except Exception as exc:
             # Whatever went wrong (the server, the network, a reply), the thread goes on: the
-            # events wait in the buffer for the next attempt, sent again whole.
-            self._put_back(taken, reconnect=True)
+            # events wait in the buffer for the next attempt.
+            self._put_back(taken, reconnect=not isinstance(exc, redis.ResponseError))
             self._failed(exc)
             return False
-        finally:
-            with self._lock:
-                self._busy = False
         if unreported:
             with self._lock:
                 self._unreported -= unreported
-        self.written += len(taken) - len(failed) + (1 if unreported else 0)
-        if error is not None:
-            self._put_back(failed, reconnect=False)
-            self._failed(error)
-            return False
+        self.written += written
         return True
 
     def _connection(self) -> Any:
@@ -342,18 +377,23 @@ class StreamWriter:
         )
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Send what is buffered now; whether all of it was sent within ``timeout`` seconds."""
-        if self._thread is None:
-            self._start()
+        """Send what is buffered now, in the calling thread (after a batch the writer thread
+        is sending); whether all of it was sent within ``timeout`` seconds. A send under way
+        when the time is up finishes first (the client's socket timeout bounds it)."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending or self._busy or self._unreported:
-                self._wake.set()
-                left = deadline - time.monotonic()
-                if left <= 0 or (self._thread is not None and not self._thread.is_alive()):
-                    return False
-                self._idle.wait(min(left, 0.05))
-        return True
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sending.acquire(timeout=left):
+                return False
+            try:
+                if not (self._pending or self._unreported):
+                    return True
+                sent = self._send()
+            finally:
+                self._sending.release()
+            if not sent:
+                # Unreachable, or refused: tried again until the time is up.
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
         """Stop the thread after it has sent what is buffered (waiting ``exit_timeout`` at
