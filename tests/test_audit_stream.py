@@ -5,6 +5,7 @@ writes; a full buffer drops the oldest events and says so; sent at exit; fork-sa
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def test_entries_say_who_did_what_under_which_key_and_never_a_secret(
     for e in got:
         assert (e["model"], e["field"], e["key_id"]) == ("SecAccount", "password", kid(master_key))
         assert abs(float(e["time"]) - time.time()) < 60
+        assert re.fullmatch(r"\d{10}\.\d{6}", e["time"]), e["time"]  # Unix seconds, to the µs
     assert "reason" not in got[0]
     assert got[3]["reason"].startswith("Decryption failed: no configured master key has id")
     assert got[3]["error"] == "UnknownKeyError"

@@ -1,17 +1,17 @@
 """The durable audit trail: events appended to a Redis Stream by a background thread.
 
 The calling thread only appends ``(time, actor, event)`` to a bounded buffer (its oldest entries
-dropped, and counted, when full); a daemon thread sends them in batches, one Lua call per batch
-that runs ``XADD`` with approximate ``MAXLEN`` trimming for each entry (``flush`` sends from the
-calling thread). The audit Redis being slow or
+dropped, and counted, when full); a daemon thread sends them in batches, one pipeline of
+``XADD`` with approximate ``MAXLEN`` trimming per batch (``flush`` sends from the calling
+thread). The audit Redis being slow or
 unreachable costs the application nothing: short socket timeouts, no retries in redis-py, a
 back-off between attempts (doubling to 30 s), and events kept in the buffer meanwhile. What is
 still buffered is sent when the process exits normally (``atexit``, bounded by
 ``exit_timeout``). A forked child starts with an empty buffer, no connection and no thread: its
 first event starts its own.
 
-Delivery is at least once: a batch cut short by a lost connection or an error reply is sent
-again whole.
+Delivery is at least once: a batch cut short by a lost connection is sent again whole; an entry
+refused with an error reply is sent again alone.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MAX_BACKOFF = 30.0
 
 _log = logging.getLogger("redis_encrypted_fields")
 
-_Pending = tuple[float, str, AuditEvent]  # wall time, actor, event
+_Pending = tuple[int, str, AuditEvent]  # wall time (Unix nanoseconds), actor, event
 
 
 def client_for(url: str, timeout: float = 1.0) -> redis.Redis[str]:
@@ -95,7 +95,7 @@ def _arg(text: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-_now = time.time
+_now = time.time_ns
 _CHUNK = 100  # entries encoded between two offers of the GIL
 # Gives up the GIL and the CPU for a moment: time.sleep(0) does too, but costs 70 µs on Linux
 # (its timer slack), os.sched_yield about one.
@@ -103,81 +103,40 @@ _yield: Callable[[], object] = getattr(os, "sched_yield", lambda: time.sleep(0))
 # An entry's fields but its time and record: (actor, event[:4], event[5:]).
 _Common = tuple[str, tuple[Any, ...], tuple[Any, ...]]
 
-# One call appends a batch. ARGV: MAXLEN; the number of groups; each group (what entries share:
-# actor, operation, outcome, model, field, key id, ...) as its number of arguments and its
-# field names and values; then each entry as three: its group, its time, its record. An entry
-# costs the client three short arguments, not sixteen, and the batch one reply, not one per
-# entry (reading a reply costs redis-py more than Redis takes to append an entry).
-_APPEND = """
-local groups, i = {}, 3
-for g = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[i])
-  local args = {KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'time', '', 'record', ''}
-  for k = 1, n do args[9 + k] = ARGV[i + k] end
-  groups[g] = args
-  i = i + 1 + n
-end
-local written = 0
-while i <= #ARGV do
-  local args = groups[tonumber(ARGV[i])]
-  args[7] = ARGV[i + 1]
-  args[9] = ARGV[i + 2]
-  redis.call('XADD', unpack(args))
-  written = written + 1
-  i = i + 3
-end
-return written
-"""
-
 
 class _Encoder:
-    """A batch of entries as one call of ``_APPEND``, in the wire format. What entries share
-    (their group) is encoded once and kept; an entry then costs its group's number, its time
-    and its record."""
+    """A batch of entries as ``XADD key MAXLEN ~ maxlen * field value ...`` commands in the
+    wire format, sent in one pipeline: plain commands cost Redis a third of the same ``XADD``s
+    run from a Lua script (measured: 0.9 against 3.6 µs per entry, the client's reading of
+    the replies included 2.3 against 4.5), need no ``EVAL`` permission, and let Redis serve
+    other clients between chunks of the batch rather than after all of it. What entries share
+    (actor, operation, outcome, model, field, key id, ...) is encoded once and kept: an entry
+    then costs its time and its record."""
 
     def __init__(self, key: str, maxlen: int, limit: int = 4096) -> None:
-        self.head = b"".join(_arg(a) for a in ("EVAL", _APPEND, "1", key, str(maxlen)))
-        self.groups: dict[_Common, tuple[int, bytes]] = {}  # (arguments, encoded)
-        self.numbers: list[bytes] = [_arg("0")]  # a group's number, encoded, by number
+        self.head = b"".join(_arg(a) for a in ("XADD", key, "MAXLEN", "~", str(maxlen), "*"))
+        self.common: dict[_Common, bytes] = {}
         self.limit = limit
 
-    def _group(self, key: _Common, actor: str, event: AuditEvent) -> tuple[int, bytes]:
-        found = self.groups.get(key)
-        if found is None:
-            if len(self.groups) >= self.limit:
-                self.groups.clear()
-            fields = entry_fields(0.0, actor, event)
-            del fields["time"], fields["record"]
-            found = self.groups[key] = self._fields(fields)
-        return found
+    def fields(self, fields: dict[str, str]) -> bytes:
+        """The command appending an entry of ``fields``."""
+        return b"".join((b"*%d\r\n" % (6 + 2 * len(fields)), self.head, *_pairs(fields)))
 
-    @staticmethod
-    def _fields(fields: dict[str, str]) -> tuple[int, bytes]:
-        parts = [_arg(str(2 * len(fields)))]
-        for name, value in fields.items():
-            parts += (_arg(name), _arg(value))
-        return len(parts), b"".join(parts)
+    def _common(self, key: _Common, actor: str, event: AuditEvent) -> bytes:
+        if len(self.common) >= self.limit:
+            self.common.clear()
+        fields = entry_fields(0.0, actor, event)
+        del fields["time"], fields["record"]
+        # The header counts the time and record, which follow (time's name included here).
+        header = b"*%d\r\n" % (6 + 2 * (len(fields) + 2))
+        common = b"".join((header, self.head, *_pairs(fields), _arg("time")))
+        self.common[key] = common
+        return common
 
-    def _number(self, n: int) -> bytes:
-        numbers = self.numbers
-        while len(numbers) <= n:
-            numbers.append(_arg(str(len(numbers))))
-        return numbers[n]
-
-    def __call__(self, taken: list[_Pending], extra: dict[str, str] | None = None) -> bytes:
-        """The call appending ``taken`` (after an entry of ``extra`` fields, if given)."""
-        numbers: dict[_Common | None, int] = {}
-        defined: list[bytes] = []
-        entries: list[bytes] = []
-        count = 6  # EVAL, the script, 1, the key, MAXLEN, the number of groups
-        if extra is not None:
-            at = extra.pop("time")
-            n, data = self._fields(extra)
-            numbers[None] = 1
-            defined.append(data)
-            count += n
-            entries.append(self._number(1) + _arg(at) + _arg(""))
-        encoded = self.numbers
+    def __call__(self, taken: list[_Pending]) -> list[bytes]:
+        """The commands appending ``taken``, one per entry."""
+        commands: list[bytes] = []
+        known = self.common
         for start in range(0, len(taken), _CHUNK):
             if start:
                 # Let the application's threads have the GIL: one back from Redis would
@@ -185,23 +144,22 @@ class _Encoder:
                 _yield()
             for when, actor, event in taken[start : start + _CHUNK]:
                 key = (actor, event[:4], event[5:])
-                number = numbers.get(key)
-                if number is None:
-                    n, data = self._group(key, actor, event)
-                    number = numbers[key] = len(numbers) + 1
-                    self._number(number)
-                    defined.append(data)
-                    count += n
-                stamp = b"%.6f" % when
+                common = known.get(key) or self._common(key, actor, event)
+                # Seconds with six decimals, from integers: formatting a float costs more.
+                stamp = b"%d.%06d" % divmod(when // 1000, 1_000_000)
                 record = (event.record or "").encode("utf-8", "backslashreplace")
-                entries.append(
-                    b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                    % (encoded[number], len(stamp), stamp, len(record), record)
+                commands.append(
+                    b"%s$%d\r\n%s\r\n$6\r\nrecord\r\n$%d\r\n%s\r\n"
+                    % (common, len(stamp), stamp, len(record), record)
                 )
-        count += 3 * len(entries)
-        return b"".join(
-            (b"*%d\r\n" % count, self.head, _arg(str(len(numbers))), *defined, *entries)
-        )
+        return commands
+
+
+def _pairs(fields: dict[str, str]) -> list[bytes]:
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts += (_arg(name), _arg(value))
+    return parts
 
 
 class StreamWriter:
@@ -317,29 +275,46 @@ class StreamWriter:
         return taken
 
     def _send(self) -> bool:
-        """One batch to the stream, in one call; on failure (the connection lost, an error
-        reply) its events go back to the buffer's front. Called with ``_sending`` held."""
+        """One batch to the stream, in one pipeline; events whose ``XADD`` did not succeed (the
+        connection lost, an error reply) go back to the buffer's front. Called with
+        ``_sending`` held."""
         taken = self._take()
         unreported = self._unreported
-        extra = None
+        commands = self._encode(taken)
         if unreported:
-            extra = {"time": f"{time.time():.6f}", "actor": current_actor()}
-            extra |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
-        command = self._encode(taken, extra)
+            fields = {"time": f"{time.time():.6f}", "actor": current_actor()}
+            fields |= {"operation": DROPPED, "outcome": "failed", "count": str(unreported)}
+            commands.insert(0, self._encode.fields(fields))
+        failed: list[_Pending] = []
+        error: BaseException | None = None
         try:
             connection = self._connection()
-            connection.send_packed_command([command], check_health=False)
-            written = int(connection.read_response())
+            connection.send_packed_command([b"".join(commands)], check_health=False)
+            # The replies (entry ids) are not used: left undecoded, each costs a third less.
+            if unreported:
+                connection.read_response(disable_decoding=True)
+            for pending in taken:
+                try:
+                    connection.read_response(disable_decoding=True)
+                except redis.ResponseError as exc:
+                    # An error reply (the key holds something else, out of memory): this
+                    # entry is not written; the next replies are still there to read.
+                    failed.append(pending)
+                    error = exc
         except Exception as exc:
             # Whatever went wrong (the server, the network, a reply), the thread goes on: the
-            # events wait in the buffer for the next attempt.
-            self._put_back(taken, reconnect=not isinstance(exc, redis.ResponseError))
+            # events wait in the buffer for the next attempt, sent again whole.
+            self._put_back(taken, reconnect=True)
             self._failed(exc)
             return False
         if unreported:
             with self._lock:
                 self._unreported -= unreported
-        self.written += written
+        self.written += len(taken) - len(failed) + (1 if unreported else 0)
+        if error is not None:
+            self._put_back(failed, reconnect=False)
+            self._failed(error)
+            return False
         return True
 
     def _connection(self) -> Any:
