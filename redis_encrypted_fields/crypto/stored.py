@@ -17,7 +17,6 @@ what is written (a rolling upgrade; such values are bound to no record).
 
 from __future__ import annotations
 
-import binascii
 import enum
 import time
 
@@ -106,19 +105,6 @@ def track_open(
 
 
 _clock = time.perf_counter
-# Base64 characters that hold an envelope's version byte and key id.
-_HEAD = (1 + KEY_ID_SIZE + 2) // 3 * 4
-
-
-def _opened_key_id(value: str) -> str | None:
-    """The hex key id of ``value``, a value that has just opened (so well formed), read from
-    its first characters rather than by parsing it all again; ``None`` for an origin v1 one."""
-    if not value.startswith(PREFIX):
-        return None
-    head = binascii.a2b_base64(value[len(PREFIX) : len(PREFIX) + _HEAD])
-    return head[1 : 1 + KEY_ID_SIZE].hex()
-
-
 def open_value(
     value: str,
     keyring: KeyRing,
@@ -144,7 +130,9 @@ def open_value(
     start = _clock() if audited else 0.0
     try:
         if value.startswith(PREFIX):
-            plaintext = open_blob(decode(value) if blob is None else blob, keyring, context)
+            if blob is None:
+                blob = decode(value)
+            plaintext = open_blob(blob, keyring, context)
         else:
             plaintext = open_legacy(value, keyring)
     except DecryptionError as exc:
@@ -154,7 +142,8 @@ def open_value(
         raise located(exc, model, field, record) from None
     if audited:
         duration = _clock() - start
-        key_id = _opened_key_id(value)
+        # Both envelope versions name their key right after the version byte; v1 names none.
+        key_id = None if blob is None else blob[1 : 1 + KEY_ID_SIZE]
         track("decrypt", model=model, field=field, record=record, key_id=key_id, duration=duration)
     return plaintext
 
