@@ -105,6 +105,8 @@ def track_open(
 
 
 _clock = time.perf_counter
+
+
 def open_value(
     value: str,
     keyring: KeyRing,
