@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import BENCHMARKS
 from .harness import Section, fmt_ratio, table
 
 __all__ = ["COMMAND", "machine", "render", "write"]
@@ -199,10 +200,8 @@ def render(
         "",
         "`devtools/redis_stack.py` starts a throwaway Redis Stack server for the run (or uses "
         "`REDIS_OM_URL` if set). `REDIS_SRE_MASTER_KEY` is generated for the run when unset. "
-        "Options: `python -m benchmarks [roundtrip envelope bulk rotation profile instructions "
-        "cluster search keystore memory] [--quick] [--out FILE] [--rounds N] [--records N]`; "
-        "the full "
-        "run writes `BENCHMARKS.md`; "
+        f"Options: `python -m benchmarks [{' '.join(BENCHMARKS)}] [--quick] [--out FILE] "
+        "[--rounds N] [--records N]`; the full run writes `BENCHMARKS.md`; "
         "`instructions` needs valgrind and is skipped without it.",
         "",
         "## Machine",
