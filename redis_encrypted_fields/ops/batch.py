@@ -152,28 +152,9 @@ def _decide(
         try:
             if op is Operation.ROTATE and key_id != keyring.current.key_id:
                 # The data is opened too before it is vouched for under the new key.
-                new = rewrap_value(
-                    raw,
-                    blob,
-                    keyring,
-                    context,
-                    auditing=auditing,
-                    model=model,
-                    field=field,
-                    record=record,
-                )
+                new = _rewrap(raw, blob, keyring, context, auditing, where)
                 return _Decision(key_state(key_id), new, "rewrapped")
-            open_value(
-                raw,
-                keyring,
-                context,
-                blob=blob,
-                auditing=auditing,
-                model=model,
-                field=field,
-                record=record,
-                locate=False,
-            )
+            _verify(raw, blob, keyring, context, auditing, where)
         except DecryptionError as exc:
             return _Decision(UNDECRYPTABLE, outcome="failed", reason=_reason(exc), key_id=key_id)
         return _Decision(key_state(key_id), verified=True)
@@ -209,6 +190,44 @@ def _decide(
     return _plain(raw, keyring, context, suspect, op, auditing, where, typed)
 
 
+def _rewrap(
+    raw: str,
+    blob: bytes,
+    keyring: KeyRing,
+    context: bytes,
+    auditing: bool,
+    where: tuple[str | None, str | None, str | None],
+) -> str:
+    """``raw`` (checked bytes ``blob``) re-wrapped under the ring's current key, audited."""
+    model, field, record = where
+    return rewrap_value(
+        raw, blob, keyring, context, auditing=auditing, model=model, field=field, record=record
+    )
+
+
+def _verify(
+    raw: str,
+    blob: bytes,
+    keyring: KeyRing,
+    context: bytes,
+    auditing: bool,
+    where: tuple[str | None, str | None, str | None],
+) -> None:
+    """Open ``raw`` to prove it intact (audited as a decrypt); ``DecryptionError`` as it is."""
+    model, field, record = where
+    open_value(
+        raw,
+        keyring,
+        context,
+        blob=blob,
+        auditing=auditing,
+        model=model,
+        field=field,
+        record=record,
+        locate=False,
+    )
+
+
 def _scoped(
     op: Operation,
     raw: str,
@@ -230,16 +249,7 @@ def _scoped(
     try:
         if scoped and rekey and op is Operation.ROTATE:
             if key_id != keyring.scope_current().key_id:
-                new = rewrap_value(
-                    raw,
-                    blob,
-                    keyring,
-                    context,
-                    auditing=auditing,
-                    model=model,
-                    field=field,
-                    record=record,
-                )
+                new = _rewrap(raw, blob, keyring, context, auditing, where)
                 return _Decision(SCOPED, new, "rewrapped")
         elif not scoped and op is not Operation.STATUS and keyring.scope_part is not None:
             plaintext = open_value(raw, keyring, context, blob=blob, auditing=False, locate=False)
@@ -247,17 +257,7 @@ def _scoped(
                 plaintext, keyring, context, auditing, model=model, field=field, record=record
             )
             return _Decision(key_state(key_id), new, "upgraded")
-        open_value(
-            raw,
-            keyring,
-            context,
-            blob=blob,
-            auditing=auditing,
-            model=model,
-            field=field,
-            record=record,
-            locate=False,
-        )
+        _verify(raw, blob, keyring, context, auditing, where)
     except ShreddedKeyError as exc:
         return _Decision(SHREDDED, outcome="failed", reason=_reason(exc), key_id=key_id)
     except DecryptionError as exc:
